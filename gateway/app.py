@@ -1,0 +1,67 @@
+"""`create_app(settings)`: the gateway's ASGI app, its middleware order and its lifespan."""
+
+from __future__ import annotations
+
+import logging
+
+from gateway.asgi import ASGIApp, Receive, Scope, Send
+from gateway.middleware.context import RequestContextMiddleware
+from gateway.middleware.errors import ErrorBoundary
+from gateway.proxy.handler import ProxyApp
+from gateway.proxy.upstream import Timeouts, UpstreamClient
+from gateway.settings import Settings
+from gateway.tls import upstream_context
+from gateway.upstreams.pool import Pools
+
+logger = logging.getLogger("gateway")
+
+
+def build_stack(proxy: ASGIApp) -> ASGIApp:
+    """The request path, outermost first.
+
+    The request context comes first so that every response, including the
+    error boundary's, carries the request id and is logged exactly once.
+    """
+    return RequestContextMiddleware(ErrorBoundary(proxy))
+
+
+class Gateway:
+    """The ASGI app: the lifespan opens and closes every shared resource."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        timeouts = Timeouts(
+            connect=settings.timeouts.connect,
+            first_byte=settings.timeouts.first_byte,
+            idle=settings.timeouts.idle,
+        )
+        self.upstream = UpstreamClient(
+            timeouts, upstream_context(settings.upstream_tls), settings.upstream_max_connections
+        )
+        self.pools = Pools.from_settings(settings.models)
+        self._http = build_stack(ProxyApp(self.pools, self.upstream, settings.max_body_bytes))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.upstream.open()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    raise
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.upstream.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings) -> Gateway:
+    return Gateway(settings)

@@ -1,0 +1,37 @@
+"""The `vllm-gateway` command: serve, simulate, check."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from gateway import __version__, check, serve
+from gateway.sim import cli as sim_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vllm-gateway",
+        description="An authenticated, OpenAI-compatible gateway in front of vLLM servers.",
+    )
+    parser.add_argument("--version", action="version", version=f"vllm-gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve_parser = commands.add_parser("serve", help="run the gateway")
+    serve.add_arguments(serve_parser)
+    serve_parser.set_defaults(handler=serve.run)
+
+    sim_parser = commands.add_parser("simulate", help="run the vLLM-protocol simulator")
+    sim_cli.add_arguments(sim_parser)
+    sim_parser.set_defaults(handler=sim_cli.run)
+
+    check_parser = commands.add_parser("check", help="smoke-test a gateway or vLLM URL")
+    check.add_arguments(check_parser)
+    check_parser.set_defaults(handler=check.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.handler(args)
+    return result

@@ -1,0 +1,71 @@
+"""The embedded default: with no upstream configured, a simulator stands in for vLLM.
+
+It runs as a child process, so it never shares the gateway's CPU time or event
+loop, and it is announced loudly: nobody should mistake it for a real model.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from gateway.settings import ModelSettings, ReplicaSettings
+
+logger = logging.getLogger("gateway.embedded")
+
+SIM_MODEL = "sim-model"
+STARTUP_TIMEOUT_S = 30.0
+# Delays like a small real model's, so a streamed demo answer visibly streams.
+SIM_DELAYS = ["--ttft-ms", "150", "--itl-ms", "25"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the embedded simulator exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("the embedded simulator did not become healthy")
+
+
+@contextmanager
+def embedded_simulator() -> Iterator[ModelSettings]:
+    """Start the simulator on a free loopback port; yield the model that points at it."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "gateway", "simulate", "--port", str(port)]
+    proc = subprocess.Popen([*command, "--model", SIM_MODEL, *SIM_DELAYS])
+    try:
+        _wait_healthy(url, proc)
+        logger.warning(
+            "no upstream is configured: model '%s' is served by the vLLM SIMULATOR at %s, "
+            "not by a real model; configure `models:` to put vLLM replicas behind the gateway",
+            SIM_MODEL,
+            url,
+        )
+        yield ModelSettings(name=SIM_MODEL, replicas=[ReplicaSettings(url=url)])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,105 @@
+"""Errors the gateway answers itself, each rendered in OpenAI's error shape.
+
+    GatewayError
+    ├── RequestError            4xx: the client's request cannot be served
+    │   ├── RouteNotFound           404  path not on the allowlist
+    │   ├── MethodNotAllowed        405
+    │   ├── InvalidRequest          400  malformed JSON, missing model
+    │   ├── ModelNotFound           404  no such model here
+    │   └── PayloadTooLarge         413
+    └── UpstreamError           5xx: no usable answer from a replica
+        ├── UpstreamUnreachable     502  connect error, reset, bad credentials
+        ├── NoHealthyReplica        503
+        └── UpstreamTimeout         504  connect or first-byte timeout
+
+OpenAI SDKs pick the exception class from the status (NotFoundError,
+BadRequestError, APIStatusError, ...), so the status is the contract; the body
+says what happened in words a client can act on, and never carries a secret.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+    code: ClassVar[str | None] = None
+
+    def __init__(
+        self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        return error_body(self.message, self.error_type, self.param, self.code)
+
+
+class RequestError(GatewayError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class RouteNotFound(RequestError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(RequestError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class InvalidRequest(RequestError):
+    status = 400
+    code = "invalid_request"
+
+
+class ModelNotFound(RequestError):
+    status = 404
+    code = "model_not_found"
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+    code = "request_too_large"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    error_type = "upstream_error"
+
+
+class UpstreamUnreachable(UpstreamError):
+    status = 502
+    code = "upstream_unreachable"
+
+
+class NoHealthyReplica(UpstreamError):
+    status = 503
+    code = "no_healthy_replica"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+def error_body(message: str, error_type: str, param: str | None, code: str | int | None) -> bytes:
+    payload = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def stream_error_event(error: GatewayError) -> bytes:
+    """The one event that ends a stream that failed after its 200 was sent.
+
+    vLLM frames its own mid-stream failures the same way: an `error` event,
+    then `[DONE]`; OpenAI SDKs raise APIError when they read it.
+    """
+    payload = error_body(error.message, error.error_type, None, error.status)
+    return b"data: " + payload + b"\n\ndata: [DONE]\n\n"

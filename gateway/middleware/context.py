@@ -1,0 +1,86 @@
+"""Per-request context: the request id, and the access log line written at the end.
+
+This middleware is the outermost on the request path, so every response,
+the error boundary's included, carries `X-Request-Id` and is logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
+from gateway.proxy.forward import Outcome
+from gateway.proxy.headers import REQUEST_ID, header_value, valid_request_id
+
+SCOPE_KEY = "vgw.context"
+access_logger = logging.getLogger("gateway.access")
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    started: float
+    status: int = 0
+    route: str | None = None
+    model: str | None = None
+    replica: str | None = None
+    client_disconnected: bool = False
+    outcome: Outcome | None = None
+
+
+def context_of(scope: Scope) -> RequestContext:
+    context: RequestContext = scope[SCOPE_KEY]
+    return context
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = header_value(scope["headers"], REQUEST_ID)
+        request_id = (
+            given.decode("ascii") if given and valid_request_id(given) else uuid.uuid4().hex
+        )
+        context = RequestContext(request_id, time.perf_counter())
+        scope[SCOPE_KEY] = context
+        id_header = (REQUEST_ID, request_id.encode())
+
+        async def send_with_context(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                context.status = message["status"]
+                headers = message.setdefault("headers", [])
+                if all(name != REQUEST_ID for name, _ in headers):
+                    headers.append(id_header)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_context)
+        finally:
+            _log_access(scope, context)
+
+
+def _log_access(scope: Scope, context: RequestContext) -> None:
+    if not access_logger.isEnabledFor(logging.INFO):
+        return
+    outcome = context.outcome
+    record = {
+        "request_id": context.request_id,
+        "method": scope["method"],
+        "path": scope["path"],
+        "model": context.model,
+        "replica": context.replica,
+        "status": context.status,
+        "duration_ms": round((time.perf_counter() - context.started) * 1000, 3),
+        "bytes": outcome.bytes_sent if outcome else 0,
+        "client_disconnected": context.client_disconnected
+        or bool(outcome and outcome.client_disconnected),
+        "stream_error": outcome.stream_error if outcome else None,
+    }
+    access_logger.info("request", extra={"fields": record})

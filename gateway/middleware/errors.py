@@ -1,0 +1,36 @@
+"""The error boundary: every refusal leaves in OpenAI's error shape, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+
+from gateway.asgi import ASGIApp, Receive, Scope, Send, send_bytes
+from gateway.errors import GatewayError, error_body
+from gateway.middleware.context import context_of
+
+logger = logging.getLogger("gateway.errors")
+
+
+class ErrorBoundary:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        except GatewayError as exc:
+            if context_of(scope).status:
+                raise
+            headers = [(name.encode(), value.encode()) for name, value in exc.headers.items()]
+            await send_bytes(send, exc.status, exc.body(), headers)
+        except Exception:
+            # Unexpected: answer 500 if we still can, then let the server log the traceback.
+            if not context_of(scope).status:
+                body = error_body(
+                    "The gateway failed to handle this request.", "server_error", None, None
+                )
+                await send_bytes(send, 500, body)
+            raise

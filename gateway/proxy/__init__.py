@@ -1,0 +1,1 @@
+"""The hot path: route allowlist, request checks and byte-for-byte forwarding."""

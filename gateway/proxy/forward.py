@@ -1,0 +1,208 @@
+"""Forward one request to one replica and stream its answer back byte for byte.
+
+`Exchange` owns the upstream response from the moment it exists, and releases
+it in one `finally` on completion, error, timeout or client disconnect; closing
+it closes the replica connection, which makes vLLM abort the generation.
+
+The response start is held back until the first body bytes arrive. Until then
+any failure is still an ordinary error response (502/504). After it, a failure
+cannot change the status: a stream ends with one error event (`errors.
+stream_error_event`), and any other body is cut off so the client sees an
+incomplete response rather than a complete-looking wrong one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+
+from gateway.asgi import Receive, Send
+from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnreachable, stream_error_event
+from gateway.proxy.headers import client_headers
+from gateway.proxy.upstream import Timeouts, map_upstream_errors
+
+logger = logging.getLogger("gateway.proxy")
+
+EVENT_STREAM = b"text/event-stream"
+DISCONNECT = "client disconnected"
+TIMEOUT = "upstream timeout"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to one forwarded request, for logs and metrics."""
+
+    status: int = 0
+    bytes_sent: int = 0
+    client_disconnected: bool = False
+    stream_error: str | None = None
+
+
+class Interrupter:
+    """Cancels the forwarding task when the client leaves or the replica goes quiet.
+
+    One task waits for `http.disconnect`; one timer checks the time of the last
+    read, so a chunk costs a timestamp, not a timer.
+    """
+
+    def __init__(self, receive: Receive, limit: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self.reason: str | None = None
+        self.limit = limit
+        self.last = self._loop.time()
+        self._timer = self._loop.call_at(self.last + limit, self._check)
+        self._watcher = self._loop.create_task(self._watch(receive))
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    def _check(self) -> None:
+        due = self.last + self.limit
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._check)
+        else:
+            self._fire(TIMEOUT)
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._fire(DISCONNECT)
+
+    def _fire(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            self._task.cancel()
+
+    def stop(self) -> None:
+        """Called before the last message, so nothing can fire once the response is done."""
+        self.reason = self.reason or "stopped"
+        self._timer.cancel()
+        self._watcher.cancel()
+
+    def claim(self) -> str | None:
+        """After a CancelledError: the reason if we caused it (and the task goes on)."""
+        if self.reason in (DISCONNECT, TIMEOUT):
+            self._task.uncancel()
+            return self.reason
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """What goes to the replica: the client's own body bytes, with rewritten headers."""
+
+    url: str
+    replica: str
+    body: bytes
+    headers: dict[str, str]
+    request_id: bytes
+
+
+class Exchange:
+    """One client request forwarded to one replica."""
+
+    def __init__(self, client: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+        self._client = client
+        self._timeouts = timeouts
+        self.outcome = Outcome()
+
+    async def run(self, receive: Receive, send: Send, request: UpstreamRequest) -> None:
+        replica_name = request.replica
+        interrupter = Interrupter(receive, self._timeouts.first_byte)
+        response: aiohttp.ClientResponse | None = None
+        started = False
+        try:
+            with map_upstream_errors(replica_name):
+                response = await self._client.post(
+                    request.url, data=request.body, headers=request.headers
+                )
+                first = await response.content.readany()
+            interrupter.limit = self._timeouts.idle
+            await self._start(send, response, request.request_id)
+            started = True
+            await self._stream(send, response, first, interrupter)
+        except asyncio.CancelledError:
+            reason = interrupter.claim()
+            if reason is None:
+                raise
+            await self._interrupted(send, reason, replica_name, started, response)
+        except aiohttp.ClientError as exc:
+            if not started:
+                raise UpstreamUnreachable(
+                    f"Replica {replica_name} closed the connection before answering."
+                ) from exc
+            await self._broken(send, response, f"replica {replica_name} connection lost")
+        finally:
+            interrupter.stop()
+            if response is not None:
+                # Closing (not releasing) a response that was not read to its end
+                # drops the connection, which is what makes vLLM abort.
+                response.close()
+
+    async def _start(self, send: Send, response: aiohttp.ClientResponse, request_id: bytes) -> None:
+        self.outcome.status = response.status
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": client_headers(list(response.raw_headers), request_id),
+            }
+        )
+
+    async def _stream(
+        self, send: Send, response: aiohttp.ClientResponse, first: bytes, interrupter: Interrupter
+    ) -> None:
+        outcome = self.outcome
+        content = response.content
+        chunk = first
+        while chunk:
+            outcome.bytes_sent += len(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            interrupter.touch()
+            chunk = await content.readany()
+        interrupter.stop()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _interrupted(
+        self,
+        send: Send,
+        reason: str,
+        replica_name: str,
+        started: bool,
+        response: aiohttp.ClientResponse | None,
+    ) -> None:
+        if reason == DISCONNECT:
+            self.outcome.client_disconnected = True
+            return
+        if not started:
+            raise UpstreamTimeout(
+                f"Replica {replica_name} sent no answer within {self._timeouts.first_byte:g} s."
+            )
+        await self._broken(
+            send, response, f"replica {replica_name} sent nothing for {self._timeouts.idle:g} s"
+        )
+
+    async def _broken(self, send: Send, response: aiohttp.ClientResponse | None, what: str) -> None:
+        """The response already started and the replica failed: end it as honestly as we can."""
+        self.outcome.stream_error = what
+        logger.warning("upstream failed mid-response: %s", what)
+        content_type = b"" if response is None else _content_type(response)
+        if content_type.startswith(EVENT_STREAM):
+            error = GatewayError(f"The stream was interrupted: {what}.")
+            error_event = stream_error_event(error)
+            self.outcome.bytes_sent += len(error_event)
+            await send({"type": "http.response.body", "body": error_event, "more_body": False})
+        # Any other body is left incomplete: the server closes the connection.
+
+
+def _content_type(response: aiohttp.ClientResponse) -> bytes:
+    for name, value in response.raw_headers:
+        if name.lower() == b"content-type":
+            return value.lower()
+    return b""

@@ -1,0 +1,83 @@
+"""The proxy's ASGI app: allowlisted routes in, one replica's answer out."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from gateway.asgi import Receive, Scope, Send, send_bytes
+from gateway.middleware.context import RequestContext, context_of
+from gateway.proxy.body import ClientGone, parse_request, read_body
+from gateway.proxy.forward import Exchange, UpstreamRequest
+from gateway.proxy.headers import header_value, upstream_headers
+from gateway.proxy.routes import Route, match_route
+from gateway.proxy.upstream import UpstreamClient
+from gateway.upstreams.pool import Pools
+
+OWNER = "vllm-gateway"
+
+
+class ProxyApp:
+    def __init__(self, pools: Pools, upstream: UpstreamClient, max_body_bytes: int) -> None:
+        self._pools = pools
+        self._upstream = upstream
+        self._max_body_bytes = max_body_bytes
+        self._created = int(time.time())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        context = context_of(scope)
+        route, model = match_route(scope["method"], scope.get("raw_path") or b"")
+        context.route = route.value
+        if route is Route.MODELS:
+            await send_bytes(send, 200, self._model_list())
+        elif route is Route.MODEL:
+            await send_bytes(send, 200, self._model_card(model or ""))
+        else:
+            try:
+                await self._forward(scope, receive, send, context, route.value)
+            except ClientGone:
+                context.client_disconnected = True
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, context: RequestContext, route_path: str
+    ) -> None:
+        headers = scope["headers"]
+        declared = header_value(headers, b"content-length")
+        body = await read_body(
+            receive,
+            self._max_body_bytes,
+            int(declared) if declared and declared.isdigit() else None,
+        )
+        _, model = parse_request(body)
+        context.model = model
+        pool = self._pools.get(model)
+        with pool.pick().lease() as replica:
+            context.replica = replica.url
+            exchange = Exchange(self._upstream.session, self._upstream.timeouts)
+            context.outcome = exchange.outcome
+            query = scope.get("query_string") or b""
+            url = replica.url + route_path + ("?" + query.decode("latin-1") if query else "")
+            request = UpstreamRequest(
+                url,
+                replica.url,
+                body,
+                upstream_headers(headers, context.request_id, replica.authorization),
+                context.request_id.encode(),
+            )
+            await exchange.run(receive, send, request)
+
+    def _card(self, model: str) -> dict[str, object]:
+        return {
+            "id": model,
+            "object": "model",
+            "created": self._created,
+            "owned_by": "vllm-gateway",
+        }
+
+    def _model_list(self) -> bytes:
+        data = [self._card(model) for model in self._pools.models]
+        return json.dumps({"object": "list", "data": data}, separators=(",", ":")).encode()
+
+    def _model_card(self, model: str) -> bytes:
+        self._pools.get(model)
+        return json.dumps(self._card(model), separators=(",", ":")).encode()

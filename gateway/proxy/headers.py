@@ -1,0 +1,70 @@
+"""Header rules for both directions of the proxy.
+
+To the replica: the client's credentials never leave the gateway (the
+replica's own key is sent instead), hop-by-hop headers are dropped, and the
+request id is set. To the client: hop-by-hop headers and the replica's
+identity (`server`, `date`) are dropped; everything else passes unchanged.
+"""
+
+from __future__ import annotations
+
+from gateway.asgi import RawHeaders
+
+# RFC 9110 section 7.6.1, plus the proxy-* headers and framing the gateway owns.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Client credentials in every spelling OpenAI-style clients use, and cookies.
+CREDENTIALS = frozenset({b"authorization", b"api-key", b"x-api-key", b"cookie"})
+# Set by the gateway or by aiohttp for the upstream connection.
+REPLACED_UPSTREAM = frozenset({b"host", b"content-length", b"x-request-id", b"expect"})
+DROP_TO_UPSTREAM = HOP_BY_HOP | CREDENTIALS | REPLACED_UPSTREAM
+DROP_TO_CLIENT = HOP_BY_HOP | frozenset({b"server", b"date", b"x-request-id"})
+
+REQUEST_ID = b"x-request-id"
+MAX_REQUEST_ID_LENGTH = 128
+
+
+def upstream_headers(
+    client_headers: RawHeaders, request_id: str, authorization: str | None
+) -> dict[str, str]:
+    """Headers for the replica request, built from the client's."""
+    headers: dict[str, str] = {}
+    for name, value in client_headers:
+        lowered = name.lower()
+        if lowered not in DROP_TO_UPSTREAM:
+            headers[lowered.decode("latin-1")] = value.decode("latin-1")
+    headers["x-request-id"] = request_id
+    if authorization is not None:
+        headers["authorization"] = authorization
+    return headers
+
+
+def client_headers(upstream: list[tuple[bytes, bytes]], request_id: bytes) -> RawHeaders:
+    """Headers for the client response, built from the replica's raw headers."""
+    headers = [(name.lower(), value) for name, value in upstream]
+    headers = [(name, value) for name, value in headers if name not in DROP_TO_CLIENT]
+    headers.append((REQUEST_ID, request_id))
+    return headers
+
+
+def header_value(headers: RawHeaders, name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def valid_request_id(value: bytes) -> bool:
+    """A client's request id is reused only if it is short, printable ASCII."""
+    return 0 < len(value) <= MAX_REQUEST_ID_LENGTH and all(33 <= byte < 127 for byte in value)

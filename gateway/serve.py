@@ -1,0 +1,89 @@
+"""`vllm-gateway serve`: load the settings once, then run the gateway under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import socket
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.embedded import embedded_simulator
+from gateway.logs import configure_logging
+from gateway.settings import Settings, SettingsError, load_settings
+from gateway.tls import server_context
+
+logger = logging.getLogger("gateway")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML settings file (see gateway.example.yaml)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        print(f"vllm-gateway: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log)
+    with contextlib.ExitStack() as stack:
+        if not settings.models:
+            model = stack.enter_context(embedded_simulator())
+            settings = settings.model_copy(update={"models": [model]})
+        server = _Server(uvicorn_config(settings), _banner(settings))
+        server.run()
+    return 0
+
+
+def uvicorn_config(settings: Settings) -> uvicorn.Config:
+    tls = settings.listen.tls
+    context = server_context(tls) if tls.enabled else None
+    return uvicorn.Config(
+        create_app(settings),
+        host=settings.listen.host,
+        port=settings.listen.port,
+        loop="uvloop",
+        http="httptools",
+        ws="none",
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        log_config=None,
+        ssl_certfile=tls.certfile,
+        ssl_keyfile=tls.keyfile,
+        ssl_context_factory=None if context is None else lambda _config, _default: context,
+    )
+
+
+class _Server(uvicorn.Server):
+    """Prints how to reach the gateway once it is really listening."""
+
+    def __init__(self, config: uvicorn.Config, banner: str) -> None:
+        super().__init__(config)
+        self._banner = banner
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            print(self._banner, flush=True)
+
+
+def _banner(settings: Settings) -> str:
+    listen = settings.listen
+    scheme = "https" if listen.tls.enabled else "http"
+    base = f"{scheme}://{listen.host}:{listen.port}"
+    model = settings.models[0].name if settings.models else "MODEL"
+    body = (
+        f'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}], '
+        '"max_tokens": 16}'
+    )
+    return (
+        f"vllm-gateway is listening on {base}\n"
+        f"Try it:\n  curl -s {base}/v1/chat/completions "
+        f"-H 'Content-Type: application/json' -d '{body}'"
+    )

@@ -1,0 +1,222 @@
+"""The gateway's one settings object: a YAML file plus `VGW_*` environment overrides.
+
+Nothing else in the gateway reads `os.environ`: the CLI (or a test) calls
+`load_settings` once and hands the result on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ENV_PREFIX = "VGW_"
+ENV_NESTING = "__"
+
+# Values copied from examples and templates; a deployment that still carries one is misconfigured.
+PLACEHOLDER_SECRETS = frozenset(
+    {"changeme", "change-me", "changethis", "change_me", "replace-me", "secret", "xxx", "todo"}
+)
+
+
+class SettingsError(Exception):
+    """Settings that cannot start the gateway; the message names every bad field."""
+
+
+def _not_placeholder(value: SecretStr | None) -> SecretStr | None:
+    if value is not None:
+        raw = value.get_secret_value()
+        if not raw.strip():
+            raise ValueError("must not be empty")
+        if raw.strip().lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("is a placeholder value; set a real secret")
+    return value
+
+
+Secret = Annotated[SecretStr | None, AfterValidator(_not_placeholder)]
+
+
+def normalize_upstream_url(value: str) -> str:
+    """Accept `host:port`, `http://host[:port][/prefix]` or `https://...`; return a base URL.
+
+    A trailing `/v1` is dropped: operators often paste an OpenAI-style base URL,
+    and the gateway appends the request's own `/v1/...` path.
+    """
+    text = value.strip()
+    if "://" not in text:
+        text = f"http://{text}"
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"scheme must be http or https, not {parts.scheme!r}")
+    if not parts.hostname:
+        raise ValueError("has no host")
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query or fragment")
+    path = parts.path.rstrip("/")
+    path = path.removesuffix("/v1")
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLSSettings(_Strict):
+    """HTTPS on the gateway's listener; `client_ca` turns on client-certificate checks."""
+
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    client_ca: Path | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> TLSSettings:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile must be set together")
+        if self.client_ca is not None and self.certfile is None:
+            raise ValueError("client_ca needs certfile and keyfile")
+        for path in (self.certfile, self.keyfile, self.client_ca):
+            if path is not None and not path.is_file():
+                raise ValueError(f"file not found: {path}")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.certfile is not None
+
+
+class ListenSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    tls: TLSSettings = TLSSettings()
+
+
+class TimeoutSettings(_Strict):
+    """Seconds. `first_byte` covers a whole non-streamed generation, so it is long."""
+
+    connect: float = Field(default=5.0, gt=0)
+    first_byte: float = Field(default=300.0, gt=0)
+    idle: float = Field(default=120.0, gt=0)
+
+
+class UpstreamTLSSettings(_Strict):
+    ca_bundle: Path | None = None
+    verify: bool = True
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file not found: {value}")
+        return value
+
+
+class ReplicaSettings(_Strict):
+    url: Annotated[str, AfterValidator(normalize_upstream_url)]
+    api_key: Secret = None
+
+
+class ModelSettings(_Strict):
+    name: str = Field(min_length=1)
+    replicas: list[ReplicaSettings] = Field(default_factory=list)
+
+
+class LogSettings(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(_Strict):
+    listen: ListenSettings = ListenSettings()
+    timeouts: TimeoutSettings = TimeoutSettings()
+    upstream_tls: UpstreamTLSSettings = UpstreamTLSSettings()
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # 0 means no limit; vLLM replicas take hundreds of concurrent streams each.
+    upstream_max_connections: int = Field(default=0, ge=0)
+    models: list[ModelSettings] = Field(default_factory=list)
+    log: LogSettings = LogSettings()
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelSettings]) -> list[ModelSettings]:
+        names = [model.name for model in models]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
+        return models
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """`VGW_LISTEN__PORT=9000` becomes `{"listen": {"port": 9000}}`; values are YAML."""
+    tree: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = key[len(ENV_PREFIX) :].lower().split(ENV_NESTING)
+        node = tree
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SettingsError(f"{key}: conflicts with another VGW_ variable")
+            node = child
+        node[path[-1]] = yaml.safe_load(raw) if raw.strip() else raw
+    return tree
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        current = merged.get(key)
+        if isinstance(current, dict) and isinstance(value, Mapping):
+            merged[key] = _merge(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"cannot read {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path} must hold a mapping at the top level")
+    return data
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        lines.append(f"  {field}: {error['msg']}")
+    return "invalid settings:\n" + "\n".join(lines)
+
+
+def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load and validate the settings; raise SettingsError naming each bad field.
+
+    `environ` defaults to the process environment: this is the one place that reads it.
+    """
+    data = _read_yaml(path) if path is not None else {}
+    data = _merge(data, _env_overrides(os.environ if environ is None else environ))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from exc

@@ -1,0 +1,1 @@
+"""Model -> pool of vLLM replicas, and how one is picked."""

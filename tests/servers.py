@@ -1,0 +1,97 @@
+"""Real processes for the tests: the gateway and the simulator, each in its own process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+STARTUP_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Process:
+    """A running `vllm-gateway` subcommand and where its output goes."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}:\n{log_path.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open in {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@contextmanager
+def run_command(
+    args: Sequence[str],
+    port: int,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+) -> Iterator[Process]:
+    """Run `python -m gateway ARGS`, wait until PORT accepts connections, stop it after."""
+    full_env = {**os.environ, **(env or {})}
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", *args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
+        try:
+            wait_for_port(port, proc, log_path)
+            yield Process(proc, port, log_path)
+        finally:
+            stop(proc)
+
+
+@contextmanager
+def run_simulator(tmp_path: Path, *extra: str, model: str = "sim-model") -> Iterator[Process]:
+    port = free_port()
+    log_path = tmp_path / f"sim-{port}.log"
+    args = ["simulate", "--port", str(port), "--model", model, *extra]
+    with run_command(args, port, log_path) as process:
+        httpx.get(f"{process.url}/health", timeout=5).raise_for_status()
+        yield process
