@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import yaml
 
 STARTUP_TIMEOUT_S = 30.0
 
@@ -94,4 +95,38 @@ def run_simulator(tmp_path: Path, *extra: str, model: str = "sim-model") -> Iter
     args = ["simulate", "--port", str(port), "--model", model, *extra]
     with run_command(args, port, log_path) as process:
         httpx.get(f"{process.url}/health", timeout=5).raise_for_status()
+        yield process
+
+
+def write_config(tmp_path: Path, config: dict[str, object]) -> Path:
+    path = tmp_path / f"gateway-{len(list(tmp_path.glob('gateway-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def gateway_config(port: int, models: dict[str, list[str]], **extra: object) -> dict[str, object]:
+    """A gateway config: `models` maps each model name to its replicas' URLs."""
+    config: dict[str, object] = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "log": {"level": "info", "format": "json"},
+        "models": [
+            {"name": name, "replicas": [{"url": url} for url in urls]}
+            for name, urls in models.items()
+        ],
+    }
+    config.update(extra)
+    return config
+
+
+@contextmanager
+def run_gateway(
+    tmp_path: Path, config: dict[str, object], env: dict[str, str] | None = None
+) -> Iterator[Process]:
+    """Run `vllm-gateway serve --config FILE`; the config must name its listen port."""
+    listen = config["listen"]
+    assert isinstance(listen, dict)
+    port = int(listen["port"])
+    path = write_config(tmp_path, config)
+    log_path = tmp_path / f"gateway-{port}.log"
+    with run_command(["serve", "--config", str(path)], port, log_path, env) as process:
         yield process

@@ -59,6 +59,12 @@ class Interrupter:
         self._timer = self._loop.call_at(self.last + limit, self._check)
         self._watcher = self._loop.create_task(self._watch(receive))
 
+    def set_limit(self, limit: float) -> None:
+        self.limit = limit
+        self.last = self._loop.time()
+        self._timer.cancel()
+        self._timer = self._loop.call_at(self.last + limit, self._check)
+
     def touch(self) -> None:
         self.last = self._loop.time()
 
@@ -123,7 +129,7 @@ class Exchange:
                     request.url, data=request.body, headers=request.headers
                 )
                 first = await response.content.readany()
-            interrupter.limit = self._timeouts.idle
+            interrupter.set_limit(self._timeouts.idle)
             await self._start(send, response, request.request_id)
             started = True
             await self._stream(send, response, first, interrupter)
@@ -137,7 +143,8 @@ class Exchange:
                 raise UpstreamUnreachable(
                     f"Replica {replica_name} closed the connection before answering."
                 ) from exc
-            await self._broken(send, response, f"replica {replica_name} connection lost")
+            lost = f"the connection to replica {replica_name} was lost"
+            await self._broken(send, response, UpstreamUnreachable(lost))
         finally:
             interrupter.stop()
             if response is not None:
@@ -184,17 +191,18 @@ class Exchange:
             raise UpstreamTimeout(
                 f"Replica {replica_name} sent no answer within {self._timeouts.first_byte:g} s."
             )
-        await self._broken(
-            send, response, f"replica {replica_name} sent nothing for {self._timeouts.idle:g} s"
-        )
+        quiet = f"replica {replica_name} sent nothing for {self._timeouts.idle:g} s"
+        await self._broken(send, response, UpstreamTimeout(quiet))
 
-    async def _broken(self, send: Send, response: aiohttp.ClientResponse | None, what: str) -> None:
+    async def _broken(
+        self, send: Send, response: aiohttp.ClientResponse | None, error: GatewayError
+    ) -> None:
         """The response already started and the replica failed: end it as honestly as we can."""
-        self.outcome.stream_error = what
-        logger.warning("upstream failed mid-response: %s", what)
+        self.outcome.stream_error = error.message
+        logger.warning("upstream failed mid-response: %s", error.message)
         content_type = b"" if response is None else _content_type(response)
         if content_type.startswith(EVENT_STREAM):
-            error = GatewayError(f"The stream was interrupted: {what}.")
+            error.message = f"The stream was interrupted: {error.message}."
             error_event = stream_error_event(error)
             self.outcome.bytes_sent += len(error_event)
             await send({"type": "http.response.body", "body": error_event, "more_body": False})

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import Process, free_port, gateway_config, run_gateway, run_simulator
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    return tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+
+
+@pytest.fixture(scope="module")
+def sim(module_tmp: Path) -> Iterator[Process]:
+    """A simulator serving `sim-model`, shared by one test module."""
+    with run_simulator(module_tmp) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def gateway(module_tmp: Path, sim: Process) -> Iterator[Process]:
+    """A gateway in front of `sim`, serving it as `sim-model`."""
+    config = gateway_config(free_port(), {"sim-model": [sim.url]})
+    with run_gateway(module_tmp, config) as process:
+        yield process

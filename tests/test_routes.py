@@ -1,0 +1,188 @@
+"""Only the allowlisted routes reach a replica; every refusal is an OpenAI-shaped error."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.servers import Process, free_port, gateway_config, run_gateway, run_simulator
+
+MODEL = "sim-model"
+REPLICA_KEY = "replica-secret-0123456789"
+
+UNGUARDED = [
+    "/invocations",
+    "/tokenize",
+    "/detokenize",
+    "/pooling",
+    "/score",
+    "/rerank",
+    "/classify",
+    "/metrics",
+    "/docs",
+    "/openapi.json",
+    "/version",
+    "/health",
+    "/ping",
+    "/load",
+    "/v1/score",
+    "/v1/rerank",
+    "/v2/rerank",
+    "/v2/embed",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/load_lora_adapter",
+    "/start_profile",
+    "/sleep",
+    "/collective_rpc",
+    "/reset_prefix_cache",
+    "/server_info",
+]
+TRICKS = [
+    "/v1/chat/completions/../../tokenize",
+    "/v1/../tokenize",
+    "//tokenize",
+    "/v1//chat/completions",
+    "/%2e%2e/tokenize",
+    "/v1/%2e%2e/tokenize",
+    "/v1/chat/completions/%2e%2e/%2e%2e/invocations",
+    "/v1%2fchat%2fcompletions",
+    "/v1/chat/completions%2f..%2f..%2ftokenize",
+    "/%74okenize",
+    "/v1/chat/completions/",
+    "/V1/chat/completions",
+]
+
+
+@pytest.fixture(scope="module")
+def keyed_sim(module_tmp: Path) -> Iterator[Process]:
+    with run_simulator(module_tmp, "--api-key", REPLICA_KEY) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def keyed_gateway(module_tmp: Path, keyed_sim: Process) -> Iterator[Process]:
+    config = gateway_config(free_port(), {}, max_body_bytes=4096)
+    config["models"] = [
+        {"name": MODEL, "replicas": [{"url": keyed_sim.url, "api_key": REPLICA_KEY}]}
+    ]
+    with run_gateway(module_tmp, config) as process:
+        yield process
+
+
+def sim_paths_seen(sim: Process) -> dict[str, float]:
+    seen: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{sim.url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == "sim_http_requests_total":
+                seen[sample.labels["path"]] = sample.value
+    return seen
+
+
+def raw_request(port: int, method: str, path: str) -> tuple[int, bytes]:
+    """Send the path exactly as written: HTTP clients would normalise `..` and `//`."""
+    body = b'{"model":"sim-model","prompt":"x"}'
+    request = (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    head, _, payload = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), payload
+
+
+@pytest.mark.parametrize("path", UNGUARDED + TRICKS)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_unlisted_paths_are_404_and_never_forwarded(
+    keyed_sim: Process, keyed_gateway: Process, path: str, method: str
+) -> None:
+    before = sim_paths_seen(keyed_sim)
+    status, payload = raw_request(keyed_gateway.port, method, path)
+    assert status == 404
+    assert httpx.Response(200, content=payload).json()["error"]["code"] == "not_found"
+    after = sim_paths_seen(keyed_sim)
+    # The one new /metrics request is this test's own scrape, sent straight to the simulator.
+    before["/metrics"] = before.get("/metrics", 0) + 1
+    assert after == before
+
+
+def test_wrong_method_is_405(keyed_gateway: Process) -> None:
+    response = httpx.get(f"{keyed_gateway.url}/v1/chat/completions")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_client_credential_is_replaced_by_the_replica_key(keyed_gateway: Process) -> None:
+    """The simulator demands REPLICA_KEY: it answers only if the gateway swapped the header."""
+    response = httpx.post(
+        f"{keyed_gateway.url}/v1/completions",
+        json={"model": MODEL, "prompt": "hi", "max_tokens": 2},
+        headers={"Authorization": "Bearer client-key-that-the-replica-refuses"},
+    )
+    assert response.status_code == 200, response.text
+    assert REPLICA_KEY not in response.text
+
+
+def test_request_id_is_kept_sent_upstream_and_returned(keyed_gateway: Process) -> None:
+    response = httpx.post(
+        f"{keyed_gateway.url}/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        headers={"X-Request-Id": "trace-abc-123"},
+    )
+    assert response.headers["x-request-id"] == "trace-abc-123"
+    # vLLM (and the simulator) build the completion id from the request id they received.
+    assert response.json()["id"] == "chatcmpl-trace-abc-123"
+
+
+def test_unusable_request_id_is_replaced(keyed_gateway: Process) -> None:
+    response = httpx.get(f"{keyed_gateway.url}/v1/models", headers={"X-Request-Id": "a b"})
+    assert response.headers["x-request-id"] != "a b"
+    assert len(response.headers["x-request-id"]) == 32
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "code"),
+    [
+        (b"{not json", 400, "invalid_request"),
+        (b"[1, 2]", 400, "invalid_request"),
+        (b'{"prompt": "no model"}', 400, "invalid_request"),
+        (b'{"model": 7}', 400, "invalid_request"),
+        (b'{"model": "missing", "prompt": "x"}', 404, "model_not_found"),
+        (b'{"model": "sim-model", "prompt": "' + b"x" * 5000 + b'"}', 413, "request_too_large"),
+        (b"\xff\xfe", 400, "invalid_request"),
+    ],
+)
+def test_refusals_are_openai_shaped(
+    keyed_gateway: Process, content: bytes, status: int, code: str
+) -> None:
+    response = httpx.post(
+        f"{keyed_gateway.url}/v1/completions",
+        content=content,
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code
+    assert "Traceback" not in response.text
+
+
+def test_chunked_body_over_the_limit_is_413(keyed_gateway: Process) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"model": "sim-model", "prompt": "'
+        for _ in range(10):
+            yield b"y" * 1000
+        yield b'"}'
+
+    response = httpx.post(f"{keyed_gateway.url}/v1/completions", content=chunks())
+    assert response.status_code == 413
