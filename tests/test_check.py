@@ -34,15 +34,10 @@ def check(*args: str, key_env: str | None = None, stdin: str = "") -> tuple[int,
     return done.returncode, done.stdout + done.stderr
 
 
+# `sim` (no key) comes from conftest.py.
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    with run_simulator(tmp_path_factory.mktemp("sim")) as process:
-        yield process
-
-
-@pytest.fixture(scope="module")
-def keyed_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    with run_simulator(tmp_path_factory.mktemp("keyed"), "--api-key", SECRET) as process:
+def keyed_sim(module_tmp: Path) -> Iterator[Process]:
+    with run_simulator(module_tmp, "--api-key", SECRET) as process:
         yield process
 
 
@@ -160,3 +155,23 @@ def test_unreadable_ca_bundle_is_a_usage_error(tmp_path: Path) -> None:
     assert code == 2
     assert "cannot load the CA bundle" in output
     assert SECRET not in output
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        (["--fail-status", "503"], "HTTP 503 Service Unavailable: "),
+        (["--drop-after", "3"], "the connection to "),
+        (["--stall-ms", "3000"], "timed out waiting for "),
+    ],
+)
+def test_generation_faults_fail_after_health_passes(
+    tmp_path: Path, fault: list[str], reason: str
+) -> None:
+    with run_simulator(tmp_path, *fault) as faulty:
+        code, output = check("--url", faulty.url, "--test", "all", "--timeout", "1")
+    assert code == 1
+    health, completion, chat = output.splitlines()
+    assert health.startswith("PASS health: ")
+    assert completion.startswith(f"FAIL completion: {reason}"), output
+    assert chat.startswith(f"FAIL chat: {reason}"), output
