@@ -1,0 +1,45 @@
+"""The simulator's tunables: one typed object built by the CLI (or a test) and passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_MODEL = "sim-model"
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Everything `create_sim_app` needs; validated once, at construction.
+
+    `ttft_ms`, `itl_ms`, `fail_status`, `drop_after` and `stall_ms` are the
+    defaults of the per-request knobs that `x-sim-*` headers override.
+    """
+
+    model: str = DEFAULT_MODEL
+    ttft_ms: float = 0.0
+    itl_ms: float = 0.0
+    api_key: str | None = None
+    max_model_len: int = 4096
+    default_max_tokens: int = 16
+    max_num_seqs: int = 256
+    embedding_dim: int = 384
+    deterministic: bool = False
+    fail_status: int | None = None
+    drop_after: int | None = None
+    stall_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model must not be empty")
+        for name in ("ttft_ms", "itl_ms", "stall_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in ("max_model_len", "default_max_tokens", "max_num_seqs", "embedding_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.fail_status is not None and not 400 <= self.fail_status <= 599:
+            raise ValueError("fail_status must be an HTTP error status (400-599)")
+        if self.drop_after is not None and self.drop_after < 0:
+            raise ValueError("drop_after must be >= 0")
+        if self.api_key == "":
+            raise ValueError("api_key must not be empty when given")
