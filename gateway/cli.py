@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+import gateway.sim.cli as sim_cli
 from gateway import __version__, check, serve
-from gateway.sim import cli as sim_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import signal
 import socket
 import sys
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
@@ -31,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"vllm-gateway: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log)
+    # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit
+    # lets the `with` blocks below run, so the embedded simulator stops with the gateway.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     with contextlib.ExitStack() as stack:
         if not settings.models:
             model = stack.enter_context(embedded_simulator())
@@ -38,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
         server = _Server(uvicorn_config(settings), _banner(settings))
         server.run()
     return 0
+
+
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 def uvicorn_config(settings: Settings) -> uvicorn.Config:

@@ -104,7 +104,9 @@ def test_async_client_streams_and_plain(gateway: Process) -> None:
             stream = await client.chat.completions.create(
                 model=MODEL, messages=MESSAGES, max_tokens=5, stream=True
             )
-            parts = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
+            parts = [
+                chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices
+            ]
             return plain.choices[0].message.content or "", "".join(parts)
 
     plain, streamed = asyncio.run(main())

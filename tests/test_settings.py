@@ -1,0 +1,128 @@
+"""Settings: one typed object from YAML plus VGW_* overrides; bad values stop the start."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.settings import SettingsError, load_settings, normalize_upstream_url
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "gateway.example.yaml"
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_defaults_without_a_file() -> None:
+    settings = load_settings(None, {})
+    assert settings.listen.host == "127.0.0.1"
+    assert settings.listen.port == 8080
+    assert settings.models == []
+    assert not settings.listen.tls.enabled
+
+
+def test_example_file_loads() -> None:
+    settings = load_settings(EXAMPLE, {})
+    assert settings.models, "the example configures at least one model"
+
+
+def test_env_overrides_win_over_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, {"listen": {"port": 9000}, "timeouts": {"idle": 30}})
+    env = {
+        "VGW_LISTEN__PORT": "9100",
+        "VGW_LOG__FORMAT": "text",
+        "VGW_MODELS": '[{"name": "m", "replicas": [{"url": "10.0.0.5:8000"}]}]',
+        "OTHER": "ignored",
+    }
+    settings = load_settings(path, env)
+    assert settings.listen.port == 9100
+    assert settings.timeouts.idle == 30
+    assert settings.log.format == "text"
+    assert settings.models[0].replicas[0].url == "http://10.0.0.5:8000"
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalized"),
+    [
+        ("10.0.0.5:8000", "http://10.0.0.5:8000"),
+        ("http://vllm.internal:8000/", "http://vllm.internal:8000"),
+        ("https://gpu.example.com/v1", "https://gpu.example.com"),
+        ("http://ingress.example.com/serve/v1/", "http://ingress.example.com/serve"),
+    ],
+)
+def test_upstream_urls_are_normalized(raw: str, normalized: str) -> None:
+    assert normalize_upstream_url(raw) == normalized
+
+
+@pytest.mark.parametrize(
+    ("data", "env", "field"),
+    [
+        ({"listen": {"port": 70000}}, {}, "listen.port"),
+        ({"listen": {"prot": 80}}, {}, "listen.prot"),
+        ({}, {"VGW_TIMEOUTS__IDLE": "-1"}, "timeouts.idle"),
+        (
+            {"models": [{"name": "m", "replicas": [{"url": "ftp://x"}]}]},
+            {},
+            "models.0.replicas.0.url",
+        ),
+        (
+            {"models": [{"name": "m", "replicas": [{"url": "x:1", "api_key": "changeme"}]}]},
+            {},
+            "models.0.replicas.0.api_key",
+        ),
+        ({"models": [{"name": "m"}, {"name": "m"}]}, {}, "models"),
+        ({"listen": {"tls": {"certfile": "/nonexistent.pem"}}}, {}, "listen.tls"),
+        ({"listen": {"tls": {"certfile": "/a", "keyfile": "/b"}}}, {}, "listen.tls"),
+        ({"log": {"level": "loud"}}, {}, "log.level"),
+    ],
+)
+def test_invalid_settings_name_the_field(
+    tmp_path: Path, data: object, env: dict[str, str], field: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(write(tmp_path, data), env)
+    assert f"  {field}:" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("listen: [", "not valid YAML"), ("- a\n- b\n", "mapping at the top level")],
+)
+def test_unreadable_files_are_refused(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(SettingsError, match=message):
+        load_settings(path, {})
+
+
+def test_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="cannot read"):
+        load_settings(tmp_path / "absent.yaml", {})
+
+
+def test_secrets_never_show_in_the_settings_repr(tmp_path: Path) -> None:
+    data = {"models": [{"name": "m", "replicas": [{"url": "x:1", "api_key": "s3cr3t-value"}]}]}
+    settings = load_settings(write(tmp_path, data), {})
+    assert "s3cr3t-value" not in repr(settings)
+    assert "s3cr3t-value" not in settings.model_dump_json()
+
+
+def test_serve_stops_at_start_with_the_field_named(tmp_path: Path) -> None:
+    path = write(tmp_path, {"listen": {"port": "eighty"}})
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "listen.port" in result.stderr
+    assert "Traceback" not in result.stderr
