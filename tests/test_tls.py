@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ssl
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,3 +156,19 @@ def test_https_upstream_without_trust_is_502(module_tmp: Path, https_gateway: Pr
         response = httpx.post(f"{front.url}/v1/chat/completions", json=CHAT)
     assert response.status_code == 502
     assert "TLS" in response.json()["error"]["message"]
+
+
+def test_check_command_over_https(https_gateway: Process, server_files: dict[str, Path]) -> None:
+    url = https_url(https_gateway)
+    command = [sys.executable, "-m", "gateway", "check", "--url", url, "--test", "health"]
+    trusted = subprocess.run(
+        [*command, "--cacert", str(server_files["ca"])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert trusted.returncode == 0, trusted.stdout
+    untrusted = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert untrusted.returncode == 1
+    assert "TLS certificate verify failed" in untrusted.stdout
