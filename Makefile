@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: run test lint bench install dev clean
+.PHONY: run test e2e lint bench install dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,12 +29,17 @@ run: $(STAMP_RUN)
 ## make test: install everything the tests need, then run them
 test: $(STAMP_DEV)
 	bash scripts/install-system-deps.sh
-	$(BIN)/python -m pytest --cov --cov-report=term --cov-fail-under=90 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --ignore=tests/e2e --cov --cov-report=term --cov-fail-under=90 $(PYTEST_ARGS)
+
+## make e2e: build (once, cached) real vLLM for CPU and a small model, then test against it
+e2e: $(STAMP_DEV)
+	bash e2e/build.sh
+	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
 ## make lint: ruff and mypy --strict on gateway/
 lint: $(STAMP_DEV)
-	$(BIN)/ruff check gateway tests
-	$(BIN)/ruff format --check gateway tests
+	$(BIN)/ruff check gateway tests e2e
+	$(BIN)/ruff format --check gateway tests e2e
 	$(BIN)/mypy --strict gateway
 
 clean:
