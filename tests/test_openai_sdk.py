@@ -18,16 +18,24 @@ MODEL = "sim-model"
 MESSAGES = [{"role": "user", "content": "The capital of France is"}]
 
 
-def sdk(gateway: Process) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="client-key", max_retries=0)
+@pytest.fixture(scope="module")
+def client(gateway: Process) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="k", max_retries=0) as sdk:
+        yield sdk
+
+
+@pytest.fixture(scope="module")
+def broken_client(broken_gateway: Process) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{broken_gateway.url}/v1", api_key="k", max_retries=0) as sdk:
+        yield sdk
 
 
 def async_sdk(gateway: Process) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="client-key", max_retries=0)
 
 
-def test_chat_completion(gateway: Process, sim: Process) -> None:
-    answer = sdk(gateway).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5)
+def test_chat_completion(client: openai.OpenAI, sim: Process) -> None:
+    answer = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5)
     direct = httpx.post(
         f"{sim.url}/v1/chat/completions",
         json={"model": MODEL, "messages": MESSAGES, "max_tokens": 5},
@@ -37,8 +45,8 @@ def test_chat_completion(gateway: Process, sim: Process) -> None:
     assert answer.usage.completion_tokens == 5
 
 
-def test_chat_stream(gateway: Process) -> None:
-    stream = sdk(gateway).chat.completions.create(
+def test_chat_stream(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
         model=MODEL, messages=MESSAGES, max_tokens=6, stream=True
     )
     chunks = list(stream)
@@ -48,8 +56,8 @@ def test_chat_stream(gateway: Process) -> None:
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
-def test_chat_stream_with_usage(gateway: Process) -> None:
-    stream = sdk(gateway).chat.completions.create(
+def test_chat_stream_with_usage(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
         model=MODEL,
         messages=MESSAGES,
         max_tokens=4,
@@ -62,8 +70,7 @@ def test_chat_stream_with_usage(gateway: Process) -> None:
     assert last.usage.completion_tokens == 4
 
 
-def test_completion_plain_and_streamed(gateway: Process) -> None:
-    client = sdk(gateway)
+def test_completion_plain_and_streamed(client: openai.OpenAI) -> None:
     plain = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=7)
     streamed = client.completions.create(
         model=MODEL, prompt="Once upon a time", max_tokens=7, stream=True
@@ -73,8 +80,7 @@ def test_completion_plain_and_streamed(gateway: Process) -> None:
     assert len(text.split()) == 7
 
 
-def test_embeddings_base64_and_float(gateway: Process) -> None:
-    client = sdk(gateway)
+def test_embeddings_base64_and_float(client: openai.OpenAI) -> None:
     default = client.embeddings.create(model=MODEL, input=["hello world", "bonjour"])
     floats = client.embeddings.create(model=MODEL, input="hello world", encoding_format="float")
     assert len(default.data) == 2
@@ -87,8 +93,7 @@ def test_embeddings_base64_and_float(gateway: Process) -> None:
     assert list(decoded) == pytest.approx(floats.data[0].embedding, rel=1e-6)
 
 
-def test_models_list_and_retrieve(gateway: Process) -> None:
-    client = sdk(gateway)
+def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
     assert [model.id for model in client.models.list()] == [MODEL]
     assert client.models.retrieve(MODEL).id == MODEL
     with pytest.raises(openai.NotFoundError):
@@ -113,9 +118,9 @@ def test_async_client_streams_and_plain(gateway: Process) -> None:
     assert plain == streamed != ""
 
 
-def test_unknown_model_is_not_found(gateway: Process) -> None:
+def test_unknown_model_is_not_found(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        sdk(gateway).chat.completions.create(model="gpt-unknown", messages=MESSAGES)
+        client.chat.completions.create(model="gpt-unknown", messages=MESSAGES)
     assert caught.value.status_code == 404
     body = caught.value.body
     assert isinstance(body, dict)
@@ -123,9 +128,9 @@ def test_unknown_model_is_not_found(gateway: Process) -> None:
     assert body["code"] == "model_not_found"
 
 
-def test_invalid_input_is_bad_request(gateway: Process) -> None:
+def test_invalid_input_is_bad_request(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError):
-        sdk(gateway).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=-1)
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=-1)
 
 
 @pytest.fixture(scope="module")
@@ -149,21 +154,19 @@ def broken_gateway(module_tmp: Path, sim: Process) -> Iterator[Process]:
     ],
 )
 def test_upstream_failures_have_their_status(
-    broken_gateway: Process, model: str, headers: dict[str, str], status: int
+    broken_client: openai.OpenAI, model: str, headers: dict[str, str], status: int
 ) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
-        sdk(broken_gateway).chat.completions.create(
-            model=model, messages=MESSAGES, extra_headers=headers
-        )
+        broken_client.chat.completions.create(model=model, messages=MESSAGES, extra_headers=headers)
     assert caught.value.status_code == status
     body = caught.value.body
     assert isinstance(body, dict)
     assert set(body) == {"message", "type", "param", "code"}
 
 
-def test_streamed_timeout_before_first_byte_is_504(broken_gateway: Process) -> None:
+def test_streamed_timeout_before_first_byte_is_504(broken_client: openai.OpenAI) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
-        sdk(broken_gateway).chat.completions.create(
+        broken_client.chat.completions.create(
             model=MODEL,
             messages=MESSAGES,
             stream=True,

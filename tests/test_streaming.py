@@ -161,16 +161,17 @@ def test_mid_stream_drop_ends_with_error_event(deterministic_gateway: Process) -
 
 
 def test_sdk_raises_on_mid_stream_error(deterministic_gateway: Process) -> None:
-    client = openai.OpenAI(base_url=f"{deterministic_gateway.url}/v1", api_key="k", max_retries=0)
-    stream = client.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": "hi"}],
-        max_tokens=10,
-        stream=True,
-        extra_headers={"x-sim-drop-after": "2"},
-    )
-    with pytest.raises(openai.APIError, match="interrupted"):
-        list(stream)
+    url = f"{deterministic_gateway.url}/v1"
+    with openai.OpenAI(base_url=url, api_key="k", max_retries=0) as client:
+        stream = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=10,
+            stream=True,
+            extra_headers={"x-sim-drop-after": "2"},
+        )
+        with pytest.raises(openai.APIError, match="interrupted"):
+            list(stream)
 
 
 def test_idle_gap_timeout_mid_stream(deterministic_gateway: Process) -> None:

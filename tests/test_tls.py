@@ -71,16 +71,16 @@ def test_https_with_trusted_ca(https_gateway: Process, server_files: dict[str, P
 
 def test_openai_sdk_over_https(https_gateway: Process, server_files: dict[str, Path]) -> None:
     context = ssl.create_default_context(cafile=str(server_files["ca"]))
-    client = openai.OpenAI(
+    with openai.OpenAI(
         base_url=f"{https_url(https_gateway)}/v1",
         api_key="k",
         http_client=httpx.Client(verify=context),
         max_retries=0,
-    )
-    stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
-    )
-    assert sum(1 for chunk in stream if chunk.choices and chunk.choices[0].delta.content) == 4
+    ) as client:
+        stream = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+        )
+        assert sum(1 for chunk in stream if chunk.choices and chunk.choices[0].delta.content) == 4
 
 
 def test_untrusted_certificate_is_refused(https_gateway: Process) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -17,9 +18,12 @@ from tests.servers import Process
 PROMPT = "The capital of France is"
 
 
-def sdk(gateway: Process) -> openai.OpenAI:
+@pytest.fixture(scope="module")
+def client(e2e_gateway: Process) -> Iterator[openai.OpenAI]:
     # The client's key is not vLLM's: the gateway must swap it for the replica's.
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="a-client-key", max_retries=0)
+    url = f"{e2e_gateway.url}/v1"
+    with openai.OpenAI(base_url=url, api_key="a-client-key", max_retries=0) as sdk:
+        yield sdk
 
 
 def vllm_metric(server: Server, name: str, **labels: str) -> float:
@@ -31,22 +35,20 @@ def vllm_metric(server: Server, name: str, **labels: str) -> float:
     raise AssertionError(f"vLLM exposes no {name} {labels}")
 
 
-def test_models_lists_the_configured_models(e2e_gateway: Process) -> None:
-    ids = [model.id for model in sdk(e2e_gateway).models.list()]
+def test_models_lists_the_configured_models(client: openai.OpenAI) -> None:
+    ids = [model.id for model in client.models.list()]
     assert ids == [CHAT_MODEL, EMBED_MODEL, UNSERVED_MODEL]
 
 
-def test_completion_is_greedy_paris(e2e_gateway: Process) -> None:
-    answer = sdk(e2e_gateway).completions.create(
-        model=CHAT_MODEL, prompt=PROMPT, max_tokens=3, temperature=0
-    )
+def test_completion_is_greedy_paris(client: openai.OpenAI) -> None:
+    answer = client.completions.create(model=CHAT_MODEL, prompt=PROMPT, max_tokens=3, temperature=0)
     assert answer.choices[0].text.startswith(" Paris")
     assert answer.usage is not None
     assert answer.usage.completion_tokens == 3
 
 
-def test_chat_completion(e2e_gateway: Process) -> None:
-    answer = sdk(e2e_gateway).chat.completions.create(
+def test_chat_completion(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(
         model=CHAT_MODEL,
         messages=[{"role": "user", "content": "What is the capital of France?"}],
         max_tokens=8,
@@ -59,8 +61,8 @@ def test_chat_completion(e2e_gateway: Process) -> None:
 
 
 @pytest.mark.parametrize("include_usage", [False, True])
-def test_chat_stream_with_and_without_usage(e2e_gateway: Process, include_usage: bool) -> None:
-    stream = sdk(e2e_gateway).chat.completions.create(
+def test_chat_stream_with_and_without_usage(client: openai.OpenAI, include_usage: bool) -> None:
+    stream = client.chat.completions.create(
         model=CHAT_MODEL,
         messages=[{"role": "user", "content": "Count to five."}],
         max_tokens=6,
@@ -82,16 +84,15 @@ def test_chat_stream_with_and_without_usage(e2e_gateway: Process, include_usage:
         assert usage_chunks == []
 
 
-def test_completion_stream(e2e_gateway: Process) -> None:
-    stream = sdk(e2e_gateway).completions.create(
+def test_completion_stream(client: openai.OpenAI) -> None:
+    stream = client.completions.create(
         model=CHAT_MODEL, prompt=PROMPT, max_tokens=4, temperature=0, stream=True
     )
     text = "".join(chunk.choices[0].text for chunk in stream if chunk.choices)
     assert text.startswith(" Paris")
 
 
-def test_embeddings(e2e_gateway: Process) -> None:
-    client = sdk(e2e_gateway)
+def test_embeddings(client: openai.OpenAI) -> None:
     packed = client.embeddings.create(model=EMBED_MODEL, input=["hello world", "bonjour"])
     floats = client.embeddings.create(
         model=EMBED_MODEL, input="hello world", encoding_format="float"
@@ -100,15 +101,15 @@ def test_embeddings(e2e_gateway: Process) -> None:
     assert packed.data[0].embedding == pytest.approx(floats.data[0].embedding, abs=1e-5)
 
 
-def test_unknown_model_is_refused_by_the_gateway(e2e_gateway: Process) -> None:
+def test_unknown_model_is_refused_by_the_gateway(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        sdk(e2e_gateway).completions.create(model="no-such-model", prompt="x", max_tokens=1)
+        client.completions.create(model="no-such-model", prompt="x", max_tokens=1)
     assert caught.value.code == "model_not_found"
 
 
-def test_vllm_not_found_passes_through(e2e_gateway: Process) -> None:
+def test_vllm_not_found_passes_through(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        sdk(e2e_gateway).completions.create(model=UNSERVED_MODEL, prompt="x", max_tokens=1)
+        client.completions.create(model=UNSERVED_MODEL, prompt="x", max_tokens=1)
     body = caught.value.body
     assert isinstance(body, dict)
     assert body["message"].startswith(f"The model `{UNSERVED_MODEL}` does not exist.")
@@ -116,9 +117,9 @@ def test_vllm_not_found_passes_through(e2e_gateway: Process) -> None:
     assert body["param"] == "model"
 
 
-def test_vllm_bad_request_passes_through(e2e_gateway: Process) -> None:
+def test_vllm_bad_request_passes_through(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        sdk(e2e_gateway).completions.create(model=CHAT_MODEL, prompt="x", max_tokens=-1)
+        client.completions.create(model=CHAT_MODEL, prompt="x", max_tokens=-1)
     body = caught.value.body
     assert isinstance(body, dict)
     assert body["type"] == "BadRequestError"
