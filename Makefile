@@ -36,10 +36,14 @@ e2e: $(STAMP_DEV)
 	bash e2e/build.sh
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
+## make bench: the same load direct and through the gateway, reported as ratios
+bench: $(STAMP_DEV)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 ## make lint: ruff and mypy --strict on gateway/
 lint: $(STAMP_DEV)
-	$(BIN)/ruff check gateway tests e2e
-	$(BIN)/ruff format --check gateway tests e2e
+	$(BIN)/ruff check gateway tests e2e bench
+	$(BIN)/ruff format --check gateway tests e2e bench
 	$(BIN)/mypy --strict gateway
 
 clean:

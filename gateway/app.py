@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
 
+from gateway.access_log import AccessLog
 from gateway.asgi import ASGIApp, Receive, Scope, Send
 from gateway.middleware.context import RequestContextMiddleware
 from gateway.middleware.errors import ErrorBoundary
@@ -16,13 +18,13 @@ from gateway.upstreams.pool import Pools
 logger = logging.getLogger("gateway")
 
 
-def build_stack(proxy: ASGIApp) -> ASGIApp:
+def build_stack(proxy: ASGIApp, access_log: AccessLog) -> ASGIApp:
     """The request path, outermost first.
 
     The request context comes first so that every response, including the
     error boundary's, carries the request id and is logged exactly once.
     """
-    return RequestContextMiddleware(ErrorBoundary(proxy))
+    return RequestContextMiddleware(ErrorBoundary(proxy), access_log)
 
 
 class Gateway:
@@ -39,7 +41,9 @@ class Gateway:
             timeouts, upstream_context(settings.upstream_tls), settings.upstream_max_connections
         )
         self.pools = Pools.from_settings(settings.models)
-        self._http = build_stack(ProxyApp(self.pools, self.upstream, settings.max_body_bytes))
+        self.access_log = AccessLog(sys.stderr, settings.log)
+        proxy = ProxyApp(self.pools, self.upstream, settings.max_body_bytes)
+        self._http = build_stack(proxy, self.access_log)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -59,6 +63,7 @@ class Gateway:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.upstream.close()
+                self.access_log.flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -61,6 +61,8 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         ws="none",
         lifespan="on",
         access_log=False,
+        # X-Forwarded-* from clients is not trusted: the gateway is the edge.
+        proxy_headers=False,
         server_header=False,
         log_config=None,
         ssl_certfile=tls.certfile,

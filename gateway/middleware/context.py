@@ -6,17 +6,16 @@ the error boundary's included, carries `X-Request-Id` and is logged once.
 
 from __future__ import annotations
 
-import logging
+import os
 import time
-import uuid
 from dataclasses import dataclass
 
+from gateway.access_log import AccessLog
 from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
 from gateway.proxy.forward import Outcome
 from gateway.proxy.headers import REQUEST_ID, header_value, valid_request_id
 
 SCOPE_KEY = "vgw.context"
-access_logger = logging.getLogger("gateway.access")
 
 
 @dataclass(slots=True)
@@ -37,8 +36,9 @@ def context_of(scope: Scope) -> RequestContext:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, access_log: AccessLog) -> None:
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,7 +46,7 @@ class RequestContextMiddleware:
             return
         given = header_value(scope["headers"], REQUEST_ID)
         request_id = (
-            given.decode("ascii") if given and valid_request_id(given) else uuid.uuid4().hex
+            given.decode("ascii") if given and valid_request_id(given) else os.urandom(16).hex()
         )
         context = RequestContext(request_id, time.perf_counter())
         scope[SCOPE_KEY] = context
@@ -63,14 +63,13 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_context)
         finally:
-            _log_access(scope, context)
+            if self.access_log.enabled:
+                self.access_log.write(_access_fields(scope, context))
 
 
-def _log_access(scope: Scope, context: RequestContext) -> None:
-    if not access_logger.isEnabledFor(logging.INFO):
-        return
+def _access_fields(scope: Scope, context: RequestContext) -> dict[str, object]:
     outcome = context.outcome
-    record = {
+    return {
         "request_id": context.request_id,
         "method": scope["method"],
         "path": scope["path"],
@@ -83,4 +82,3 @@ def _log_access(scope: Scope, context: RequestContext) -> None:
         or bool(outcome and outcome.client_disconnected),
         "stream_error": outcome.stream_error if outcome else None,
     }
-    access_logger.info("request", extra={"fields": record})

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 from gateway.asgi import Receive
 from gateway.errors import InvalidRequest, PayloadTooLarge
@@ -39,8 +40,8 @@ class ClientGone(Exception):
 def parse_request(body: bytes) -> tuple[dict[str, Any], str]:
     """The parsed JSON object and its `model`; the bytes forwarded stay the client's own."""
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from exc
     if not isinstance(payload, dict):
         raise InvalidRequest("The request body must be a JSON object.")

@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 
 import aiohttp
+from yarl import URL
 
 from gateway.asgi import Receive, Send
 from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnreachable, stream_error_event
@@ -29,6 +30,7 @@ logger = logging.getLogger("gateway.proxy")
 EVENT_STREAM = b"text/event-stream"
 DISCONNECT = "client disconnected"
 TIMEOUT = "upstream timeout"
+WATCH_AFTER = 0.05
 
 
 @dataclass(slots=True)
@@ -44,8 +46,10 @@ class Outcome:
 class Interrupter:
     """Cancels the forwarding task when the client leaves or the replica goes quiet.
 
-    One task waits for `http.disconnect`; one timer checks the time of the last
-    read, so a chunk costs a timestamp, not a timer.
+    One timer checks the time of the last read, so a chunk costs a timestamp,
+    not a timer. The task that waits for `http.disconnect` starts only once a
+    request has run for WATCH_AFTER seconds: quick answers never pay for it,
+    and a client that leaves is still noticed within that delay.
     """
 
     def __init__(self, receive: Receive, limit: float) -> None:
@@ -53,30 +57,34 @@ class Interrupter:
         task = asyncio.current_task()
         assert task is not None
         self._task = task
+        self._receive = receive
+        self._watcher: asyncio.Task[None] | None = None
         self.reason: str | None = None
         self.limit = limit
         self.last = self._loop.time()
-        self._timer = self._loop.call_at(self.last + limit, self._check)
-        self._watcher = self._loop.create_task(self._watch(receive))
+        self._timer = self._loop.call_at(self.last + min(limit, WATCH_AFTER), self._check)
 
     def set_limit(self, limit: float) -> None:
         self.limit = limit
         self.last = self._loop.time()
         self._timer.cancel()
-        self._timer = self._loop.call_at(self.last + limit, self._check)
+        first_check = limit if self._watcher is not None else min(limit, WATCH_AFTER)
+        self._timer = self._loop.call_at(self.last + first_check, self._check)
 
     def touch(self) -> None:
         self.last = self._loop.time()
 
     def _check(self) -> None:
+        if self._watcher is None and self.reason is None:
+            self._watcher = self._loop.create_task(self._watch())
         due = self.last + self.limit
         if self._loop.time() < due:
             self._timer = self._loop.call_at(due, self._check)
         else:
             self._fire(TIMEOUT)
 
-    async def _watch(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
             pass
         self._fire(DISCONNECT)
 
@@ -89,7 +97,8 @@ class Interrupter:
         """Called before the last message, so nothing can fire once the response is done."""
         self.reason = self.reason or "stopped"
         self._timer.cancel()
-        self._watcher.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
 
     def claim(self) -> str | None:
         """After a CancelledError: the reason if we caused it (and the task goes on)."""
@@ -103,7 +112,7 @@ class Interrupter:
 class UpstreamRequest:
     """What goes to the replica: the client's own body bytes, with rewritten headers."""
 
-    url: str
+    url: URL
     replica: str
     body: bytes
     headers: dict[str, str]

@@ -55,8 +55,7 @@ class ProxyApp:
             context.replica = replica.url
             exchange = Exchange(self._upstream.session, self._upstream.timeouts)
             context.outcome = exchange.outcome
-            query = scope.get("query_string") or b""
-            url = replica.url + route_path + ("?" + query.decode("latin-1") if query else "")
+            url = replica.url_for(route_path, scope.get("query_string") or b"")
             request = UpstreamRequest(
                 url,
                 replica.url,

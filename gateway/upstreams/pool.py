@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from yarl import URL
+
 from gateway.errors import ModelNotFound, NoHealthyReplica
 from gateway.settings import ModelSettings
 
@@ -19,6 +21,16 @@ class Replica:
     authorization: str | None = field(default=None, repr=False)
     outstanding: int = 0
     healthy: bool = True
+    _urls: dict[str, URL] = field(default_factory=dict, repr=False)
+
+    def url_for(self, path: str, query: bytes) -> URL:
+        """The upstream URL for a route; parsed once per route, not per request."""
+        if query:
+            return URL(f"{self.url}{path}?{query.decode('latin-1')}", encoded=True)
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(self.url + path, encoded=True)
+        return url
 
     @contextmanager
     def lease(self) -> Iterator[Replica]:

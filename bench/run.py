@@ -1,0 +1,201 @@
+"""`make bench`: the same load direct to the simulator and through the gateway, in one run.
+
+The gateway is pinned to core 0; the simulator and this load generator share
+core 1. Each scenario runs twice (direct, then through a fresh gateway) and is
+reported as ratios and added latencies, plus the gateway's CPU and peak RSS.
+
+    python bench/run.py [--scenarios S1,S3] [--scale 0.25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import uvloop
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loadgen import Load, request_body, run_load
+from report import PassResult, budget_lines, compare, summarize, table
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+MODEL = "bench-model"
+GATEWAY_CORE, LOAD_CORE = "0", "1"
+TASKSET = shutil.which("taskset") or "/usr/bin/taskset"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    stream: bool
+    tokens: int
+    requests: int
+    concurrency: int
+    ttft_ms: float
+    itl_ms: float
+    ramp_s: float = 0.0
+
+
+SCENARIOS = [
+    Scenario("S1", "realistic streams", True, 128, 1024, 256, 50, 40, ramp_s=2.0),
+    Scenario("S2", "streaming saturation", True, 512, 256, 64, 0, 0),
+    Scenario("S3", "non-streaming saturation", False, 16, 6000, 64, 0, 0),
+    Scenario("S4", "sequential", False, 4, 500, 1, 0, 0),
+    Scenario("S5", "many open streams", True, 10, 2000, 2000, 0, 1000),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start(args: list[str], core: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [TASKSET, "-c", core, sys.executable, "-m", "gateway", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"a bench process exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise SystemExit(f"{url} did not come up")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def gateway_config(port: int, sim_url: str, log_dir: Path) -> Path:
+    """The gateway as users run it: every part that exists is on."""
+    config = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "models": [{"name": MODEL, "replicas": [{"url": sim_url}]}],
+        "log": {"level": "info", "format": "json"},
+    }
+    path = log_dir / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def measure(load: Load, pid: int | None) -> PassResult:
+    warm = Load(load.url, load.path, load.body, load.stream, min(50, load.requests), 8)
+    # The warm-up opens connections and fills caches; it is not measured.
+    uvloop.run(run_load(warm))
+    gateway_cpu = cpu_seconds(pid) if pid else 0.0
+    client_cpu = time.process_time()
+    samples, wall = uvloop.run(run_load(load))
+    client_cpu = time.process_time() - client_cpu
+    gateway_cpu = (cpu_seconds(pid) - gateway_cpu) if pid else 0.0
+    rss = peak_rss_mb(pid) if pid else 0.0
+    return summarize(samples, wall, client_cpu, gateway_cpu, rss)
+
+
+def load_for(scenario: Scenario, url: str, body: bytes, requests: int) -> Load:
+    path = "/v1/chat/completions"
+    return Load(url, path, body, scenario.stream, requests, scenario.concurrency, scenario.ramp_s)
+
+
+def run_scenario(scenario: Scenario, scale: float, work: Path) -> dict[str, object]:
+    requests = max(scenario.concurrency, int(scenario.requests * scale))
+    sim_port, gw_port = free_port(), free_port()
+    sim_args = ["simulate", "--port", str(sim_port), "--model", MODEL]
+    sim_args += ["--ttft-ms", str(scenario.ttft_ms), "--itl-ms", str(scenario.itl_ms)]
+    sim_args += ["--max-num-seqs", "100000"]
+    sim = start(sim_args, LOAD_CORE, work / f"{scenario.name}-sim.log")
+    body = request_body(MODEL, scenario.tokens, scenario.stream)
+    try:
+        sim_url = f"http://127.0.0.1:{sim_port}"
+        wait_ready(f"{sim_url}/health", sim)
+        direct = measure(load_for(scenario, sim_url, body, requests), None)
+        config = gateway_config(gw_port, sim_url, work)
+        gw_log = work / f"{scenario.name}-gw.log"
+        gateway = start(["serve", "--config", str(config)], GATEWAY_CORE, gw_log)
+        try:
+            gw_url = f"http://127.0.0.1:{gw_port}"
+            wait_ready(f"{gw_url}/v1/models", gateway)
+            through = measure(load_for(scenario, gw_url, body, requests), gateway.pid)
+        finally:
+            stop(gateway)
+    finally:
+        stop(sim)
+    return {
+        "scenario": asdict(scenario) | {"requests": requests},
+        "direct": asdict(direct),
+        "gateway": asdict(through),
+        "compare": compare(direct, through),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scenarios", default=",".join(s.name for s in SCENARIOS))
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply request counts")
+    args = parser.parse_args()
+    chosen = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    os.sched_setaffinity(0, {int(LOAD_CORE)})
+    results = []
+    with tempfile.TemporaryDirectory(prefix="vgw-bench-") as tmp:
+        for scenario in chosen:
+            print(f"running {scenario.name} ({scenario.title}) ...", flush=True)
+            results.append(run_scenario(scenario, args.scale, Path(tmp)))
+    stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    document = {"date": stamp, "python": sys.version.split()[0], "results": results}
+    for name in (f"{stamp}.json", "latest.json"):
+        (RESULTS / name).write_text(json.dumps(document, indent=2))
+    text = table(results) + "\n\n" + "\n".join(budget_lines(results))
+    (RESULTS / "latest.md").write_text(f"Run {stamp}\n\n{text}\n")
+    print(text)
+    print(f"\nwritten to {RESULTS / (stamp + '.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
