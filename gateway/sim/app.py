@@ -27,11 +27,12 @@ from gateway.sim.exchange import (
     run_watched,
     send_response,
 )
+from gateway.sim.fields import decode_object
 from gateway.sim.generate import Call, Generator
 from gateway.sim.knobs import Knobs
 from gateway.sim.metrics import SimMetrics
 from gateway.sim.protocol import DETERMINISTIC_CREATED, models_body
-from gateway.sim.requests import check_content_type, parse_object
+from gateway.sim.requests import check_content_type
 
 Headers = Mapping[bytes, bytes]
 Handler = Callable[[Scope, Receive, Send, Headers], Awaitable[None]]
@@ -173,7 +174,7 @@ class SimApp:
             if knobs.fail_status is not None:
                 raise SimError(knobs.fail_status, "Simulated failure (vllm-gateway simulator)")
             check_content_type(headers.get(b"content-type"))
-            payload = parse_object(body, self.config.model)
+            payload = decode_object(body)
             request_id = headers.get(b"x-request-id")
             call = Call(exchange, knobs, request_id.decode("latin-1") if request_id else None)
             await endpoint(call, payload)

@@ -23,7 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--itl-ms", type=float, default=0.0, help="delay between tokens")
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument(
-        "--default-max-tokens", type=int, default=16, help="reply length when none is asked"
+        "--default-max-tokens",
+        type=int,
+        default=16,
+        help='reply length in tokens when none is asked; such a reply ends with EOS ("stop")',
     )
     parser.add_argument(
         "--max-num-seqs", type=int, default=256, help="requests generated at once; others wait"

@@ -2,14 +2,16 @@
 
 ```
 SimError                 -> {"error": {"message", "type", "param", "code"}}
-├── BadRequest           400 BadRequestError, param null
-└── ModelNotFound        404 NotFoundError, param "model"
+├── BadRequest           400 "BadRequestError": vLLM's own checks, "(parameter=..)" suffix
+├── InvalidRequest       400 "Bad Request": FastAPI's request validation, param = error loc
+└── ModelNotFound        404 "NotFoundError"
 ```
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 # The OpenAI SDKs pick the exception class from the status; the type string
 # only has to read the way vLLM and OpenAI spell it.
@@ -29,6 +31,7 @@ _ERROR_TYPES = {
     503: "ServiceUnavailableError",
     504: "GatewayTimeoutError",
 }
+_NO_VALUE = object()
 
 
 def error_type(status: int) -> str:
@@ -39,16 +42,19 @@ def error_type(status: int) -> str:
 class SimError(Exception):
     """An error answered before the response started, in vLLM's shape."""
 
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, param: str | None = None, kind: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
+        self.kind = kind or error_type(status)
 
     def body(self) -> bytes:
         error = {
             "message": self.message,
-            "type": error_type(self.status),
+            "type": self.kind,
             "param": self.param,
             "code": self.status,
         }
@@ -56,10 +62,50 @@ class SimError(Exception):
 
 
 class BadRequest(SimError):
-    def __init__(self, message: str) -> None:
-        super().__init__(400, message)
+    """A request vLLM's serving code refuses; naming PARAM (and VALUE) as vLLM 0.32 does."""
+
+    def __init__(self, message: str, param: str | None = None, value: object = _NO_VALUE) -> None:
+        if param is not None and value is not _NO_VALUE:
+            message = f"{message} (parameter={param}, value={value})"
+        elif param is not None:
+            message = f"{message} (parameter={param})"
+        super().__init__(400, message, param)
+
+
+class InvalidRequest(SimError):
+    """A body FastAPI's validation rejects before vLLM sees it: one message line per error."""
+
+    def __init__(self, lines: Sequence[str], param: str | None) -> None:
+        plural = "" if len(lines) == 1 else "s"
+        message = f"{len(lines)} validation error{plural}:\n  " + "\n  ".join(lines)
+        super().__init__(400, message, param, kind="Bad Request")
+
+
+def field_error(
+    kind: str, loc: str, msg: str, value: object, ctx: dict[str, str] | None = None
+) -> InvalidRequest:
+    """One pydantic error at LOC (`body.<field>`), printed the way vLLM prints it."""
+    error: dict[str, object] = {"type": kind, "loc": loc, "msg": msg, "input": describe(value)}
+    if ctx is not None:
+        error["ctx"] = ctx
+    return InvalidRequest([str(error)], loc)
+
+
+def describe(value: object) -> str:
+    """vLLM's summary of an offending input: containers by size, anything else as text."""
+    if isinstance(value, dict):
+        return f"<dict of {len(value)} items>"
+    if isinstance(value, list):
+        return f"<list of {len(value)} items>"
+    return str(value)
 
 
 class ModelNotFound(SimError):
-    def __init__(self, model: str) -> None:
-        super().__init__(404, f"The model `{model}` does not exist.", param="model")
+    """An unknown `model`; chat and completions list the served name, embeddings do not."""
+
+    def __init__(self, model: str, served: str | None = None) -> None:
+        if served is None:
+            super().__init__(404, f"The model `{model}` does not exist.")
+        else:
+            message = f"The model `{model}` does not exist. Valid aliases: {served}."
+            super().__init__(404, message, param="model")

@@ -21,7 +21,7 @@ from gateway.sim.requests import (
 from gateway.sim.stream import DONE, SseFrames
 from gateway.sim.text import output_text, seed_of
 
-BodyBuilder = Callable[[Identity, str, int, int], bytes]
+BodyBuilder = Callable[[Identity, str, int, int, str], bytes]
 
 
 @dataclass(slots=True)
@@ -74,22 +74,22 @@ class Generator:
         self, call: Call, request: GenerationRequest, ident: Identity, build: BodyBuilder
     ) -> None:
         async with self._sequence(call, request.prompt_tokens) as sequence:
-            for _ in range(request.max_tokens):
+            for _ in range(request.completion_tokens):
                 await sequence.next_token()
             # A non-streamed answer is dropped where it would have been sent: nothing arrives.
             if call.knobs.drop_after is not None:
                 sequence.crash()
                 raise call.exchange.drop()
-            text = output_text(seed_of(request.prompt_text), request.max_tokens)
-            body = build(ident, text, request.prompt_tokens, request.max_tokens)
-            sequence.finish("length")
+            text = output_text(seed_of(request.prompt_text), request.words)
+            tokens = request.completion_tokens
+            body = build(ident, text, request.prompt_tokens, tokens, request.finish_reason)
+            sequence.finish(request.finish_reason)
             await call.exchange.respond(200, body)
 
     async def _stream(
         self, call: Call, request: GenerationRequest, ident: Identity, chat: bool
     ) -> None:
-        seed = seed_of(request.prompt_text)
-        frames = SseFrames(ident, chat, seed, request.prompt_tokens, request.continuous_usage)
+        frames = SseFrames(ident, chat, request)
         exchange = call.exchange
         # Like vLLM, headers go out at once; events follow once the engine admits the request.
         await exchange.start_stream()
@@ -97,19 +97,18 @@ class Generator:
         async with self._sequence(call, request.prompt_tokens) as sequence:
             if chat:
                 await exchange.send_event(frames.role())
-            for position in range(request.max_tokens):
+            for position in range(request.completion_tokens):
                 if position == drop_after:
                     break
                 await sequence.next_token()
-                await exchange.send_event(frames.content(position))
+                await exchange.send_event(frames.token(position))
             if drop_after is not None:
-                # The fault always fires: a reply shorter than N drops before its finish event.
+                # The fault always fires: a reply of N tokens or fewer drops before [DONE].
                 sequence.crash()
                 raise exchange.drop()
-            sequence.finish("length")
-            await exchange.send_event(frames.finish(request.max_tokens))
+            sequence.finish(request.finish_reason)
             if request.include_usage:
-                await exchange.send_event(frames.usage(request.max_tokens))
+                await exchange.send_event(frames.usage(request.completion_tokens))
             await exchange.end_stream(DONE)
 
     def _identity(self, prefix: str, call: Call) -> Identity:

@@ -22,7 +22,8 @@ E2E_BUCKETS = (
     50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
 
-FINISHED_REASONS = ("length", "stop", "abort")
+# All of vLLM's reasons are exported from the start; the simulator never counts the last two.
+FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
 
 
 class SimMetrics:

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 
 DETERMINISTIC_CREATED = 1700000000
 OWNED_BY = "vllm-gateway-simulator"
+# The vLLM release whose protocol the simulator follows, in vLLM's
+# `vllm-<version>-<hash>` fingerprint format; "simulator" stands for the hash.
+VLLM_VERSION = "0.32.0"
+SYSTEM_FINGERPRINT = f"vllm-{VLLM_VERSION}-simulator"
 
 
 def dumps(value: object) -> bytes:
@@ -39,7 +43,8 @@ class Identity:
         return cls(f"{prefix}-{suffix}", int(time.time()), model)
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, object]:
+    """The usage object of streamed chunks."""
     return {
         "prompt_tokens": prompt_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
@@ -47,7 +52,31 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
+def full_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, object]:
+    """The usage object of non-streamed responses: with the (always null) token details."""
+    return {
+        **usage(prompt_tokens, completion_tokens),
+        "prompt_tokens_details": None,
+        "completion_tokens_details": None,
+    }
+
+
 def models_body(model: str, created: int, max_model_len: int) -> bytes:
+    """vLLM's model list, with `owned_by` saying that this is the simulator."""
+    permission = {
+        "id": f"modelperm-{uuid.uuid5(uuid.NAMESPACE_URL, model).hex[:16]}",
+        "object": "model_permission",
+        "created": created,
+        "allow_create_engine": False,
+        "allow_sampling": True,
+        "allow_logprobs": True,
+        "allow_search_indices": False,
+        "allow_view": True,
+        "allow_fine_tuning": False,
+        "organization": "*",
+        "group": None,
+        "is_blocking": False,
+    }
     card = {
         "id": model,
         "object": "model",
@@ -56,12 +85,18 @@ def models_body(model: str, created: int, max_model_len: int) -> bytes:
         "root": model,
         "parent": None,
         "max_model_len": max_model_len,
-        "permission": [],
+        "permission": [permission],
     }
     return dumps({"object": "list", "data": [card]})
 
 
-def chat_body(ident: Identity, text: str, prompt_tokens: int, completion_tokens: int) -> bytes:
+# The fields that close every non-streamed generation body.
+_TAIL = {"kv_transfer_params": None, "ec_transfer_params": None, "metrics": None}
+
+
+def chat_body(
+    ident: Identity, text: str, prompt_tokens: int, completion_tokens: int, finish_reason: str
+) -> bytes:
     message: dict[str, object] = {
         "role": "assistant",
         "content": text,
@@ -69,54 +104,62 @@ def chat_body(ident: Identity, text: str, prompt_tokens: int, completion_tokens:
         "annotations": None,
         "audio": None,
         "function_call": None,
-        "tool_calls": [],
-        "reasoning_content": None,
+        "reasoning": None,
     }
     choice = {
         "index": 0,
         "message": message,
         "logprobs": None,
-        "finish_reason": "length",
+        "finish_reason": finish_reason,
         "stop_reason": None,
+        "token_ids": None,
+        "routed_experts": None,
     }
     return dumps(
         {
-            "id": ident.id,
-            "object": "chat.completion",
-            "created": ident.created,
-            "model": ident.model,
-            "choices": [choice],
-            "service_tier": None,
-            "system_fingerprint": None,
-            "usage": {**usage(prompt_tokens, completion_tokens), "prompt_tokens_details": None},
+            **_head(ident, "chat.completion", choice),
+            "usage": full_usage(prompt_tokens, completion_tokens),
             "prompt_logprobs": None,
-            "kv_transfer_params": None,
+            "prompt_token_ids": None,
+            "prompt_text": None,
+            **_TAIL,
         }
     )
 
 
 def completion_body(
-    ident: Identity, text: str, prompt_tokens: int, completion_tokens: int
+    ident: Identity, text: str, prompt_tokens: int, completion_tokens: int, finish_reason: str
 ) -> bytes:
     choice = {
         "index": 0,
         "text": text,
         "logprobs": None,
-        "finish_reason": "length",
+        "finish_reason": finish_reason,
         "stop_reason": None,
+        "token_ids": None,
         "prompt_logprobs": None,
+        "prompt_token_ids": None,
+        "routed_experts": None,
     }
     return dumps(
         {
-            "id": ident.id,
-            "object": "text_completion",
-            "created": ident.created,
-            "model": ident.model,
-            "choices": [choice],
-            "usage": {**usage(prompt_tokens, completion_tokens), "prompt_tokens_details": None},
-            "kv_transfer_params": None,
+            **_head(ident, "text_completion", choice),
+            "usage": full_usage(prompt_tokens, completion_tokens),
+            **_TAIL,
         }
     )
+
+
+def _head(ident: Identity, kind: str, choice: dict[str, object]) -> dict[str, object]:
+    return {
+        "id": ident.id,
+        "object": kind,
+        "created": ident.created,
+        "model": ident.model,
+        "choices": [choice],
+        "service_tier": None,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
 
 
 def embedding_body(
@@ -133,7 +176,7 @@ def embedding_body(
             "created": ident.created,
             "model": ident.model,
             "data": data,
-            "usage": {**usage(prompt_tokens, 0), "prompt_tokens_details": None},
+            "usage": full_usage(prompt_tokens, 0),
         }
     )
 

@@ -1,33 +1,45 @@
 """Request bodies parsed and validated the way vLLM's OpenAI server does it.
 
-Only what the simulator acts on is read; unknown fields are ignored, as
-vLLM's pydantic models ignore them. Every rejection is a `BadRequest` (400)
-or `ModelNotFound` (404) with vLLM's message where the simulator knows it.
+The order of checks is vLLM's: FastAPI's field validation ("Bad Request"),
+then the served model (404), then vLLM's own checks ("BadRequestError").
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import TypeGuard
 
 from gateway.sim.config import SimConfig
 from gateway.sim.errors import BadRequest, ModelNotFound
+from gateway.sim.fields import (
+    list_field,
+    optional_bool,
+    optional_int,
+    required,
+    unsupported_media_type,
+)
 from gateway.sim.text import count_tokens
-
-JSON_ONLY = "Unsupported Media Type: Only 'application/json' is allowed"
 
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
-    """A chat or completions request, reduced to what the simulated engine needs."""
+    """A chat or completions request, reduced to what the simulated engine needs.
+
+    The reply is `words` output words, then, when `finish_reason` is "stop",
+    one end-of-sequence token that renders as no text (as a real model's EOS).
+    """
 
     prompt_text: str
     prompt_tokens: int
-    max_tokens: int
+    words: int
+    finish_reason: str
     stream: bool
     include_usage: bool
     continuous_usage: bool
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.words + (self.finish_reason == "stop")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,71 +52,66 @@ class EmbeddingRequest:
 def check_content_type(content_type: bytes | None) -> None:
     media_type = (content_type or b"").split(b";", 1)[0].strip().lower()
     if media_type != b"application/json":
-        raise BadRequest(JSON_ONLY)
+        raise unsupported_media_type()
 
 
-def parse_object(body: bytes, served_model: str) -> dict[str, object]:
-    """Decode BODY as a JSON object and check its `model` against the served one."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"JSON decode error: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise BadRequest("The request body must be a JSON object")
+def check_model(payload: dict[str, object], served: str, listed: bool = True) -> None:
+    """vLLM serves its default model when `model` is omitted; another name is a 404."""
     model = payload.get("model")
-    # vLLM serves its default model when `model` is omitted.
-    if model is not None and model != served_model:
-        raise ModelNotFound(str(model))
-    return payload
+    if model is not None and model != served:
+        raise ModelNotFound(str(model), served if listed else None)
 
 
 def parse_chat(payload: dict[str, object], config: SimConfig) -> GenerationRequest:
-    messages = payload.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("Field required: `messages` must be a non-empty list of messages")
-    texts = [_message_text(message) for message in messages]
-    prompt_text = "\n".join(texts)
-    limit = payload.get("max_completion_tokens")
+    messages = list_field(payload, "messages")
+    limit = optional_int(payload, "max_completion_tokens")
     if limit is None:
-        limit = payload.get("max_tokens")
-    return _generation(payload, prompt_text, count_tokens(prompt_text), limit, config)
+        limit = optional_int(payload, "max_tokens")
+    stream = optional_bool(payload, "stream")
+    check_model(payload, config.model)
+    if not messages:
+        raise BadRequest(
+            "Cannot apply chat template to an empty conversation. Provide at least one message."
+        )
+    prompt_text = "\n".join(_message_text(message) for message in messages)
+    tokens = count_tokens(prompt_text)
+    return _generation(payload, prompt_text, tokens, limit, stream=stream, config=config)
 
 
 def parse_completion(payload: dict[str, object], config: SimConfig) -> GenerationRequest:
-    if "prompt" not in payload:
-        raise BadRequest("Field required: `prompt`")
-    prompt = payload["prompt"]
-    if isinstance(prompt, list) and prompt and not _is_token_ids(prompt):
+    limit = optional_int(payload, "max_tokens")
+    stream = optional_bool(payload, "stream")
+    check_model(payload, config.model)
+    prompt = payload.get("prompt")
+    if prompt is None or prompt in ("", []):
+        raise BadRequest(
+            "Either prompt or prompt_embeds must be provided and non-empty.", param="prompt"
+        )
+    if isinstance(prompt, list) and not _is_token_ids(prompt):
         if len(prompt) != 1:
             raise BadRequest("The simulator does not support batched prompts")
         prompt = prompt[0]
     prompt_text, prompt_tokens = _input_text(prompt, "prompt")
-    return _generation(payload, prompt_text, prompt_tokens, payload.get("max_tokens"), config)
+    return _generation(payload, prompt_text, prompt_tokens, limit, stream=stream, config=config)
 
 
 def parse_embedding(payload: dict[str, object], config: SimConfig) -> EmbeddingRequest:
-    if "input" not in payload:
-        raise BadRequest("Field required: `input`")
-    raw = payload["input"]
+    raw = required(payload, "input")
+    encoding = payload.get("encoding_format")
+    check_model(payload, config.model, listed=False)
     items = [raw] if isinstance(raw, str) or _is_token_ids(raw) else raw
     if not isinstance(items, list) or not items:
-        raise BadRequest("`input` must be a string, a list of strings or token ids, not empty")
+        raise BadRequest("You must pass at least one prompt")
     parsed = [_input_text(item, "input") for item in items]
     for _, tokens in parsed:
-        if tokens > config.max_model_len:
-            raise BadRequest(
-                f"This model's maximum context length is {config.max_model_len} tokens. "
-                f"However, you requested {tokens} tokens in the input for embedding "
-                "generation. Please reduce the length of the input."
-            )
-    encoding = payload.get("encoding_format")
+        _check_prompt_length(tokens, config.max_model_len)
     if encoding not in (None, "float", "base64"):
-        raise BadRequest("`encoding_format` must be 'float' or 'base64'")
+        raise BadRequest("The simulator supports only the 'float' and 'base64' encoding formats")
     dimensions = payload.get("dimensions")
-    if dimensions is not None and dimensions != config.embedding_dim:
+    if dimensions is not None:
         raise BadRequest(
-            f'Model "{config.model}" does not support matryoshka representation, '
-            "changing output dimensions will lead to poor results."
+            f"Model '{config.model}' does not support Matryoshka embeddings; dimensions "
+            f"must be unset (received dimensions={dimensions})."
         )
     return EmbeddingRequest(
         texts=tuple(text for text, _ in parsed),
@@ -117,54 +124,75 @@ def _generation(
     payload: dict[str, object],
     prompt_text: str,
     prompt_tokens: int,
-    limit: object,
+    limit: int | None,
+    *,
+    stream: bool,
     config: SimConfig,
 ) -> GenerationRequest:
-    stream = payload.get("stream") or False
-    if not isinstance(stream, bool):
-        raise BadRequest("`stream` must be a boolean")
     n = payload.get("n")
     if n is not None and n != 1:
         raise BadRequest("The simulator supports only n=1")
     options = payload.get("stream_options")
     if options is not None and not stream:
-        raise BadRequest("Stream options can only be defined when `stream=True`.")
+        raise BadRequest(
+            "Stream options can only be defined when `stream=True`.", param="stream_options"
+        )
     if options is not None and not isinstance(options, dict):
         raise BadRequest("`stream_options` must be an object")
     options = options or {}
+    include_usage = options.get("include_usage") is True
+    words, finish_reason = _reply(limit, max(prompt_tokens, 1), config)
     return GenerationRequest(
         prompt_text=prompt_text,
         prompt_tokens=max(prompt_tokens, 1),
-        max_tokens=_max_tokens(limit, max(prompt_tokens, 1), config),
+        words=words,
+        finish_reason=finish_reason,
         stream=stream,
-        include_usage=options.get("include_usage") is True,
-        continuous_usage=options.get("continuous_usage_stats") is True,
+        include_usage=include_usage,
+        # vLLM ignores continuous_usage_stats unless include_usage is on too.
+        continuous_usage=include_usage and options.get("continuous_usage_stats") is True,
     )
 
 
-def _max_tokens(limit: object, prompt_tokens: int, config: SimConfig) -> int:
+def _reply(limit: int | None, prompt_tokens: int, config: SimConfig) -> tuple[int, str]:
+    """The reply's word count and finish reason, after vLLM's max_tokens checks.
+
+    An explicit limit is always filled ("length"). Without one, vLLM would
+    let the model run to its end-of-sequence token: the simulated model
+    stops by itself after `default_max_tokens` tokens, EOS included ("stop").
+    """
     context = config.max_model_len
-    if prompt_tokens >= context:
+    if limit is not None and limit > context:
         raise BadRequest(
-            f"This model's maximum context length is {context} tokens. However, you "
-            f"requested {prompt_tokens} tokens in the messages, Please reduce the length "
-            "of the messages."
+            f"max_tokens={limit} cannot be greater than max_model_len={context}. "
+            "Please request fewer output tokens.",
+            param="max_tokens",
+            value=limit,
         )
-    if limit is None:
-        # vLLM fills the context when no limit is given; the simulator uses its default.
-        return min(config.default_max_tokens, context - prompt_tokens)
-    if not isinstance(limit, int) or isinstance(limit, bool):
-        raise BadRequest("`max_tokens` must be an integer")
-    if limit < 1:
-        raise BadRequest(f"max_tokens must be at least 1, got {limit}.")
-    if prompt_tokens + limit > context:
+    _check_prompt_length(prompt_tokens, context)
+    room = context - prompt_tokens
+    if limit is None and 1 <= config.default_max_tokens <= room:
+        return config.default_max_tokens - 1, "stop"
+    # vLLM caps the limit at what is left of the context, then checks it.
+    tokens = room if limit is None else min(limit, room)
+    if tokens < 1:
         raise BadRequest(
-            f"This model's maximum context length is {context} tokens. However, you "
-            f"requested {prompt_tokens + limit} tokens ({prompt_tokens} in the messages, "
-            f"{limit} in the completion). Please reduce the length of the messages or "
-            "completion."
+            f"max_tokens must be at least 1, got {tokens}.", param="max_tokens", value=tokens
         )
-    return limit
+    return tokens, "length"
+
+
+def _check_prompt_length(prompt_tokens: int, context: int) -> None:
+    if prompt_tokens > context:
+        # vLLM stops counting one token past the context, so it says "at least" that many.
+        seen = context + 1
+        raise BadRequest(
+            f"This model's maximum context length is {context} tokens. However, your prompt "
+            f"contains at least {seen} input tokens, which exceeds this limit even without "
+            "any output tokens. Please reduce the length of the input prompt.",
+            param="input_tokens",
+            value=seen,
+        )
 
 
 def _message_text(message: object) -> str:
