@@ -67,13 +67,20 @@ def free_port() -> int:
         return port
 
 
-def start(args: list[str], core: str, log: Path) -> subprocess.Popen[bytes]:
+def start(command: list[str], core: str, log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
-            [TASKSET, "-c", core, sys.executable, "-m", "gateway", *args],
+            [TASKSET, "-c", core, sys.executable, *command],
             stdout=out,
             stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent,
         )
+
+
+def gateway_command(variant: str, config: Path) -> list[str]:
+    if variant == "default":
+        return ["-m", "gateway", "serve", "--config", str(config)]
+    return [str(Path(__file__).resolve().parent / "serve_variant.py"), variant, str(config)]
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
@@ -140,13 +147,13 @@ def load_for(scenario: Scenario, url: str, body: bytes, requests: int) -> Load:
     return Load(url, path, body, scenario.stream, requests, scenario.concurrency, scenario.ramp_s)
 
 
-def run_scenario(scenario: Scenario, scale: float, work: Path) -> dict[str, object]:
+def run_scenario(scenario: Scenario, scale: float, work: Path, variant: str) -> dict[str, object]:
     requests = max(scenario.concurrency, int(scenario.requests * scale))
     sim_port, gw_port = free_port(), free_port()
     sim_args = ["simulate", "--port", str(sim_port), "--model", MODEL]
     sim_args += ["--ttft-ms", str(scenario.ttft_ms), "--itl-ms", str(scenario.itl_ms)]
     sim_args += ["--max-num-seqs", "100000"]
-    sim = start(sim_args, LOAD_CORE, work / f"{scenario.name}-sim.log")
+    sim = start(["-m", "gateway", *sim_args], LOAD_CORE, work / f"{scenario.name}-sim.log")
     body = request_body(MODEL, scenario.tokens, scenario.stream)
     try:
         sim_url = f"http://127.0.0.1:{sim_port}"
@@ -154,7 +161,7 @@ def run_scenario(scenario: Scenario, scale: float, work: Path) -> dict[str, obje
         direct = measure(load_for(scenario, sim_url, body, requests), None)
         config = gateway_config(gw_port, sim_url, work)
         gw_log = work / f"{scenario.name}-gw.log"
-        gateway = start(["serve", "--config", str(config)], GATEWAY_CORE, gw_log)
+        gateway = start(gateway_command(variant, config), GATEWAY_CORE, gw_log)
         try:
             gw_url = f"http://127.0.0.1:{gw_port}"
             wait_ready(f"{gw_url}/v1/models", gateway)
@@ -175,6 +182,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scenarios", default=",".join(s.name for s in SCENARIOS))
     parser.add_argument("--scale", type=float, default=1.0, help="multiply request counts")
+    parser.add_argument(
+        "--variant", default="default", help="server stack (see bench/serve_variant.py)"
+    )
     args = parser.parse_args()
     chosen = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -184,10 +194,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vgw-bench-") as tmp:
         for scenario in chosen:
             print(f"running {scenario.name} ({scenario.title}) ...", flush=True)
-            results.append(run_scenario(scenario, args.scale, Path(tmp)))
+            results.append(run_scenario(scenario, args.scale, Path(tmp), args.variant))
     stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
     RESULTS.mkdir(parents=True, exist_ok=True)
-    document = {"date": stamp, "python": sys.version.split()[0], "results": results}
+    document = {
+        "date": stamp,
+        "variant": args.variant,
+        "python": sys.version.split()[0],
+        "results": results,
+    }
     for name in (f"{stamp}.json", "latest.json"):
         (RESULTS / name).write_text(json.dumps(document, indent=2))
     text = table(results) + "\n\n" + "\n".join(budget_lines(results))
