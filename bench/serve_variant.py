@@ -40,7 +40,10 @@ def main() -> None:
     listen = settings.listen
     if variant == "granian":
         os.environ["BENCH_GATEWAY_CONFIG"] = str(config)
-        granian = shutil.which("granian") or sys.exit("granian is not installed")
+        beside = Path(sys.executable).parent / "granian"
+        granian = str(beside) if beside.exists() else shutil.which("granian")
+        if granian is None:
+            sys.exit("granian is not installed: pip install granian")
         where = ["--host", listen.host, "--port", str(listen.port)]
         options = ["--interface", "asgi", "--loop", "uvloop", "--workers", "1", "--no-ws"]
         os.execv(granian, [granian, *options, *where, "--factory", "serve_variant:create"])  # noqa: S606
