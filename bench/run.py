@@ -146,7 +146,8 @@ def gateway_config(port: int, sim_url: str, log_dir: Path) -> Path:
 
 
 def measure(load: Load, pid: int | None) -> PassResult:
-    warm = Load(load.url, load.path, load.body, load.stream, min(50, load.requests), 8)
+    size = min(50, load.requests)
+    warm = Load(load.url, load.path, load.body, load.stream, size, min(size, load.concurrency))
     # The warm-up opens connections and fills caches; it is not measured.
     uvloop.run(run_load(warm))
     gateway_cpu = cpu_seconds(pid) if pid else 0.0
