@@ -186,3 +186,20 @@ def test_chunked_body_over_the_limit_is_413(keyed_gateway: Process) -> None:
 
     response = httpx.post(f"{keyed_gateway.url}/v1/completions", content=chunks())
     assert response.status_code == 413
+
+
+def test_replica_refusing_the_gateway_key_is_a_502(module_tmp: Path, keyed_sim: Process) -> None:
+    config = gateway_config(free_port(), {})
+    config["models"] = [
+        {"name": MODEL, "replicas": [{"url": keyed_sim.url, "api_key": "not-the-replica-key"}]}
+    ]
+    with run_gateway(module_tmp, config) as gateway:
+        response = httpx.post(
+            f"{gateway.url}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}
+        )
+        log = gateway.log()
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert "refused the gateway's credentials" in error["message"]
+    assert "not-the-replica-key" not in response.text
+    assert "not-the-replica-key" not in log

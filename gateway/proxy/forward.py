@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from http import HTTPStatus
 from dataclasses import dataclass
 
 import aiohttp
@@ -137,6 +138,8 @@ class Exchange:
                 response = await self._client.post(
                     request.url, data=request.body, headers=request.headers
                 )
+                if response.status == HTTPStatus.UNAUTHORIZED:
+                    raise _credentials_refused(replica_name)
                 first = await response.content.readany()
             interrupter.set_limit(self._timeouts.idle)
             await self._start(send, response, request.request_id)
@@ -216,6 +219,15 @@ class Exchange:
             self.outcome.bytes_sent += len(error_event)
             await send({"type": "http.response.body", "body": error_event, "more_body": False})
         # Any other body is left incomplete: the server closes the connection.
+
+
+def _credentials_refused(replica_name: str) -> UpstreamUnreachable:
+    """A replica's 401 is about the gateway's key for it, never the client's: say so."""
+    logger.error("replica %s refused the gateway's API key for it", replica_name)
+    return UpstreamUnreachable(
+        f"Replica {replica_name} refused the gateway's credentials; "
+        "the operator must check the replica's api_key in the gateway settings."
+    )
 
 
 def _content_type(response: aiohttp.ClientResponse) -> bytes:
