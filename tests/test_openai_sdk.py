@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import socket
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,13 +136,34 @@ def test_invalid_input_is_bad_request(client: openai.OpenAI) -> None:
 
 
 @pytest.fixture(scope="module")
-def broken_gateway(module_tmp: Path, sim: Process) -> Iterator[Process]:
-    """One gateway with a dead replica, an empty pool and a short first-byte timeout."""
-    config = gateway_config(
-        free_port(),
-        {"dead": [f"http://127.0.0.1:{free_port()}"], "empty": [], MODEL: [sim.url]},
-        timeouts={"first_byte": 0.5, "connect": 2},
-    )
+def unaccepting_port() -> Iterator[int]:
+    """A listener whose accept queue is full: new connections hang in connect."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port: int = server.getsockname()[1]
+        fillers = []
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        yield port
+        for filler in fillers:
+            filler.close()
+
+
+@pytest.fixture(scope="module")
+def broken_gateway(module_tmp: Path, sim: Process, unaccepting_port: int) -> Iterator[Process]:
+    """A gateway with a dead, an unaccepting and no replica, and short timeouts."""
+    models = {
+        "dead": [f"http://127.0.0.1:{free_port()}"],
+        "unaccepting": [f"http://127.0.0.1:{unaccepting_port}"],
+        "empty": [],
+        MODEL: [sim.url],
+    }
+    config = gateway_config(free_port(), models, timeouts={"first_byte": 0.5, "connect": 0.5})
     with run_gateway(module_tmp, config) as process:
         yield process
 
@@ -149,6 +172,7 @@ def broken_gateway(module_tmp: Path, sim: Process) -> Iterator[Process]:
     ("model", "headers", "status"),
     [
         ("dead", {}, 502),
+        ("unaccepting", {}, 504),
         ("empty", {}, 503),
         (MODEL, {"x-sim-stall-ms": "3000"}, 504),
     ],
