@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from http import HTTPStatus
 from dataclasses import dataclass
+from http import HTTPStatus
 
 import aiohttp
 from yarl import URL
