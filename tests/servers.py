@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -130,3 +131,38 @@ def run_gateway(
     log_path = tmp_path / f"gateway-{port}.log"
     with run_command(["serve", "--config", str(path)], port, log_path, env) as process:
         yield process
+
+
+class RedisServer:
+    """A real redis-server on a free port, its AOF in `directory`; restartable in place."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError(
+                "redis-server is not installed: run `bash scripts/install-system-deps.sh`"
+            )
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        log_path = self.directory / "redis.log"
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir"]
+        args += [str(self.directory), "--appendonly", "yes", "--save", "", "--logfile", ""]
+        with log_path.open("ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.proc, log_path)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)  # SIGTERM: Redis flushes the AOF and exits
+            self.proc = None
+
+    def files(self) -> list[Path]:
+        return [path for path in self.directory.rglob("*") if path.is_file()]

@@ -1,0 +1,495 @@
+"""One contract, three stores: memory (the fake), SQLite (a real file), Redis (a real server)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from gateway.auth.principal import Limits
+from gateway.keys.format import ApiKey, generate, hash_secret
+from gateway.keys.records import KeyChanges, KeyRecord, Rotation, new_secret
+from gateway.keys.redis_store import RedisKeyStore
+from gateway.keys.sqlite import SqliteKeyStore
+from gateway.keys.store import (
+    KeyExists,
+    KeyNotFound,
+    KeyStore,
+    KeyStoreError,
+    KeyStoreUnavailable,
+    MemoryKeyStore,
+)
+from tests.servers import RedisServer
+
+PEPPER = b"a-test-pepper-of-32-bytes-length"
+NOW = datetime.now(UTC)
+
+Scenario = Callable[[KeyStore], Awaitable[None]]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class Backend:
+    name: str
+    open: Callable[[], Awaitable[KeyStore]]
+    redis: RedisServer | None = None
+
+    def run(self, scenario: Scenario) -> None:
+        async def main() -> None:
+            store = await self.open()
+            try:
+                await scenario(store)
+            finally:
+                await store.close()
+
+        asyncio.run(main())
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "memory":
+
+        async def open_memory() -> KeyStore:
+            return MemoryKeyStore()
+
+        return Backend("memory", open_memory)
+    if request.param == "sqlite":
+
+        async def open_sqlite() -> KeyStore:
+            return await SqliteKeyStore.open(tmp_path / "keys.db")
+
+        return Backend("sqlite", open_sqlite)
+    server: RedisServer = request.getfixturevalue("redis_server")
+
+    async def open_redis() -> KeyStore:
+        return RedisKeyStore.connect(server.url, timeout_s=1.0)
+
+    return Backend("redis", open_redis, server)
+
+
+def make_record(tenant: str = "acme", key: ApiKey | None = None, **fields: object) -> KeyRecord:
+    key = key or generate()
+    record = KeyRecord(
+        id=key.id,
+        tenant=tenant,
+        name=f"key of {tenant}",
+        secret_hash=hash_secret(PEPPER, key.secret),
+        created_at=NOW,
+    )
+    return replace(record, **fields)  # type: ignore[arg-type]
+
+
+def full_record(key: ApiKey) -> KeyRecord:
+    """A record with every field set, to show each one survives the store."""
+    return make_record(
+        key=key,
+        models=frozenset({"llama-3-8b", "qwen-2.5"}),
+        limits=Limits(
+            requests_per_minute=60, tokens_per_minute=10_000, concurrent_requests=4, max_tokens=512
+        ),
+        expires_at=NOW + timedelta(days=30),
+        last_used_at=NOW - timedelta(minutes=5),
+        metadata={"owner": "ops@example.com", "team": "ñandú"},
+        previous_secret_hash=hash_secret(PEPPER, generate().secret),
+        previous_valid_until=NOW + timedelta(hours=1),
+    )
+
+
+# The contract, on every store.
+
+
+def test_create_and_get_round_trip_every_field(backend: Backend) -> None:
+    async def scenario(store: KeyStore) -> None:
+        record = full_record(generate())
+        plain = make_record(tenant="other")
+        await store.create(record)
+        await store.create(plain)
+        assert await store.get(record.id) == record
+        assert await store.get(plain.id) == plain
+        assert await store.get(generate().id) is None
+
+    backend.run(scenario)
+
+
+def test_create_refuses_a_taken_id_and_keeps_the_record(backend: Backend) -> None:
+    async def scenario(store: KeyStore) -> None:
+        record = make_record()
+        await store.create(record)
+        with pytest.raises(KeyExists):
+            await store.create(replace(record, name="impostor", tenant="evil"))
+        assert await store.get(record.id) == record
+        assert await store.list(tenant="evil") == ([], None)
+
+    backend.run(scenario)
+
+
+def test_list_pages_by_cursor_and_filters_by_tenant(backend: Backend) -> None:
+    async def scenario(store: KeyStore) -> None:
+        records = [make_record("acme") for _ in range(7)] + [
+            make_record("globex") for _ in range(3)
+        ]
+        for record in records:
+            await store.create(record)
+        seen: list[KeyRecord] = []
+        cursor: str | None = None
+        while True:
+            page, cursor = await store.list(limit=3, cursor=cursor)
+            assert len(page) <= 3
+            seen += page
+            if cursor is None:
+                break
+        assert seen == sorted(records, key=lambda r: r.id)
+        acme, more = await store.list(tenant="acme", limit=7)
+        assert more is None
+        assert acme == sorted(records[:7], key=lambda r: r.id)
+        first, cursor = await store.list(tenant="globex", limit=2)
+        rest, end = await store.list(tenant="globex", limit=2, cursor=cursor)
+        assert first + rest == sorted(records[7:], key=lambda r: r.id)
+        assert end is None
+        assert await store.list(tenant="nobody") == ([], None)
+        with pytest.raises(ValueError, match="page"):
+            await store.list(limit=0)
+
+    backend.run(scenario)
+
+
+def test_update_changes_only_what_it_names(backend: Backend) -> None:
+    async def scenario(store: KeyStore) -> None:
+        record = full_record(generate())
+        await store.create(record)
+        changes = KeyChanges(
+            name="renamed",
+            models=None,
+            limits=Limits(requests_per_minute=5),
+            expires_at=None,
+            metadata={"owner": "someone@else"},
+        )
+        updated = await store.update(record.id, changes)
+        assert updated == replace(
+            record, name="renamed", models=None, limits=Limits(requests_per_minute=5),
+            expires_at=None, metadata={"owner": "someone@else"},
+        )  # fmt: skip
+        assert await store.get(record.id) == updated
+        assert await store.update(record.id, KeyChanges()) == updated
+        with pytest.raises(KeyNotFound):
+            await store.update(generate().id, changes)
+
+    backend.run(scenario)
+
+
+def test_revoke(backend: Backend) -> None:
+    async def scenario(store: KeyStore) -> None:
+        key = generate()
+        record = make_record(key=key)
+        await store.create(record)
+        revoked = await store.update(record.id, KeyChanges(revoked_at=NOW))
+        assert revoked.revoked_at == NOW
+        stored = await store.get(record.id)
+        assert stored == revoked
+        assert stored is not None and not stored.is_usable(NOW)
+        assert record.is_usable(NOW)
+
+    backend.run(scenario)
+
+
+def test_rotation_with_grace_keeps_the_old_secret_until_then(backend: Backend) -> None:
+    async def scenario(store: KeyStore) -> None:
+        old = generate()
+        await store.create(make_record(key=old))
+        grace = NOW + timedelta(minutes=10)
+        new, rotation = new_secret(PEPPER, old.id, grace_until=grace)
+        rotated = await store.update(old.id, KeyChanges(rotation=rotation))
+        assert rotated.secret_hash == hash_secret(PEPPER, new.secret)
+        assert rotated.previous_secret_hash == hash_secret(PEPPER, old.secret)
+        assert rotated.previous_valid_until == grace
+        stored = await store.get(old.id)
+        assert stored == rotated
+        assert stored.secret_matches(PEPPER, new.secret, NOW)
+        assert stored.secret_matches(PEPPER, old.secret, NOW)
+        assert not stored.secret_matches(PEPPER, old.secret, grace)
+        # Rotating again without grace: only the newest secret opens the key.
+        newest = generate(old.id)
+        final = await store.update(
+            old.id, KeyChanges(rotation=Rotation(hash_secret(PEPPER, newest.secret)))
+        )
+        assert final.previous_secret_hash is None and final.previous_valid_until is None
+        assert await store.get(old.id) == final
+        assert not final.secret_matches(PEPPER, new.secret, NOW)
+        assert final.secret_matches(PEPPER, newest.secret, NOW)
+
+    backend.run(scenario)
+
+
+def test_record_use_only_moves_forward(backend: Backend) -> None:
+    async def scenario(store: KeyStore) -> None:
+        record = make_record()
+        await store.create(record)
+        later, earlier = NOW + timedelta(seconds=30), NOW + timedelta(seconds=10)
+        await store.record_use(record.id, later)
+        await store.record_use(record.id, earlier)
+        assert await store.get(record.id) == replace(record, last_used_at=later)
+        await store.record_use(generate().id, NOW)  # unknown: ignored, nothing created
+        assert len((await store.list())[0]) == 1
+        # An update keeps last_used_at.
+        updated = await store.update(record.id, KeyChanges(name="x"))
+        assert updated.last_used_at == later
+
+    backend.run(scenario)
+
+
+def test_changes_name_each_created_and_updated_key(backend: Backend) -> None:
+    async def scenario(store: KeyStore) -> None:
+        record = make_record()
+        async with store.changes() as feed:
+            await store.create(record)
+            await store.update(record.id, KeyChanges(revoked_at=NOW))
+            assert await asyncio.wait_for(anext(feed), 1.0) == record.id
+            assert await asyncio.wait_for(anext(feed), 1.0) == record.id
+
+    backend.run(scenario)
+
+
+def test_plaintext_secret_is_never_stored(backend: Backend, tmp_path: Path) -> None:
+    key = generate()
+
+    async def scenario(store: KeyStore) -> None:
+        await store.create(make_record(key=key))
+        rotated = generate(key.id)
+        grace = Rotation(hash_secret(PEPPER, rotated.secret), grace_until=NOW)
+        await store.update(key.id, KeyChanges(rotation=grace))
+        assert key.secret not in repr(await store.get(key.id))
+
+    backend.run(scenario)
+    if backend.redis is not None:
+        backend.redis.stop()  # flushes the AOF
+        files = backend.redis.files()
+    else:
+        files = [path for path in tmp_path.rglob("*") if path.is_file()]
+    stored = b"".join(path.read_bytes() for path in files)
+    if backend.name != "memory":
+        assert key.id.encode() in stored  # the right files were searched
+        assert hash_secret(PEPPER, key.secret).encode() in stored
+    assert key.secret.encode() not in stored
+
+
+# SQLite: a file on one node.
+
+
+@asynccontextmanager
+async def sqlite_at(path: Path, *, read_only: bool = False) -> AsyncIterator[SqliteKeyStore]:
+    store = await SqliteKeyStore.open(path, read_only=read_only)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@asynccontextmanager
+async def redis_at(server: RedisServer) -> AsyncIterator[RedisKeyStore]:
+    store = RedisKeyStore.connect(server.url, timeout_s=1.0)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def _create(path: Path, record: KeyRecord) -> None:
+    async with sqlite_at(path) as store:
+        await store.create(record)
+
+
+async def _list(path: Path) -> list[KeyRecord]:
+    async with sqlite_at(path) as store:
+        page, _ = await store.list()
+        return page
+
+
+def test_sqlite_survives_closing_and_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "keys.db"
+
+    async def main() -> None:
+        record = full_record(generate())
+        async with sqlite_at(path) as store:
+            await store.create(record)
+            updated = await store.update(record.id, KeyChanges(revoked_at=NOW))
+        await store.close()  # idempotent
+        with pytest.raises(KeyStoreUnavailable, match="closed"):
+            await store.get(record.id)
+        async with sqlite_at(path) as reopened:
+            assert await reopened.get(record.id) == updated
+
+    asyncio.run(main())
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+
+
+def test_sqlite_refuses_a_schema_from_a_newer_gateway(tmp_path: Path) -> None:
+    path = tmp_path / "keys.db"
+    asyncio.run(_create(path, make_record()))
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(KeyStoreError, match="schema version 99"):
+        asyncio.run(SqliteKeyStore.open(path))
+
+
+def test_sqlite_open_fails_clearly_where_no_file_can_be(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(KeyStoreUnavailable, match="open the SQLite key store"):
+        asyncio.run(SqliteKeyStore.open(tmp_path / "file" / "keys.db"))
+
+
+def test_sqlite_read_only_file_refuses_writes_and_keeps_every_key(tmp_path: Path) -> None:
+    path = tmp_path / "keys.db"
+    record = full_record(generate())
+    asyncio.run(_create(path, record))
+
+    async def main() -> None:
+        async with sqlite_at(path, read_only=True) as store:
+            with pytest.raises(KeyStoreUnavailable, match="read-only to the gateway"):
+                await store.create(make_record())
+            with pytest.raises(KeyStoreUnavailable, match=f"update key {record.id}"):
+                await store.update(record.id, KeyChanges(name="lost", revoked_at=NOW))
+            with pytest.raises(KeyStoreUnavailable):
+                await store.record_use(record.id, NOW + timedelta(days=1))
+            assert await store.get(record.id) == record
+
+    asyncio.run(main())
+    assert asyncio.run(_list(path)) == [record]
+
+
+# Redis: a real server, shared by replicas, persisted with AOF.
+
+
+def test_redis_survives_a_restart_with_aof(redis_server: RedisServer) -> None:
+    record = full_record(generate())
+
+    async def write() -> KeyRecord:
+        async with redis_at(redis_server) as store:
+            await store.create(record)
+            await store.record_use(record.id, NOW + timedelta(seconds=1))
+            return await store.update(record.id, KeyChanges(revoked_at=NOW))
+
+    async def read() -> None:
+        async with redis_at(redis_server) as store:
+            assert await store.get(record.id) == updated
+            assert await store.list(tenant=record.tenant) == ([updated], None)
+
+    updated = asyncio.run(write())
+    redis_server.stop()
+    redis_server.start()
+    asyncio.run(read())
+
+
+def test_redis_change_reaches_another_replica_within_a_second(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        record = make_record()
+        async with redis_at(redis_server) as listener, redis_at(redis_server) as writer:
+            async with listener.changes() as feed:
+                await writer.create(record)
+                assert await asyncio.wait_for(anext(feed), 1.0) == record.id
+                await asyncio.sleep(1.5)  # an idle subscription outlives the socket timeout
+                await writer.update(record.id, KeyChanges(revoked_at=NOW))
+                assert await asyncio.wait_for(anext(feed), 1.0) == record.id
+            seen = await listener.get(record.id)
+            assert seen is not None and seen.revoked_at == NOW
+
+    asyncio.run(main())
+
+
+def test_redis_down_is_a_clear_error_and_loses_nothing(redis_server: RedisServer) -> None:
+    record = full_record(generate())
+
+    async def main() -> None:
+        async with redis_at(redis_server) as store:
+            await store.create(record)
+            redis_server.stop()
+            attempts: list[Callable[[], Awaitable[object]]] = [
+                lambda: store.get(record.id),
+                store.list,
+                lambda: store.create(make_record()),
+                lambda: store.update(record.id, KeyChanges(name="lost")),
+                lambda: store.record_use(record.id, NOW),
+            ]
+            for attempt in attempts:
+                with pytest.raises(KeyStoreUnavailable, match="Redis key store"):
+                    await attempt()
+            with pytest.raises(KeyStoreUnavailable, match="subscribe"):
+                async with store.changes():
+                    pass
+            redis_server.start()
+            assert await store.get(record.id) == record
+            assert await store.list() == ([record], None)
+
+    asyncio.run(main())
+
+
+def test_redis_feed_fails_when_the_server_goes_away(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        async with redis_at(redis_server) as store, store.changes() as feed:
+            redis_server.stop()
+            with pytest.raises(KeyStoreUnavailable, match="receive key changes"):
+                await asyncio.wait_for(anext(feed), 5.0)
+
+    asyncio.run(main())
+
+
+def test_redis_concurrent_updates_from_replicas_all_apply(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        record = make_record()
+        async with redis_at(redis_server) as one, redis_at(redis_server) as two:
+            await one.create(record)
+            names = [f"name-{i}" for i in range(20)]
+            updates = [
+                (one if i % 2 else two).update(record.id, KeyChanges(name=name))
+                for i, name in enumerate(names)
+            ]
+            results = await asyncio.gather(*updates)
+            assert [r.name for r in results] == names
+            final = await one.get(record.id)
+            assert final is not None and final.name in names
+            assert replace(final, name=record.name) == record
+
+    asyncio.run(main())
+
+
+def test_a_corrupt_record_is_a_store_error_not_a_crash(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    record = make_record()
+    path = tmp_path / "keys.db"
+    asyncio.run(_create(path, record))
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE api_keys SET limits = 'nonsense'")
+
+    async def main() -> None:
+        async with sqlite_at(path) as store:
+            with pytest.raises(KeyStoreError, match="invalid"):
+                await store.get(record.id)
+        raw = Redis.from_url(redis_server.url)
+        async with redis_at(redis_server) as store:
+            await store.create(record)
+            await raw.hset(f"vgw:key:{record.id}", "record", "{}")
+            with pytest.raises(KeyStoreError, match="invalid"):
+                await store.get(record.id)
+        await raw.aclose()
+
+    asyncio.run(main())
