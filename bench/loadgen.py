@@ -41,6 +41,7 @@ class Load:
     # Clients start evenly over this many seconds: real traffic does not arrive as
     # one instantaneous burst of `concurrency` requests.
     ramp_s: float = 0.0
+    api_key: str | None = None
 
 
 def request_body(model: str, tokens: int, stream: bool) -> bytes:
@@ -62,7 +63,9 @@ def _is_content(line: bytes) -> bool:
 
 async def _one(session: aiohttp.ClientSession, load: Load) -> Sample:
     started = time.perf_counter()
-    headers = {"content-type": "application/json", "authorization": "Bearer bench"}
+    headers = {"content-type": "application/json"}
+    if load.api_key:
+        headers["authorization"] = f"Bearer {load.api_key}"
     try:
         async with session.post(load.url + load.path, data=load.body, headers=headers) as reply:
             if reply.status != 200:

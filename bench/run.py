@@ -19,12 +19,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import uvloop
 import yaml
+
+from gateway.keys.records import KeyRecord, new_key
+from gateway.keys.sqlite import SqliteKeyStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -34,6 +38,7 @@ from report import PassResult, budget_lines, compare, summarize, table
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 MODEL = "bench-model"
+PEPPER = "bench-pepper-not-a-secret-0123456789abcdef"
 GATEWAY_CORE, LOAD_CORE = "0", "1"
 TASKSET = shutil.which("taskset") or "/usr/bin/taskset"
 
@@ -133,21 +138,35 @@ def peak_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def gateway_config(port: int, sim_url: str, log_dir: Path) -> Path:
-    """The gateway as users run it: every part that exists is on."""
+def gateway_config(port: int, sim_url: str, log_dir: Path) -> tuple[Path, str]:
+    """The gateway as users run it: every part that exists is on. Returns an API key."""
+    key_db = log_dir / f"keys-{port}.db"
     config = {
         "listen": {"host": "127.0.0.1", "port": port},
         "models": [{"name": MODEL, "replicas": [{"url": sim_url}]}],
+        "auth": {"pepper": PEPPER, "key_store": {"sqlite_path": str(key_db)}},
         "log": {"level": "info", "format": "json"},
     }
     path = log_dir / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
-    return path
+    key, record = new_key(
+        PEPPER.encode(), tenant="bench", name="bench", created_at=datetime.now(UTC)
+    )
+    uvloop.run(_store(key_db, record))
+    return path, key.token
+
+
+async def _store(path: Path, record: KeyRecord) -> None:
+    store = await SqliteKeyStore.open(path)
+    try:
+        await store.create(record)
+    finally:
+        await store.close()
 
 
 def measure(load: Load, pid: int | None) -> PassResult:
     size = min(50, load.requests)
-    warm = Load(load.url, load.path, load.body, load.stream, size, min(size, load.concurrency))
+    warm = replace(load, requests=size, concurrency=min(size, load.concurrency), ramp_s=0.0)
     # The warm-up opens connections and fills caches; it is not measured.
     uvloop.run(run_load(warm))
     gateway_cpu = cpu_seconds(pid) if pid else 0.0
@@ -159,9 +178,13 @@ def measure(load: Load, pid: int | None) -> PassResult:
     return summarize(samples, wall, client_cpu, gateway_cpu, rss)
 
 
-def load_for(scenario: Scenario, url: str, body: bytes, requests: int) -> Load:
+def load_for(
+    scenario: Scenario, url: str, body: bytes, requests: int, api_key: str | None = None
+) -> Load:
     path = "/v1/chat/completions"
-    return Load(url, path, body, scenario.stream, requests, scenario.concurrency, scenario.ramp_s)
+    return Load(
+        url, path, body, scenario.stream, requests, scenario.concurrency, scenario.ramp_s, api_key
+    )
 
 
 def run_scenario(scenario: Scenario, scale: float, work: Path, variant: str) -> dict[str, object]:
@@ -176,13 +199,13 @@ def run_scenario(scenario: Scenario, scale: float, work: Path, variant: str) -> 
         sim_url = f"http://127.0.0.1:{sim_port}"
         wait_ready(f"{sim_url}/health", sim)
         direct = measure(load_for(scenario, sim_url, body, requests), None)
-        config = gateway_config(gw_port, sim_url, work)
+        config, api_key = gateway_config(gw_port, sim_url, work)
         gw_log = work / f"{scenario.name}-gw.log"
         gateway = start(gateway_command(variant, config), GATEWAY_CORE, gw_log)
         try:
             gw_url = f"http://127.0.0.1:{gw_port}"
             wait_ready(f"{gw_url}/v1/models", gateway)
-            through = measure(load_for(scenario, gw_url, body, requests), gateway.pid)
+            through = measure(load_for(scenario, gw_url, body, requests, api_key), gateway.pid)
         finally:
             stop(gateway)
     finally:

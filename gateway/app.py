@@ -6,7 +6,10 @@ import logging
 import sys
 
 from gateway.access_log import AccessLog
+from gateway.admin.app import create_admin_app
+from gateway.admin.auth import AdminAuthorizer
 from gateway.asgi import ASGIApp, Receive, Scope, Send
+from gateway.auth.service import AuthService
 from gateway.middleware.context import RequestContextMiddleware
 from gateway.middleware.errors import ErrorBoundary
 from gateway.proxy.handler import ProxyApp
@@ -16,6 +19,7 @@ from gateway.tls import upstream_context
 from gateway.upstreams.pool import Pools
 
 logger = logging.getLogger("gateway")
+ADMIN_PREFIX = "/admin"
 
 
 def build_stack(proxy: ASGIApp, access_log: AccessLog) -> ASGIApp:
@@ -42,12 +46,19 @@ class Gateway:
         )
         self.pools = Pools.from_settings(settings.models)
         self.access_log = AccessLog(sys.stderr, settings.log)
-        proxy = ProxyApp(self.pools, self.upstream, settings.max_body_bytes)
+        if settings.auth.pepper is None:
+            raise ValueError("auth.pepper must be set before the app is built")
+        self.auth = AuthService(settings.auth, settings.auth.pepper.get_secret_value().encode())
+        proxy = ProxyApp(self.pools, self.upstream, self.auth, settings.max_body_bytes)
         self._http = build_stack(proxy, self.access_log)
+        self._admin: ASGIApp | None = None  # built in the lifespan, once the key store is open
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await self._http(scope, receive, send)
+            if self._admin is not None and scope["path"].startswith(ADMIN_PREFIX):
+                await self._admin(scope, receive, send)
+            else:
+                await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
@@ -57,15 +68,29 @@ class Gateway:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.upstream.open()
+                    await self.auth.open()
+                    self._admin = self._admin_app()
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     raise
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.upstream.close()
+                await self.auth.close()
                 self.access_log.flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def _admin_app(self) -> ASGIApp:
+        tokens = [token.get_secret_value() for token in self.settings.admin.tokens]
+        pepper = self.settings.auth.pepper
+        assert pepper is not None  # checked in __init__
+        return create_admin_app(
+            self.auth.store,
+            self.auth.audit,
+            pepper.get_secret_value().encode(),
+            AdminAuthorizer(tokens),
+        )
 
 
 def create_app(settings: Settings) -> Gateway:

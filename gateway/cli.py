@@ -1,4 +1,4 @@
-"""The `vllm-gateway` command: serve, simulate, check."""
+"""The `vllm-gateway` command: serve, simulate, check, keys."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 import gateway.sim.cli as sim_cli
-from gateway import __version__, check, serve
+from gateway import __version__, check, keys_cli, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     check_parser = commands.add_parser("check", help="smoke-test a gateway or vLLM URL")
     check.add_arguments(check_parser)
     check_parser.set_defaults(handler=check.run)
+
+    keys_parser = commands.add_parser("keys", help="manage API keys through the admin API")
+    keys_cli.add_arguments(keys_parser)
+    keys_parser.set_defaults(handler=keys_cli.run)
     return parser
 
 

@@ -6,16 +6,23 @@ loop, and it is announced loudly: nobody should mistake it for a real model.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 
+from gateway.keys.records import KeyRecord, new_key
+from gateway.keys.sqlite import SqliteKeyStore
 from gateway.settings import ModelSettings, ReplicaSettings
 
 logger = logging.getLogger("gateway.embedded")
@@ -69,3 +76,48 @@ def embedded_simulator() -> Iterator[ModelSettings]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@dataclass(frozen=True)
+class EmbeddedCredentials:
+    """What `make run` needs to be usable at once: a pepper, an admin token, a demo key."""
+
+    pepper: str
+    admin_token: str
+    demo_key_file: Path
+    demo_key: str | None  # only on the first start: it is shown once
+
+
+def _read_or_create(path: Path, make: Callable[[], str]) -> tuple[str, bool]:
+    if path.exists():
+        return path.read_text().strip(), False
+    value = make()
+    path.touch(mode=0o600)
+    path.write_text(value + "\n")
+    return value, True
+
+
+def embedded_credentials(key_db: Path) -> EmbeddedCredentials:
+    """Create (first start) or read the embedded default's secrets, each in a 0600 file
+    beside the SQLite key store."""
+    data_dir = key_db.parent
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pepper, _ = _read_or_create(data_dir / "pepper", lambda: secrets.token_urlsafe(48))
+    admin, _ = _read_or_create(data_dir / "admin-token", lambda: secrets.token_urlsafe(32))
+    demo_file = data_dir / "demo-key"
+    demo_key = None
+    if not demo_file.exists():
+        key, record = new_key(
+            pepper.encode(), tenant="demo", name="demo", created_at=datetime.now(UTC)
+        )
+        asyncio.run(_store_key(key_db, record))
+        demo_key, _ = _read_or_create(demo_file, lambda: key.token)
+    return EmbeddedCredentials(pepper, admin, demo_file, demo_key)
+
+
+async def _store_key(path: Path, record: KeyRecord) -> None:
+    store = await SqliteKeyStore.open(path)
+    try:
+        await store.create(record)
+    finally:
+        await store.close()

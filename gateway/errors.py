@@ -6,6 +6,7 @@
     │   ├── MethodNotAllowed        405
     │   ├── InvalidRequest          400  malformed JSON, missing model
     │   ├── ModelNotFound           404  no such model here
+    │   ├── PermissionDenied        403  the caller may not use this model
     │   └── PayloadTooLarge         413
     └── UpstreamError           5xx: no usable answer from a replica
         ├── UpstreamUnreachable     502  connect error, reset, bad credentials
@@ -63,6 +64,11 @@ class InvalidRequest(RequestError):
 class ModelNotFound(RequestError):
     status = 404
     code = "model_not_found"
+
+
+class PermissionDenied(RequestError):
+    status = 403
+    code = "model_not_allowed"
 
 
 class PayloadTooLarge(RequestError):

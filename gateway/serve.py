@@ -12,9 +12,10 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
+from pydantic import SecretStr
 
 from gateway.app import create_app
-from gateway.embedded import embedded_simulator
+from gateway.embedded import EmbeddedCredentials, embedded_credentials, embedded_simulator
 from gateway.logs import configure_logging
 from gateway.settings import Settings, SettingsError, load_settings
 from gateway.tls import server_context
@@ -37,12 +38,22 @@ def run(args: argparse.Namespace) -> int:
     # lets the `with` blocks below run, so the embedded simulator stops with the gateway.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     with contextlib.ExitStack() as stack:
+        credentials = None
         if not settings.models:
             model = stack.enter_context(embedded_simulator())
             settings = settings.model_copy(update={"models": [model]})
-        server = _Server(uvicorn_config(settings), _banner(settings))
+            if settings.auth.pepper is None:
+                credentials = embedded_credentials(settings.auth.key_store.sqlite_path)
+                settings = _with_credentials(settings, credentials)
+        server = _Server(uvicorn_config(settings), _banner(settings, credentials))
         server.run()
     return 0
+
+
+def _with_credentials(settings: Settings, credentials: EmbeddedCredentials) -> Settings:
+    auth = settings.auth.model_copy(update={"pepper": SecretStr(credentials.pepper)})
+    admin = settings.admin.model_copy(update={"tokens": [SecretStr(credentials.admin_token)]})
+    return settings.model_copy(update={"auth": auth, "admin": admin})
 
 
 def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -84,7 +95,7 @@ class _Server(uvicorn.Server):
             print(self._banner, flush=True)
 
 
-def _banner(settings: Settings) -> str:
+def _banner(settings: Settings, credentials: EmbeddedCredentials | None) -> str:
     listen = settings.listen
     scheme = "https" if listen.tls.enabled else "http"
     base = f"{scheme}://{listen.host}:{listen.port}"
@@ -93,8 +104,25 @@ def _banner(settings: Settings) -> str:
         f'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}], '
         '"max_tokens": 16}'
     )
-    return (
-        f"vllm-gateway is listening on {base}\n"
-        f"Try it:\n  curl -s {base}/v1/chat/completions "
+    lines = [f"vllm-gateway is listening on {base}"]
+    key = "$YOUR_API_KEY"
+    if credentials is not None:
+        if credentials.demo_key is not None:
+            # Shown this once: the gateway keeps only its hash.
+            lines.append(
+                f"Admin token (also in {credentials.demo_key_file.parent}/admin-token): "
+                f"{credentials.admin_token}"
+            )
+            lines.append(
+                f"Demo API key (also in {credentials.demo_key_file}): {credentials.demo_key}"
+            )
+            key = credentials.demo_key
+        else:
+            key = f"$(cat {credentials.demo_key_file})"
+    auth = f'-H "Authorization: Bearer {key}" '
+    lines.append("Try it:")
+    lines.append(
+        f"  curl -s {base}/v1/chat/completions {auth}"
         f"-H 'Content-Type: application/json' -d '{body}'"
     )
+    return "\n".join(lines)

@@ -134,6 +134,58 @@ class ModelSettings(_Strict):
     replicas: list[ReplicaSettings] = Field(default_factory=list)
 
 
+class LimitsSettings(_Strict):
+    requests_per_minute: int | None = Field(default=None, ge=0)
+    tokens_per_minute: int | None = Field(default=None, ge=0)
+    concurrent_requests: int | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+class KeyStoreSettings(_Strict):
+    """Where API keys live: a SQLite file (one replica) or Redis (shared by replicas)."""
+
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    sqlite_path: Path = Path("data/keys.db")
+    redis_url: Secret = None
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> KeyStoreSettings:
+        if self.backend == "redis" and self.redis_url is None:
+            raise ValueError("redis_url is required when backend is redis")
+        return self
+
+
+class JWTIssuerSettings(_Strict):
+    """A trusted token issuer; exactly one of hs_secret, public_key_pem, jwks_url."""
+
+    issuer: str = Field(min_length=1)
+    algorithms: list[str] = Field(min_length=1)
+    hs_secret: Secret = None
+    public_key_pem: str | None = None
+    jwks_url: str | None = None
+    audiences: list[str] = Field(default_factory=list)
+    leeway_s: float = Field(default=30.0, ge=0, le=600)
+    claims: dict[str, str] = Field(default_factory=dict)
+    default_tenant: str = "default"
+    default_models: list[str] | None = None
+    tenant_defaults: dict[str, LimitsSettings] = Field(default_factory=dict)
+
+
+class AuthSettings(_Strict):
+    # HMAC key for API-key secrets: losing or changing it invalidates every key.
+    pepper: Secret = None
+    key_store: KeyStoreSettings = KeyStoreSettings()
+    jwt_issuers: list[JWTIssuerSettings] = Field(default_factory=list)
+
+
+class AdminSettings(_Strict):
+    """The admin API, at /admin on the gateway's listener; no tokens, no admin access."""
+
+    tokens: list[Annotated[SecretStr, AfterValidator(_not_placeholder)]] = Field(
+        default_factory=list
+    )
+
+
 class LogSettings(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
@@ -147,7 +199,19 @@ class Settings(_Strict):
     # 0 means no limit; vLLM replicas take hundreds of concurrent streams each.
     upstream_max_connections: int = Field(default=0, ge=0)
     models: list[ModelSettings] = Field(default_factory=list)
+    auth: AuthSettings = AuthSettings()
+    admin: AdminSettings = AdminSettings()
     log: LogSettings = LogSettings()
+
+    @model_validator(mode="after")
+    def _keys_need_a_pepper(self) -> Settings:
+        # Without models the embedded default runs and makes its own pepper.
+        pepper = self.auth.pepper
+        if self.models and pepper is None:
+            raise ValueError("auth.pepper is required (32 or more random characters)")
+        if pepper is not None and len(pepper.get_secret_value()) < 32:
+            raise ValueError("auth.pepper must be 32 or more characters")
+        return self
 
     @field_validator("models")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -12,10 +13,15 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
+
+from gateway.keys.records import new_key
+from gateway.keys.sqlite import SqliteKeyStore
 
 STARTUP_TIMEOUT_S = 30.0
 
@@ -34,10 +40,17 @@ class Process:
     proc: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    api_key: str | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The Authorization header of the key this gateway was started with."""
+        assert self.api_key is not None, "this process has no API key"
+        return {"Authorization": f"Bearer {self.api_key}"}
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -119,17 +132,54 @@ def gateway_config(port: int, models: dict[str, list[str]], **extra: object) -> 
     return config
 
 
+TEST_PEPPER = "pepper-for-tests-only-0123456789abcdef"
+
+
+def create_key(config: dict[str, object], **fields: Any) -> str:
+    """Store a new key in the config's SQLite key store; return the key string."""
+    auth = config["auth"]
+    assert isinstance(auth, dict)
+    path = Path(auth["key_store"]["sqlite_path"])
+    key, record = new_key(
+        str(auth["pepper"]).encode(),
+        tenant=fields.pop("tenant", "tests"),
+        name=fields.pop("name", "test key"),
+        created_at=datetime.now(UTC),
+        **fields,
+    )
+
+    async def store() -> None:
+        keys = await SqliteKeyStore.open(path)
+        try:
+            await keys.create(record)
+        finally:
+            await keys.close()
+
+    asyncio.run(store())
+    return key.token
+
+
 @contextmanager
 def run_gateway(
     tmp_path: Path, config: dict[str, object], env: dict[str, str] | None = None
 ) -> Iterator[Process]:
-    """Run `vllm-gateway serve --config FILE`; the config must name its listen port."""
+    """Run `vllm-gateway serve --config FILE`; the config must name its listen port.
+
+    Without an `auth` section, the gateway gets a SQLite key store in `tmp_path`
+    holding one key for every model: `process.api_key`.
+    """
     listen = config["listen"]
     assert isinstance(listen, dict)
     port = int(listen["port"])
+    api_key = None
+    if "auth" not in config:
+        sqlite_path = tmp_path / f"keys-{port}.db"
+        config["auth"] = {"pepper": TEST_PEPPER, "key_store": {"sqlite_path": str(sqlite_path)}}
+        api_key = create_key(config)
     path = write_config(tmp_path, config)
     log_path = tmp_path / f"gateway-{port}.log"
     with run_command(["serve", "--config", str(path)], port, log_path, env) as process:
+        process.api_key = api_key
         yield process
 
 

@@ -11,7 +11,6 @@ import pytest
 
 from tests.servers import Process, free_port, gateway_config, run_gateway
 
-SECRET = "sk-client-secret-that-must-not-leak"
 REPLICA_SECRET = "replica-secret-that-must-not-leak"
 
 
@@ -35,10 +34,13 @@ def test_json_access_log(tmp_path: Path, sim: Process) -> None:
         {"name": "sim-model", "replicas": [{"url": sim.url, "api_key": REPLICA_SECRET}]}
     ]
     with run_gateway(tmp_path, config) as gateway:
-        headers = {"Authorization": f"Bearer {SECRET}", "X-Request-Id": "log-check-1"}
+        secret = str(gateway.api_key)
+        headers = {**gateway.auth, "X-Request-Id": "log-check-1"}
         body = {"model": "sim-model", "prompt": "hi", "max_tokens": 3, "stream": True}
         streamed = httpx.post(f"{gateway.url}/v1/completions", json=body, headers=headers)
-        missing = httpx.post(f"{gateway.url}/v1/completions", json={"model": "nope"})
+        missing = httpx.post(
+            f"{gateway.url}/v1/completions", json={"model": "nope"}, headers=gateway.auth
+        )
         lines = wait_for_lines(gateway, 2)
         log = gateway.log()
     assert streamed.status_code == 200
@@ -52,7 +54,10 @@ def test_json_access_log(tmp_path: Path, sim: Process) -> None:
     assert first["client_disconnected"] is False
     assert second["status"] == 404
     assert second["request_id"] == missing.headers["x-request-id"]
-    assert SECRET not in log
+    assert first["principal"] == secret.split("_")[1]  # the key's public id, never the secret
+    assert first["tenant"] == "tests"
+    assert secret not in log
+    assert secret.split("_")[2] not in log
     assert REPLICA_SECRET not in log
 
 
@@ -62,7 +67,7 @@ def test_text_access_log_and_level(tmp_path: Path, sim: Process, level: str) -> 
         free_port(), {"sim-model": [sim.url]}, log={"format": "text", "level": level}
     )
     with run_gateway(tmp_path, config) as gateway:
-        httpx.get(f"{gateway.url}/v1/models", headers={"X-Request-Id": "text-log"})
+        httpx.get(f"{gateway.url}/v1/models", headers={"X-Request-Id": "text-log", **gateway.auth})
         lines = wait_for_lines(gateway, 1) if level == "info" else []
     log = gateway.log()  # read after the gateway stopped and flushed everything
     if level == "info":

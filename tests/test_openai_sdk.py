@@ -22,18 +22,20 @@ MESSAGES = [{"role": "user", "content": "The capital of France is"}]
 
 @pytest.fixture(scope="module")
 def client(gateway: Process) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="k", max_retries=0) as sdk:
+    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.api_key, max_retries=0) as sdk:
         yield sdk
 
 
 @pytest.fixture(scope="module")
 def broken_client(broken_gateway: Process) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{broken_gateway.url}/v1", api_key="k", max_retries=0) as sdk:
+    with openai.OpenAI(
+        base_url=f"{broken_gateway.url}/v1", api_key=broken_gateway.api_key, max_retries=0
+    ) as sdk:
         yield sdk
 
 
 def async_sdk(gateway: Process) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="client-key", max_retries=0)
+    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.api_key, max_retries=0)
 
 
 def test_chat_completion(client: openai.OpenAI, sim: Process) -> None:

@@ -127,7 +127,7 @@ def test_client_credential_is_replaced_by_the_replica_key(keyed_gateway: Process
     response = httpx.post(
         f"{keyed_gateway.url}/v1/completions",
         json={"model": MODEL, "prompt": "hi", "max_tokens": 2},
-        headers={"Authorization": "Bearer client-key-that-the-replica-refuses"},
+        headers=keyed_gateway.auth,  # a gateway key, which the replica would refuse
     )
     assert response.status_code == 200, response.text
     assert REPLICA_KEY not in response.text
@@ -137,7 +137,7 @@ def test_request_id_is_kept_sent_upstream_and_returned(keyed_gateway: Process) -
     response = httpx.post(
         f"{keyed_gateway.url}/v1/chat/completions",
         json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
-        headers={"X-Request-Id": "trace-abc-123"},
+        headers={"X-Request-Id": "trace-abc-123", **keyed_gateway.auth},
     )
     assert response.headers["x-request-id"] == "trace-abc-123"
     # vLLM (and the simulator) build the completion id from the request id they received.
@@ -145,7 +145,8 @@ def test_request_id_is_kept_sent_upstream_and_returned(keyed_gateway: Process) -
 
 
 def test_unusable_request_id_is_replaced(keyed_gateway: Process) -> None:
-    response = httpx.get(f"{keyed_gateway.url}/v1/models", headers={"X-Request-Id": "a b"})
+    headers = {"X-Request-Id": "a b", **keyed_gateway.auth}
+    response = httpx.get(f"{keyed_gateway.url}/v1/models", headers=headers)
     assert response.headers["x-request-id"] != "a b"
     assert len(response.headers["x-request-id"]) == 32
 
@@ -168,7 +169,7 @@ def test_refusals_are_openai_shaped(
     response = httpx.post(
         f"{keyed_gateway.url}/v1/completions",
         content=content,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **keyed_gateway.auth},
     )
     assert response.status_code == status
     error = response.json()["error"]
@@ -184,7 +185,8 @@ def test_chunked_body_over_the_limit_is_413(keyed_gateway: Process) -> None:
             yield b"y" * 1000
         yield b'"}'
 
-    response = httpx.post(f"{keyed_gateway.url}/v1/completions", content=chunks())
+    url = f"{keyed_gateway.url}/v1/completions"
+    response = httpx.post(url, content=chunks(), headers=keyed_gateway.auth)
     assert response.status_code == 413
 
 
@@ -195,7 +197,9 @@ def test_replica_refusing_the_gateway_key_is_a_502(module_tmp: Path, keyed_sim: 
     ]
     with run_gateway(module_tmp, config) as gateway:
         response = httpx.post(
-            f"{gateway.url}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}
+            f"{gateway.url}/v1/completions",
+            json={"model": MODEL, "prompt": "hi", "max_tokens": 2},
+            headers=gateway.auth,
         )
         log = gateway.log()
     assert response.status_code == 502

@@ -29,8 +29,15 @@ def test_defaults_without_a_file() -> None:
 
 
 def test_example_file_loads() -> None:
-    settings = load_settings(EXAMPLE, {})
+    settings = load_settings(EXAMPLE, {"VGW_AUTH__PEPPER": "x" * 48})
     assert settings.models, "the example configures at least one model"
+
+
+def test_models_without_a_pepper_are_refused() -> None:
+    with pytest.raises(SettingsError, match=r"auth\.pepper is required"):
+        load_settings(EXAMPLE, {})
+    with pytest.raises(SettingsError, match="32 or more"):
+        load_settings(EXAMPLE, {"VGW_AUTH__PEPPER": "short-pepper"})
 
 
 def test_env_overrides_win_over_the_file(tmp_path: Path) -> None:
@@ -39,6 +46,7 @@ def test_env_overrides_win_over_the_file(tmp_path: Path) -> None:
         "VGW_LISTEN__PORT": "9100",
         "VGW_LOG__FORMAT": "text",
         "VGW_MODELS": '[{"name": "m", "replicas": [{"url": "10.0.0.5:8000"}]}]',
+        "VGW_AUTH__PEPPER": "p" * 40,
         "OTHER": "ignored",
     }
     settings = load_settings(path, env)
@@ -108,10 +116,15 @@ def test_missing_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_secrets_never_show_in_the_settings_repr(tmp_path: Path) -> None:
-    data = {"models": [{"name": "m", "replicas": [{"url": "x:1", "api_key": "s3cr3t-value"}]}]}
+    data = {
+        "models": [{"name": "m", "replicas": [{"url": "x:1", "api_key": "s3cr3t-value"}]}],
+        "auth": {"pepper": "pepper-value-" + "p" * 32},
+        "admin": {"tokens": ["admin-token-value-0123456789"]},
+    }
     settings = load_settings(write(tmp_path, data), {})
-    assert "s3cr3t-value" not in repr(settings)
-    assert "s3cr3t-value" not in settings.model_dump_json()
+    for secret in ("s3cr3t-value", "pepper-value-", "admin-token-value"):
+        assert secret not in repr(settings)
+        assert secret not in settings.model_dump_json()
 
 
 def test_serve_stops_at_start_with_the_field_named(tmp_path: Path) -> None:

@@ -34,8 +34,11 @@ def deterministic_gateway(module_tmp: Path, deterministic_sim: Process) -> Itera
 
 
 def raw_stream(
-    base_url: str, body: dict[str, object], headers: dict[str, str] | None = None
+    server: Process, body: dict[str, object], headers: dict[str, str] | None = None
 ) -> bytes:
+    """The raw bytes of a stream from a simulator or (with its key) a gateway."""
+    base_url = server.url
+    headers = {**(headers or {}), **(server.auth if server.api_key else {})}
     with httpx.stream(
         "POST", f"{base_url}/v1/chat/completions", json=body, headers=headers, timeout=30
     ) as response:
@@ -71,8 +74,8 @@ def test_stream_bytes_equal_direct(
     body = {**CHAT, "max_tokens": 12, "stream": True}
     if usage:
         body["stream_options"] = {"include_usage": True}
-    direct = raw_stream(deterministic_sim.url, body)
-    through = raw_stream(deterministic_gateway.url, body)
+    direct = raw_stream(deterministic_sim, body)
+    through = raw_stream(deterministic_gateway, body)
     assert through == direct
     assert through.endswith(b"data: [DONE]\n\n")
 
@@ -82,7 +85,9 @@ def test_completion_stream_bytes_equal_direct(
 ) -> None:
     body = {"model": MODEL, "prompt": "Hello there", "max_tokens": 9, "stream": True}
     direct = httpx.post(f"{deterministic_sim.url}/v1/completions", json=body).content
-    through = httpx.post(f"{deterministic_gateway.url}/v1/completions", json=body).content
+    through = httpx.post(
+        f"{deterministic_gateway.url}/v1/completions", json=body, headers=deterministic_gateway.auth
+    ).content
     assert through == direct
 
 
@@ -91,7 +96,11 @@ def test_non_streamed_bytes_and_headers(
 ) -> None:
     body = {**CHAT, "max_tokens": 3}
     direct = httpx.post(f"{deterministic_sim.url}/v1/chat/completions", json=body)
-    through = httpx.post(f"{deterministic_gateway.url}/v1/chat/completions", json=body)
+    through = httpx.post(
+        f"{deterministic_gateway.url}/v1/chat/completions",
+        json=body,
+        headers=deterministic_gateway.auth,
+    )
     assert through.content == direct.content
     assert through.headers["content-type"] == direct.headers["content-type"]
     assert "server" not in through.headers
@@ -115,7 +124,9 @@ def test_chunks_arrive_as_they_are_sent(slow_gateway: Process) -> None:
     """With 200 ms between tokens, each token reaches the client on its own, not in a batch."""
     arrivals: list[float] = []
     body = {**CHAT, "max_tokens": 5, "stream": True}
-    with httpx.stream("POST", f"{slow_gateway.url}/v1/chat/completions", json=body) as response:
+    with httpx.stream(
+        "POST", f"{slow_gateway.url}/v1/chat/completions", json=body, headers=slow_gateway.auth
+    ) as response:
         for line in response.iter_lines():
             if line.startswith("data: ") and '"content":" ' in line:
                 arrivals.append(time.monotonic())
@@ -128,7 +139,9 @@ def test_chunks_arrive_as_they_are_sent(slow_gateway: Process) -> None:
 def test_stream_disconnect_aborts_upstream(slow_sim: Process, slow_gateway: Process) -> None:
     before = aborts(slow_sim)
     body = {**CHAT, "max_tokens": 50, "stream": True}
-    with httpx.stream("POST", f"{slow_gateway.url}/v1/chat/completions", json=body) as response:
+    with httpx.stream(
+        "POST", f"{slow_gateway.url}/v1/chat/completions", json=body, headers=slow_gateway.auth
+    ) as response:
         events = 0
         for line in response.iter_lines():
             if line.startswith("data: "):
@@ -144,13 +157,18 @@ def test_waiting_client_disconnect_aborts_upstream(
     before = aborts(slow_sim)
     body = {**CHAT, "max_tokens": 50}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{slow_gateway.url}/v1/chat/completions", json=body, timeout=0.5)
+        httpx.post(
+            f"{slow_gateway.url}/v1/chat/completions",
+            json=body,
+            headers=slow_gateway.auth,
+            timeout=0.5,
+        )
     assert wait_for_aborts(slow_sim, before + 1, within_s=1.0) == before + 1
 
 
 def test_mid_stream_drop_ends_with_error_event(deterministic_gateway: Process) -> None:
     body = {**CHAT, "max_tokens": 10, "stream": True}
-    raw = raw_stream(deterministic_gateway.url, body, headers={"x-sim-drop-after": "3"})
+    raw = raw_stream(deterministic_gateway, body, headers={"x-sim-drop-after": "3"})
     events = [event for event in raw.decode().split("\n\n") if event]
     assert events[-1] == "data: [DONE]"
     error = json.loads(events[-2].removeprefix("data: "))["error"]
@@ -162,7 +180,9 @@ def test_mid_stream_drop_ends_with_error_event(deterministic_gateway: Process) -
 
 def test_sdk_raises_on_mid_stream_error(deterministic_gateway: Process) -> None:
     url = f"{deterministic_gateway.url}/v1"
-    with openai.OpenAI(base_url=url, api_key="k", max_retries=0) as client:
+    with openai.OpenAI(
+        base_url=url, api_key=deterministic_gateway.api_key, max_retries=0
+    ) as client:
         stream = client.chat.completions.create(
             model=MODEL,
             messages=[{"role": "user", "content": "hi"}],
@@ -176,7 +196,7 @@ def test_sdk_raises_on_mid_stream_error(deterministic_gateway: Process) -> None:
 
 def test_idle_gap_timeout_mid_stream(deterministic_gateway: Process) -> None:
     body = {**CHAT, "max_tokens": 4, "stream": True}
-    raw = raw_stream(deterministic_gateway.url, body, headers={"x-sim-itl-ms": "3000"})
+    raw = raw_stream(deterministic_gateway, body, headers={"x-sim-itl-ms": "3000"})
     events = [event for event in raw.decode().split("\n\n") if event]
     error = json.loads(events[-2].removeprefix("data: "))["error"]
     assert "sent nothing for 1 s" in error["message"]
@@ -201,7 +221,9 @@ def test_200_concurrent_streams_lose_nothing(
 
     async def main() -> list[list[str]]:
         limits = httpx.Limits(max_connections=250)
-        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        async with httpx.AsyncClient(
+            limits=limits, timeout=60, headers=deterministic_gateway.auth
+        ) as client:
             return await asyncio.gather(*(one(client, prompt) for prompt in prompts))
 
     results = asyncio.run(main())

@@ -63,7 +63,7 @@ def https_url(gateway: Process) -> str:
 
 def test_https_with_trusted_ca(https_gateway: Process, server_files: dict[str, Path]) -> None:
     context = ssl.create_default_context(cafile=str(server_files["ca"]))
-    with httpx.Client(verify=context) as client:
+    with httpx.Client(verify=context, headers=https_gateway.auth) as client:
         response = client.post(f"{https_url(https_gateway)}/v1/chat/completions", json=CHAT)
     assert response.status_code == 200
     assert response.json()["usage"]["completion_tokens"] == 3
@@ -73,7 +73,7 @@ def test_openai_sdk_over_https(https_gateway: Process, server_files: dict[str, P
     context = ssl.create_default_context(cafile=str(server_files["ca"]))
     with openai.OpenAI(
         base_url=f"{https_url(https_gateway)}/v1",
-        api_key="k",
+        api_key=https_gateway.api_key,
         http_client=httpx.Client(verify=context),
         max_retries=0,
     ) as client:
@@ -120,7 +120,7 @@ def test_mtls_requires_a_client_certificate(
 
     with_cert = ssl.create_default_context(cafile=str(server_files["ca"]))
     ca.issue_cert("client@example.com").configure_cert(with_cert)
-    response = httpx.get(url, verify=with_cert)
+    response = httpx.get(url, verify=with_cert, headers=mtls_gateway.auth)
     assert response.status_code == 200
     assert response.json()["data"][0]["id"] == MODEL
 
@@ -136,9 +136,10 @@ def test_mtls_refuses_a_certificate_from_another_ca(
 
 def upstream_https_config(https_gateway: Process, **upstream_tls: object) -> dict[str, object]:
     """A second gateway whose replica is the HTTPS gateway: a real TLS upstream."""
-    return gateway_config(
-        free_port(), {MODEL: [https_url(https_gateway)]}, upstream_tls=upstream_tls
-    )
+    config = gateway_config(free_port(), {}, upstream_tls=upstream_tls)
+    replica = {"url": https_url(https_gateway), "api_key": https_gateway.api_key}
+    config["models"] = [{"name": MODEL, "replicas": [replica]}]
+    return config
 
 
 def test_https_upstream_with_ca_bundle(
@@ -146,14 +147,14 @@ def test_https_upstream_with_ca_bundle(
 ) -> None:
     config = upstream_https_config(https_gateway, ca_bundle=str(server_files["ca"]))
     with run_gateway(module_tmp, config) as front:
-        response = httpx.post(f"{front.url}/v1/chat/completions", json=CHAT)
+        response = httpx.post(f"{front.url}/v1/chat/completions", json=CHAT, headers=front.auth)
     assert response.status_code == 200
     assert response.json()["choices"][0]["finish_reason"] == "length"
 
 
 def test_https_upstream_without_trust_is_502(module_tmp: Path, https_gateway: Process) -> None:
     with run_gateway(module_tmp, upstream_https_config(https_gateway)) as front:
-        response = httpx.post(f"{front.url}/v1/chat/completions", json=CHAT)
+        response = httpx.post(f"{front.url}/v1/chat/completions", json=CHAT, headers=front.auth)
     assert response.status_code == 502
     assert "TLS" in response.json()["error"]["message"]
 
@@ -161,6 +162,7 @@ def test_https_upstream_without_trust_is_502(module_tmp: Path, https_gateway: Pr
 def test_check_command_over_https(https_gateway: Process, server_files: dict[str, Path]) -> None:
     url = https_url(https_gateway)
     command = [sys.executable, "-m", "gateway", "check", "--url", url, "--test", "health"]
+    command += ["--api-key", str(https_gateway.api_key)]
     trusted = subprocess.run(
         [*command, "--cacert", str(server_files["ca"])],
         capture_output=True,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from gateway.access_log import AccessLog
 from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
+from gateway.auth.principal import Principal
 from gateway.proxy.forward import Outcome
 from gateway.proxy.headers import REQUEST_ID, header_value, valid_request_id
 
@@ -28,6 +29,7 @@ class RequestContext:
     replica: str | None = None
     client_disconnected: bool = False
     outcome: Outcome | None = None
+    principal: Principal | None = None
 
 
 def context_of(scope: Scope) -> RequestContext:
@@ -72,6 +74,8 @@ def _access_fields(scope: Scope, context: RequestContext) -> dict[str, object]:
     return {
         "request_id": context.request_id,
         "method": scope["method"],
+        "principal": context.principal.id if context.principal else None,
+        "tenant": context.principal.tenant if context.principal else None,
         "path": scope["path"],
         "model": context.model,
         "replica": context.replica,

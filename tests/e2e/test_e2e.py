@@ -16,13 +16,14 @@ from tests.e2e.conftest import CHAT_MODEL, EMBED_MODEL, UNSERVED_MODEL, Server
 from tests.servers import Process
 
 PROMPT = "The capital of France is"
+CHECK = [sys.executable, "-m", "gateway", "check"]
 
 
 @pytest.fixture(scope="module")
 def client(e2e_gateway: Process) -> Iterator[openai.OpenAI]:
     # The client's key is not vLLM's: the gateway must swap it for the replica's.
     url = f"{e2e_gateway.url}/v1"
-    with openai.OpenAI(base_url=url, api_key="a-client-key", max_retries=0) as sdk:
+    with openai.OpenAI(base_url=url, api_key=e2e_gateway.api_key, max_retries=0) as sdk:
         yield sdk
 
 
@@ -139,7 +140,8 @@ def test_client_disconnect_aborts_vllm_generation(e2e_gateway: Process, vllm_cha
         "ignore_eos": True,
         "stream": True,
     }
-    with httpx.stream("POST", f"{e2e_gateway.url}/v1/completions", json=body, timeout=60) as reply:
+    url = f"{e2e_gateway.url}/v1/completions"
+    with httpx.stream("POST", url, json=body, headers=e2e_gateway.auth, timeout=60) as reply:
         events = 0
         for line in reply.iter_lines():
             events += line.startswith("data: ")
@@ -159,7 +161,7 @@ def test_client_disconnect_aborts_vllm_generation(e2e_gateway: Process, vllm_cha
 
 def test_check_command_passes_against_the_gateway(e2e_gateway: Process) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "check", "--url", e2e_gateway.url, "--test", "all"],
+        [*CHECK, "--url", e2e_gateway.url, "--test", "all", "--api-key", str(e2e_gateway.api_key)],
         capture_output=True,
         text=True,
         timeout=180,

@@ -39,7 +39,7 @@ def test_vllm_bench_serve_through_the_gateway(e2e_gateway: Process, tmp_path: Pa
         "4",
     ]
     # vllm bench serve sends $OPENAI_API_KEY as the Bearer key, as it would a gateway key.
-    env = {**os.environ, "OPENAI_API_KEY": "a-gateway-key", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OPENAI_API_KEY": str(e2e_gateway.api_key), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, check=False
     )

@@ -1,0 +1,118 @@
+"""Admin credentials: static tokens from the settings, or a JWT with an admin claim.
+
+The admin API is guarded by `AdminAuthMiddleware`, a plain ASGI class in front of
+FastAPI's routing, so a request without admin credentials gets a 401 before its
+body is parsed or its path looked up: nothing under `/admin/v1` answers anyone
+else, not even with a validation error. The identity it finds (`token:<index>`
+or `jwt:<sub>`, never the credential) goes to the handlers in `scope["state"]`
+and from there to the audit log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable, Sequence
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.errors import error_body
+
+# Returns the admin's subject when the token is a valid JWT carrying the admin claim.
+JWTAdminCheck = Callable[[str], Awaitable[str | None]]
+
+MAX_CREDENTIAL_BYTES = 16_384
+IDENTITY_STATE_KEY = "admin_identity"
+
+
+class AdminAuthorizer:
+    """Decides whether an `Authorization` header value is an admin's, and whose.
+
+    Static tokens are compared as SHA-256 digests with `hmac.compare_digest`,
+    against every configured token without stopping at a match, so neither the
+    time taken nor an early exit says which token (or how much of one) matched.
+    """
+
+    def __init__(self, tokens: Sequence[str], *, jwt_check: JWTAdminCheck | None = None) -> None:
+        if any(not token for token in tokens):
+            raise ValueError("an admin token must not be empty")
+        self._digests = [_digest(token.encode("utf-8")) for token in tokens]
+        self._jwt_check = jwt_check
+
+    async def identify(self, authorization: bytes | None) -> str | None:
+        """The admin identity for a raw `Authorization` header value, or None."""
+        credential = _bearer(authorization)
+        if credential is None:
+            return None
+        digest = _digest(credential)
+        matched: int | None = None
+        for index, expected in enumerate(self._digests):
+            if hmac.compare_digest(digest, expected) and matched is None:
+                matched = index
+        if matched is not None:
+            return f"token:{matched}"
+        if self._jwt_check is None or not credential.isascii():
+            return None
+        subject = await self._jwt_check(credential.decode("ascii"))
+        return None if subject is None else f"jwt:{subject}"
+
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
+def _bearer(header: bytes | None) -> bytes | None:
+    """The credential of `Bearer <credential>`; None for anything else or too long."""
+    if not header or len(header) > MAX_CREDENTIAL_BYTES:
+        return None
+    scheme, _, credential = header.partition(b" ")
+    credential = credential.strip(b" \t")
+    if scheme.lower() != b"bearer" or not credential:
+        return None
+    return credential
+
+
+class AdminAuthMiddleware:
+    """Refuse every request under `prefix` that carries no admin credential (401)."""
+
+    def __init__(self, app: ASGIApp, authorizer: AdminAuthorizer, *, prefix: str) -> None:
+        self.app = app
+        self.authorizer = authorizer
+        self.prefix = prefix.rstrip("/")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _under(scope["path"], self.prefix):
+            await self.app(scope, receive, send)
+            return
+        identity = await self.authorizer.identify(_header(scope, b"authorization"))
+        if identity is None:
+            await _unauthorized(send)
+            return
+        scope.setdefault("state", {})[IDENTITY_STATE_KEY] = identity
+        await self.app(scope, receive, send)
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    values = [value for key, value in scope["headers"] if key.lower() == name]
+    # Two Authorization headers are ambiguous: refuse rather than pick one.
+    return values[0] if len(values) == 1 else None
+
+
+async def _unauthorized(send: Send) -> None:
+    body = error_body(
+        "admin credentials required: send 'Authorization: Bearer <admin token or JWT>'",
+        "invalid_request_error",
+        None,
+        "invalid_admin_credentials",
+    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"www-authenticate", b'Bearer realm="admin"'),
+    ]
+    await send({"type": "http.response.start", "status": 401, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

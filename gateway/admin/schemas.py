@@ -1,0 +1,254 @@
+"""The admin API's request and response bodies.
+
+Inputs and outputs are separate models (FSFT `models.py`): an input never
+carries server-made fields, and an output never carries a secret's hash. The
+plaintext key appears in exactly one model, `KeyCreated`, returned once by
+create and once by each rotate.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
+
+from gateway.admin.audit import AuditEntry
+from gateway.auth.principal import Limits
+from gateway.keys.records import KeyRecord
+
+MAX_GRACE_SECONDS = 30 * 24 * 3600
+KEY_ID_PATTERN = r"^[a-z2-7]{16}$"
+
+
+# No control characters (C0, DEL, C1): they break log lines and terminals.
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+
+
+def _encodable(value: str) -> str:
+    # JSON can carry a lone surrogate ("\ud800"); no store can keep one.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        # Within an hour or so of year 1 or year 9999: the bounds mean the same thing.
+        return (datetime.min if value.year == 1 else datetime.max).replace(tzinfo=UTC)
+
+
+def _text(min_length: int, max_length: int) -> Any:
+    return Field(min_length=min_length, max_length=max_length, pattern=TEXT_PATTERN)
+
+
+Tenant = Annotated[str, _text(1, 128), AfterValidator(_encodable)]
+Name = Annotated[str, _text(0, 200), AfterValidator(_encodable)]
+Model = Annotated[str, _text(1, 256), AfterValidator(_encodable)]
+MetaKey = Annotated[str, _text(1, 64), AfterValidator(_encodable)]
+MetaValue = Annotated[str, _text(0, 1024), AfterValidator(_encodable)]
+# Written out: pydantic would turn the key pattern into `patternProperties`, which
+# lets other keys through with any value.
+_METADATA_SCHEMA = {
+    "type": "object",
+    "maxProperties": 64,
+    "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": TEXT_PATTERN},
+    "additionalProperties": {"type": "string", "maxLength": 1024, "pattern": TEXT_PATTERN},
+}
+Metadata = Annotated[
+    dict[MetaKey, MetaValue], Field(max_length=64), WithJsonSchema(_METADATA_SCHEMA)
+]
+Models = Annotated[list[Model], Field(max_length=1000)]
+Moment = Annotated[AwareDatetime, AfterValidator(_utc)]
+Limit = Annotated[int, Field(ge=1, le=10**12)]
+
+
+class KeyLimits(BaseModel):
+    """Per-key limits; null (or absent) means no limit of that kind."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: Limit | None = None
+    tokens_per_minute: Limit | None = None
+    concurrent_requests: Limit | None = None
+    max_tokens: Limit | None = None
+
+    def to_limits(self) -> Limits:
+        return Limits(**self.model_dump())
+
+    @classmethod
+    def of(cls, limits: Limits) -> KeyLimits:
+        return cls(
+            requests_per_minute=limits.requests_per_minute,
+            tokens_per_minute=limits.tokens_per_minute,
+            concurrent_requests=limits.concurrent_requests,
+            max_tokens=limits.max_tokens,
+        )
+
+
+class KeyCreate(BaseModel):
+    """A new key. `models` null (or absent) lets the key use every model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: Tenant
+    name: Name = ""
+    models: Models | None = None
+    limits: KeyLimits = Field(default_factory=KeyLimits)
+    expires_at: Moment | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class KeyUpdate(BaseModel):
+    """Fields to change; absent fields stay. `models` and `expires_at` may be null (clear)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
+    # `SkipJsonSchema[None]`: absent is allowed, null is not (the validator below says so).
+    name: Name | SkipJsonSchema[None] = None
+    models: Models | None = None
+    limits: KeyLimits | SkipJsonSchema[None] = None
+    expires_at: Moment | None = None
+    metadata: Metadata | SkipJsonSchema[None] = None
+
+    @model_validator(mode="after")
+    def _not_null_where_it_means_nothing(self) -> KeyUpdate:
+        for name in ("name", "limits", "metadata"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        if not self.model_fields_set:
+            raise ValueError("an update changes at least one field")
+        return self
+
+
+class RotateIn(BaseModel):
+    """With `grace_seconds` > 0, the old secret keeps working that long after the rotation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grace_seconds: int = Field(default=0, ge=0, le=MAX_GRACE_SECONDS)
+
+
+class KeyOut(BaseModel):
+    """A key as the admin sees it: never its secret, never its hash."""
+
+    id: str
+    tenant: str
+    name: str
+    status: Literal["active", "revoked", "expired"]
+    created_at: datetime
+    models: list[str] | None
+    limits: KeyLimits
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    previous_secret_valid_until: datetime | None = Field(
+        description="After a rotation with a grace period: until when the old secret works."
+    )
+    metadata: dict[str, str]
+
+    @classmethod
+    def of(cls, record: KeyRecord, now: datetime) -> KeyOut:
+        grace = record.previous_valid_until
+        return cls(
+            id=record.id,
+            tenant=record.tenant,
+            name=record.name,
+            status=_status(record, now),
+            created_at=record.created_at,
+            models=None if record.models is None else sorted(record.models),
+            limits=KeyLimits.of(record.limits),
+            expires_at=record.expires_at,
+            last_used_at=record.last_used_at,
+            revoked_at=record.revoked_at,
+            previous_secret_valid_until=grace if grace is not None and now < grace else None,
+            metadata=dict(record.metadata),
+        )
+
+
+def _status(record: KeyRecord, now: datetime) -> Literal["active", "revoked", "expired"]:
+    if record.revoked_at is not None:
+        return "revoked"
+    return "active" if record.is_usable(now) else "expired"
+
+
+class KeyCreated(KeyOut):
+    """A key with its plaintext, shown in this response only: store it now."""
+
+    key: str = Field(description="The full API key. It is not stored and never shown again.")
+
+    @classmethod
+    def with_key(cls, record: KeyRecord, now: datetime, token: str) -> KeyCreated:
+        return cls(**KeyOut.of(record, now).model_dump(), key=token)
+
+
+class KeyPage(BaseModel):
+    data: list[KeyOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: done.")
+
+
+class ModelUsage(BaseModel):
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class KeyUsage(BaseModel):
+    """Use of one key, per model. The counts are filled by the limits work; zero until then."""
+
+    key_id: str
+    last_used_at: datetime | None
+    models: dict[str, ModelUsage]
+
+
+class AuditEntryOut(BaseModel):
+    id: str
+    at: datetime
+    actor: str = Field(description="The admin credential used: `token:<index>` or `jwt:<sub>`.")
+    action: str
+    key_id: str | None
+    tenant: str | None
+    detail: dict[str, str]
+
+    @classmethod
+    def of(cls, entry: AuditEntry) -> AuditEntryOut:
+        return cls(
+            id=entry.id,
+            at=entry.at,
+            actor=entry.actor,
+            action=entry.action,
+            key_id=entry.key_id,
+            tenant=entry.tenant,
+            detail=dict(entry.detail),
+        )
+
+
+class AuditPage(BaseModel):
+    data: list[AuditEntryOut]
+    next_cursor: str | None
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorOut(BaseModel):
+    """OpenAI's error shape, used for every error this API returns."""
+
+    error: ErrorDetail

@@ -1,0 +1,109 @@
+"""The admin API as `vllm-gateway keys` uses it: one httpx client, errors as one-liners.
+
+Every failure leaves this module as a `KeysCliError` whose text is the line to print:
+the gateway's own error message with its HTTP status, or why it could not be reached.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+TIMEOUT_S = 30.0
+ADMIN_PREFIX = "/admin/v1"
+Json = dict[str, Any]
+
+
+class KeysCliError(Exception):
+    """The command failed; exit 1."""
+
+
+class UsageError(KeysCliError):
+    """The command line cannot work as given; exit 2."""
+
+
+class ApiError(KeysCliError):
+    """The gateway answered with an error status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status} {message}")
+
+
+@dataclass
+class AdminApi:
+    """The admin API over one client; errors come out as `KeysCliError`s."""
+
+    client: httpx.Client
+
+    def call(
+        self, method: str, path: str, body: Json | None = None, params: Json | None = None
+    ) -> Json:
+        with map_http_errors(str(self.client.base_url).removesuffix(f"{ADMIN_PREFIX}/")):
+            response = self.client.request(method, path, json=body, params=params)
+        if response.is_error:
+            raise ApiError(response.status_code, error_message(response))
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise ApiError(response.status_code, "the gateway's answer is not a JSON object")
+        return data
+
+
+@contextmanager
+def map_http_errors(url: str) -> Iterator[None]:
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise KeysCliError(f"no answer from {url} within {TIMEOUT_S:g} s") from exc
+    except httpx.ConnectError as exc:
+        raise KeysCliError(f"cannot connect to {url} ({exc})") from exc
+    except httpx.HTTPError as exc:
+        raise KeysCliError(f"request to {url} failed ({exc})") from exc
+
+
+def error_message(response: httpx.Response) -> str:
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = None
+    if isinstance(message, str) and message:
+        return message
+    return response.reason_phrase or "error"
+
+
+def gateway_url(text: str) -> str:
+    """The gateway's root URL, from the root itself or its admin API URL."""
+    url = text.strip().rstrip("/").removesuffix(ADMIN_PREFIX)
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise UsageError(f"not an http:// or https:// URL: {text!r}")
+    return url
+
+
+def open_client(url: str, token: str, cacert: str | None, insecure: bool) -> httpx.Client:
+    """The run's one client: admin URL, Bearer token and TLS trust, set once."""
+    # A header carries printable ASCII only; say so rather than let httpx fail later.
+    if not (token.isascii() and token.isprintable()):
+        raise UsageError("the admin token must be printable ASCII")
+    verify: ssl.SSLContext | bool = not insecure
+    if cacert:
+        try:
+            verify = ssl.create_default_context(cafile=cacert)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(f"cannot load the CA bundle {cacert} ({exc})") from exc
+    return httpx.Client(
+        base_url=f"{gateway_url(url)}{ADMIN_PREFIX}/",
+        headers={"Authorization": f"Bearer {token}"},
+        verify=verify,
+        timeout=httpx.Timeout(TIMEOUT_S),
+    )
