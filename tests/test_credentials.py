@@ -213,3 +213,24 @@ def test_store_down_is_503_not_401(redis_server: RedisServer) -> None:
         await store.close()
 
     asyncio.run(main())
+
+
+def test_use_is_recorded_once_a_minute_at_most(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await SqliteKeyStore.open(tmp_path / "keys.db")
+        cache = KeyCache(store)
+        auth = Authenticator(cache, PEPPER, None)
+        key, record = new_key(PEPPER, tenant="t", name="k", created_at=NOW)
+        await store.create(record)
+        first = await auth.authenticate(bearer(key.token))
+        await cache.stop()  # waits for the background write
+        stored = await store.get(first.id)
+        assert stored is not None and stored.last_used_at is not None
+        used_at = stored.last_used_at
+        await auth.authenticate(bearer(key.token))  # within the minute: no new write
+        await cache.stop()
+        again = await store.get(first.id)
+        assert again is not None and again.last_used_at == used_at
+        await store.close()
+
+    asyncio.run(main())

@@ -33,6 +33,8 @@ logger = logging.getLogger("gateway.auth")
 
 MAX_HEADER_BYTES = 4096
 MISS_TTL_S = 1.0
+# last_used_at is written at most this often per key, off the request path.
+USE_RECORD_INTERVAL_S = 60.0
 RESUBSCRIBE_DELAY_S = 1.0
 
 
@@ -86,6 +88,26 @@ class KeyCache:
         self._records: dict[str, KeyRecord] = {}
         self._misses: dict[str, float] = {}
         self._listener: asyncio.Task[None] | None = None
+        self._recorded: dict[str, float] = {}
+        self._writes: set[asyncio.Task[None]] = set()
+
+    def note_use(self, key_id: str, when: datetime) -> None:
+        """Move the key's last_used_at forward, in the background, once a minute at most."""
+        now = self._clock()
+        last = self._recorded.get(key_id)
+        if last is not None and now - last < USE_RECORD_INTERVAL_S:
+            return
+        self._recorded[key_id] = now
+        task = asyncio.get_running_loop().create_task(self._record_use(key_id, when))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _record_use(self, key_id: str, when: datetime) -> None:
+        try:
+            await self._store.record_use(key_id, when)
+        except KeyStoreUnavailable as exc:
+            self._recorded.pop(key_id, None)  # try again on the next use
+            logger.warning("could not record the use of key %s: %s", key_id, exc)
 
     async def get(self, key_id: str) -> KeyRecord | None:
         record = self._records.get(key_id)
@@ -120,6 +142,8 @@ class KeyCache:
         self._listener = asyncio.get_running_loop().create_task(self._listen())
 
     async def stop(self) -> None:
+        if self._writes:
+            await asyncio.wait(set(self._writes), timeout=2.0)
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -175,4 +199,5 @@ class Authenticator:
             raise InvalidApiKey("This API key has been revoked.", reason="revoked")
         if not record.is_usable(now):
             raise InvalidApiKey("This API key has expired.", reason="expired")
+        self._keys.note_use(record.id, now)
         return record.principal()
