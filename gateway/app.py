@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 
 from gateway.access_log import AccessLog
 from gateway.admin.app import create_admin_app
@@ -89,8 +90,18 @@ class Gateway:
             self.auth.store,
             self.auth.audit,
             pepper.get_secret_value().encode(),
-            AdminAuthorizer(tokens),
+            AdminAuthorizer(tokens, jwt_check=self._admin_jwt_check()),
         )
+
+    def _admin_jwt_check(self) -> Callable[[str], Awaitable[str | None]] | None:
+        claim = self.settings.admin.jwt_claim
+        if claim is None:
+            return None
+
+        async def check(token: str) -> str | None:
+            return await self.auth.admin_subject(token, claim)
+
+        return check
 
 
 def create_app(settings: Settings) -> Gateway:

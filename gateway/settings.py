@@ -184,6 +184,8 @@ class AdminSettings(_Strict):
     tokens: list[Annotated[SecretStr, AfterValidator(_not_placeholder)]] = Field(
         default_factory=list
     )
+    # A JWT from a configured issuer whose claim of this name is `true` is an admin too.
+    jwt_claim: str | None = None
 
 
 class LogSettings(_Strict):

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import jwt
 import openai
 import pytest
 
@@ -99,3 +100,24 @@ def test_two_gateways_share_keys_through_redis(
         logs = a.log() + b.log()
     assert elapsed <= 1.0
     assert key not in logs
+
+
+def test_a_jwt_with_the_admin_claim_manages_keys(tmp_path: Path, sim: Process) -> None:
+    secret = "an-hs256-secret-for-admin-tests-0123456789abcdef"
+    config = admin_config(sim, {"sqlite_path": str(tmp_path / "keys.db")})
+    config["auth"]["jwt_issuers"] = [  # type: ignore[index]
+        {"issuer": "https://idp.test/", "algorithms": ["HS256"], "hs_secret": secret}
+    ]
+    config["admin"] = {"tokens": [ADMIN_TOKEN], "jwt_claim": "vgw_admin"}
+    claims = {"iss": "https://idp.test/", "sub": "ops-alice", "exp": int(time.time()) + 300}
+    admin_jwt = jwt.encode({**claims, "vgw_admin": True}, secret, algorithm="HS256")
+    user_jwt = jwt.encode(claims, secret, algorithm="HS256")
+    with run_gateway(tmp_path, config) as gateway:
+        url = f"{gateway.url}/admin/v1/keys"
+        body = {"tenant": "acme", "name": "via-jwt"}
+        as_admin = httpx.post(url, json=body, headers={"Authorization": f"Bearer {admin_jwt}"})
+        as_user = httpx.post(url, json=body, headers={"Authorization": f"Bearer {user_jwt}"})
+        audit = httpx.get(f"{gateway.url}/admin/v1/audit", headers=ADMIN).json()
+    assert as_admin.status_code == 201, as_admin.text
+    assert as_user.status_code == 401
+    assert audit["data"][0]["actor"] == "jwt:ops-alice"

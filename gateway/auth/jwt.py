@@ -125,6 +125,11 @@ class JWTVerifier:
 
     async def verify(self, token: str) -> Principal:
         """The principal TOKEN stands for; raises an AuthError for any bad token."""
+        claims, issuer = await self.verified_claims(token)
+        return principal_from_claims(claims, issuer)
+
+    async def verified_claims(self, token: str) -> tuple[Mapping[str, Any], IssuerConfig]:
+        """The claims of a token that passed every check, and the issuer that vouched."""
         header, unverified = self._peek(token)
         iss = unverified.get("iss")
         issuer = self._issuers.get(iss) if isinstance(iss, str) else None
@@ -136,7 +141,7 @@ class JWTVerifier:
         key = await self._key_for(issuer, header, alg)
         claims = _decode(token, key, issuer)
         self._check_times(claims, issuer.leeway_s)
-        return principal_from_claims(claims, issuer)
+        return claims, issuer
 
     def _peek(self, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
         if (

@@ -6,7 +6,7 @@ import httpx
 
 from gateway.admin.audit import AuditLog, RedisAuditLog, SqliteAuditLog
 from gateway.auth.credentials import Authenticator, KeyCache
-from gateway.auth.jwt import JWTVerifier
+from gateway.auth.jwt import AuthError, JWTVerifier
 from gateway.auth.jwt_config import ClaimNames, IssuerConfig
 from gateway.auth.principal import Limits, Principal
 from gateway.keys.redis_store import RedisKeyStore
@@ -68,6 +68,7 @@ class AuthService:
         self._cache: KeyCache | None = None
         self._http: httpx.AsyncClient | None = None
         self._authenticator: Authenticator | None = None
+        self._verifier: JWTVerifier | None = None
 
     async def open(self) -> None:
         self._store = await open_key_store(self._settings.key_store)
@@ -79,6 +80,7 @@ class AuthService:
             self._http = httpx.AsyncClient(timeout=JWKS_TIMEOUT_S)
             verifier = JWTVerifier(self._issuers, self._http)
         self._authenticator = Authenticator(self._cache, self._pepper, verifier)
+        self._verifier = verifier
 
     async def close(self) -> None:
         if self._cache is not None:
@@ -101,6 +103,17 @@ class AuthService:
         if self._audit is None:
             raise RuntimeError("the audit log is used outside the lifespan")
         return self._audit
+
+    async def admin_subject(self, token: str, claim: str) -> str | None:
+        """The subject of a valid JWT whose CLAIM is true, for the admin API; else None."""
+        if self._verifier is None:
+            return None
+        try:
+            claims, _ = await self._verifier.verified_claims(token)
+        except AuthError:
+            return None
+        subject = claims.get("sub")
+        return subject if claims.get(claim) is True and isinstance(subject, str) else None
 
     async def authenticate(self, header: bytes | None) -> Principal:
         if self._authenticator is None:
