@@ -9,8 +9,9 @@ from collections.abc import Awaitable, Callable
 from gateway.access_log import AccessLog
 from gateway.admin.app import create_admin_app
 from gateway.admin.auth import AdminAuthorizer
-from gateway.asgi import ASGIApp, Receive, Scope, Send
+from gateway.asgi import ASGIApp, Receive, Scope, Send, send_bytes
 from gateway.auth.service import AuthService
+from gateway.errors import error_body
 from gateway.middleware.context import RequestContextMiddleware
 from gateway.middleware.errors import ErrorBoundary
 from gateway.proxy.handler import ProxyApp
@@ -53,11 +54,13 @@ class Gateway:
         proxy = ProxyApp(self.pools, self.upstream, self.auth, settings.max_body_bytes)
         self._http = build_stack(proxy, self.access_log)
         self._admin: ASGIApp | None = None  # built in the lifespan, once the key store is open
+        # With a listener of its own, the admin API is not reachable on the client one.
+        self._admin_here = settings.admin.listen is None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            if self._admin is not None and scope["path"].startswith(ADMIN_PREFIX):
-                await self._admin(scope, receive, send)
+            if self._admin_here and scope["path"].startswith(ADMIN_PREFIX):
+                await self.admin(scope, receive, send)
             else:
                 await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
@@ -81,6 +84,16 @@ class Gateway:
                 self.access_log.flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def admin(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The admin API's entry, for /admin on this app or for its own listener."""
+        if scope["type"] != "http":
+            return
+        if self._admin is None:
+            body = error_body("The gateway is starting.", "server_error", None, None)
+            await send_bytes(send, 503, body, [(b"retry-after", b"1")])
+            return
+        await self._admin(scope, receive, send)
 
     def _admin_app(self) -> ASGIApp:
         tokens = [token.get_secret_value() for token in self.settings.admin.tokens]

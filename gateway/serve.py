@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import signal
@@ -10,14 +11,17 @@ import socket
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import Literal
 
 import uvicorn
+import uvloop
 from pydantic import SecretStr
 
 from gateway.app import create_app
+from gateway.asgi import ASGIApp
 from gateway.embedded import EmbeddedCredentials, embedded_credentials, embedded_simulator
 from gateway.logs import configure_logging
-from gateway.settings import Settings, SettingsError, load_settings
+from gateway.settings import ListenSettings, Settings, SettingsError, load_settings
 from gateway.tls import server_context
 
 logger = logging.getLogger("gateway")
@@ -45,9 +49,22 @@ def run(args: argparse.Namespace) -> int:
             if settings.auth.pepper is None:
                 credentials = embedded_credentials(settings.auth.key_store.sqlite_path)
                 settings = _with_credentials(settings, credentials)
-        server = _Server(uvicorn_config(settings), _banner(settings, credentials))
-        server.run()
+        app = create_app(settings)
+        servers = [_Server(uvicorn_config(settings.listen, app), _banner(settings, credentials))]
+        if settings.admin.listen is not None:
+            admin = uvicorn_config(settings.admin.listen, app.admin, lifespan="off")
+            servers.append(_Server(admin, f"admin API listening on {_base(settings.admin.listen)}"))
+        uvloop.run(_serve(servers))
     return 0
+
+
+async def _serve(servers: list[_Server]) -> None:
+    """Run the listeners together; when one stops (a signal, a failed start), all stop."""
+    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for server in servers:
+        server.should_exit = True
+    await asyncio.gather(*tasks)
 
 
 def _with_credentials(settings: Settings, credentials: EmbeddedCredentials) -> Settings:
@@ -60,17 +77,20 @@ def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def uvicorn_config(settings: Settings) -> uvicorn.Config:
-    tls = settings.listen.tls
+def uvicorn_config(
+    listen: ListenSettings, app: ASGIApp, lifespan: Literal["on", "off"] = "on"
+) -> uvicorn.Config:
+    tls = listen.tls
     context = server_context(tls) if tls.enabled else None
     return uvicorn.Config(
-        create_app(settings),
-        host=settings.listen.host,
-        port=settings.listen.port,
+        app,
+        host=listen.host,
+        port=listen.port,
         loop="uvloop",
         http="httptools",
         ws="none",
-        lifespan="on",
+        interface="asgi3",
+        lifespan=lifespan,
         access_log=False,
         # X-Forwarded-* from clients is not trusted: the gateway is the edge.
         proxy_headers=False,
@@ -95,10 +115,13 @@ class _Server(uvicorn.Server):
             print(self._banner, flush=True)
 
 
-def _banner(settings: Settings, credentials: EmbeddedCredentials | None) -> str:
-    listen = settings.listen
+def _base(listen: ListenSettings) -> str:
     scheme = "https" if listen.tls.enabled else "http"
-    base = f"{scheme}://{listen.host}:{listen.port}"
+    return f"{scheme}://{listen.host}:{listen.port}"
+
+
+def _banner(settings: Settings, credentials: EmbeddedCredentials | None) -> str:
+    base = _base(settings.listen)
     model = settings.models[0].name if settings.models else "MODEL"
     body = (
         f'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}], '

@@ -179,13 +179,17 @@ class AuthSettings(_Strict):
 
 
 class AdminSettings(_Strict):
-    """The admin API, at /admin on the gateway's listener; no tokens, no admin access."""
+    """The admin API: at /admin on the gateway's listener, or only on its own `listen`.
+
+    No tokens (and no JWT claim): nobody is an admin.
+    """
 
     tokens: list[Annotated[SecretStr, AfterValidator(_not_placeholder)]] = Field(
         default_factory=list
     )
     # A JWT from a configured issuer whose claim of this name is `true` is an admin too.
     jwt_claim: str | None = None
+    listen: ListenSettings | None = None
 
 
 class LogSettings(_Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ import httpx
 import jwt
 import openai
 import pytest
+import trustme
 
 from tests.servers import Process, RedisServer, free_port, gateway_config, run_gateway
 
@@ -121,3 +123,33 @@ def test_a_jwt_with_the_admin_claim_manages_keys(tmp_path: Path, sim: Process) -
     assert as_admin.status_code == 201, as_admin.text
     assert as_user.status_code == 401
     assert audit["data"][0]["actor"] == "jwt:ops-alice"
+
+
+def test_admin_api_on_its_own_tls_listener(tmp_path: Path, sim: Process) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "admin.pem", tmp_path / "admin.key"
+    cert.cert_chain_pems[0].write_to_path(certfile)
+    cert.private_key_pem.write_to_path(keyfile)
+    admin_port = free_port()
+    config = admin_config(sim, {"sqlite_path": str(tmp_path / "keys.db")})
+    config["admin"] = {
+        "tokens": [ADMIN_TOKEN],
+        "listen": {
+            "host": "127.0.0.1",
+            "port": admin_port,
+            "tls": {"certfile": str(certfile), "keyfile": str(keyfile)},
+        },
+    }
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with run_gateway(tmp_path, config) as gateway:
+        admin_url = f"https://127.0.0.1:{admin_port}/admin/v1/keys"
+        created = httpx.post(
+            admin_url, json={"tenant": "acme", "name": "tls"}, headers=ADMIN, verify=context
+        )
+        on_client_listener = httpx.get(f"{gateway.url}/admin/v1/keys", headers=ADMIN)
+        key = created.json()["key"]
+        assert models_status(gateway, key) == 200
+    assert created.status_code == 201
+    assert on_client_listener.status_code == 404  # the admin API is not on the client listener
