@@ -7,8 +7,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from gateway.access_log import AccessLog
-from gateway.admin.app import create_admin_app
-from gateway.admin.auth import AdminAuthorizer
+from gateway.admin.audit import AuditLog
 from gateway.asgi import ASGIApp, Receive, Scope, Send, send_bytes
 from gateway.auth.service import AuthService
 from gateway.errors import error_body
@@ -53,9 +52,12 @@ class Gateway:
         self.auth = AuthService(settings.auth, settings.auth.pepper.get_secret_value().encode())
         proxy = ProxyApp(self.pools, self.upstream, self.auth, settings.max_body_bytes)
         self._http = build_stack(proxy, self.access_log)
-        self._admin: ASGIApp | None = None  # built in the lifespan, once the key store is open
+        # Built in the lifespan, once the key store is open; nothing at all without admins.
+        self._admin: ASGIApp | None = None
+        self._audit: AuditLog | None = None
+        self._admin_enabled = bool(settings.admin.tokens or settings.admin.jwt_claim)
         # With a listener of its own, the admin API is not reachable on the client one.
-        self._admin_here = settings.admin.listen is None
+        self._admin_here = self._admin_enabled and settings.admin.listen is None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -73,7 +75,8 @@ class Gateway:
                 try:
                     await self.upstream.open()
                     await self.auth.open()
-                    self._admin = self._admin_app()
+                    if self._admin_enabled:
+                        await self._open_admin()
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     raise
@@ -81,6 +84,8 @@ class Gateway:
             elif message["type"] == "lifespan.shutdown":
                 await self.upstream.close()
                 await self.auth.close()
+                if self._audit is not None:
+                    await self._audit.close()
                 self.access_log.flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -95,15 +100,19 @@ class Gateway:
             return
         await self._admin(scope, receive, send)
 
-    def _admin_app(self) -> ASGIApp:
+    async def _open_admin(self) -> None:
+        from gateway.admin.mount import admin_app, open_audit_log  # noqa: PLC0415 (see mount)
+
         tokens = [token.get_secret_value() for token in self.settings.admin.tokens]
         pepper = self.settings.auth.pepper
         assert pepper is not None  # checked in __init__
-        return create_admin_app(
+        self._audit = await open_audit_log(self.settings.auth.key_store)
+        self._admin = admin_app(
             self.auth.store,
-            self.auth.audit,
+            self._audit,
             pepper.get_secret_value().encode(),
-            AdminAuthorizer(tokens, jwt_check=self._admin_jwt_check()),
+            tokens,
+            self._admin_jwt_check(),
         )
 
     def _admin_jwt_check(self) -> Callable[[str], Awaitable[str | None]] | None:

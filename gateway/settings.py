@@ -191,6 +191,12 @@ class AdminSettings(_Strict):
     jwt_claim: str | None = None
     listen: ListenSettings | None = None
 
+    @model_validator(mode="after")
+    def _listener_needs_admins(self) -> AdminSettings:
+        if self.listen is not None and not (self.tokens or self.jwt_claim):
+            raise ValueError("admin.listen needs admin.tokens or admin.jwt_claim")
+        return self
+
 
 class LogSettings(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"

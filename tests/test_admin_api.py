@@ -15,16 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.admin import (
-    AdminAuthorizer,
-    AuditEntry,
-    AuditLog,
-    MemoryAuditLog,
-    RedisAuditLog,
-    SqliteAuditLog,
-    create_admin_app,
-)
-from gateway.admin.auth import JWTAdminCheck
+from gateway.admin.app import create_admin_app
+from gateway.admin.audit import AuditEntry, AuditLog, MemoryAuditLog, SqliteAuditLog
+from gateway.admin.audit_redis import RedisAuditLog
+from gateway.admin.auth import AdminAuthorizer, JWTAdminCheck
 from gateway.keys.format import parse
 from gateway.keys.redis_store import RedisKeyStore
 from gateway.keys.sqlite import SqliteKeyStore

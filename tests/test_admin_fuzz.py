@@ -16,7 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import Case, GenerationMode
 from schemathesis.schemas import BaseSchema
 
-from gateway.admin import AdminAuthorizer, SqliteAuditLog, create_admin_app
+from gateway.admin.app import create_admin_app
+from gateway.admin.audit import SqliteAuditLog
+from gateway.admin.auth import AdminAuthorizer
 from gateway.keys.sqlite import SqliteKeyStore
 
 PEPPER = b"a-test-pepper-of-32-bytes-length"

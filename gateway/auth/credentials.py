@@ -1,6 +1,6 @@
 """From an `Authorization` header to a `Principal`: API keys first, then JWTs.
 
-    AuthError (gateway.auth.jwt)      401, OpenAI-shaped, `reason` for metrics
+    AuthError (gateway.auth.errors)   401, OpenAI-shaped, `reason` for metrics
     ├── MissingCredentials            no usable `Authorization: Bearer ...`
     └── InvalidApiKey                 unknown, wrong secret, revoked or expired key
     CredentialStoreUnavailable        503: the key store cannot be read
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
-from gateway.auth.jwt import AuthError
+from gateway.auth.errors import AuthError
 from gateway.auth.principal import Principal
 from gateway.errors import GatewayError
 from gateway.keys.format import PREFIX, MalformedKey, parse

@@ -19,11 +19,12 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 import jwt
 
+from gateway.auth.errors import AuthError
 from gateway.auth.jwks import JWKSCache, JWKSUnavailable, KeyNotFound
 from gateway.auth.jwt_config import (
     ClaimNames,
@@ -33,22 +34,10 @@ from gateway.auth.jwt_config import (
     load_public_key,
 )
 from gateway.auth.principal import Limits, Principal
-from gateway.errors import GatewayError
 
 # Compact JWS only: three non-empty base64url segments (an unsigned token has an empty third).
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 MAX_TOKEN_CHARS = 16_384
-
-
-class AuthError(GatewayError):
-    status = 401
-    error_type = "invalid_request_error"
-    code: ClassVar[str | None] = "invalid_token"
-    default_reason: ClassVar[str] = "invalid"
-
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
-        super().__init__(message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-        self.reason = reason or self.default_reason
 
 
 class InvalidToken(AuthError):

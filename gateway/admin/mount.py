@@ -1,0 +1,37 @@
+"""The admin API as the gateway serves it: its audit log beside the keys, and its app.
+
+Imported only when admin access is configured: FastAPI costs every process
+memory that a gateway without admins does not need to pay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI
+
+from gateway.admin.app import create_admin_app
+from gateway.admin.audit import AuditLog, SqliteAuditLog
+from gateway.admin.auth import AdminAuthorizer
+from gateway.keys.store import KeyStore
+from gateway.settings import KeyStoreSettings
+
+
+async def open_audit_log(settings: KeyStoreSettings) -> AuditLog:
+    """The audit log lives beside the keys: the same SQLite file, or the same Redis."""
+    if settings.backend == "redis":
+        from gateway.admin.audit_redis import RedisAuditLog  # noqa: PLC0415 (optional backend)
+
+        assert settings.redis_url is not None  # checked by the settings
+        return RedisAuditLog.connect(settings.redis_url.get_secret_value())
+    return await SqliteAuditLog.open(settings.sqlite_path)
+
+
+def admin_app(
+    store: KeyStore,
+    audit: AuditLog,
+    pepper: bytes,
+    tokens: list[str],
+    jwt_check: Callable[[str], Awaitable[str | None]] | None,
+) -> FastAPI:
+    return create_admin_app(store, audit, pepper, AdminAuthorizer(tokens, jwt_check=jwt_check))
