@@ -15,20 +15,19 @@ import asyncio
 import json
 import re
 import sqlite3
-import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol, TypeAlias, TypeVar
 
 from gateway.keys.records import format_time, parse_time
+from gateway.sqlite_file import ThreadedConnection, connect, mapped_errors
 
 T = TypeVar("T")
 
 MAX_PAGE = 1000
-BUSY_TIMEOUT_S = 5.0
 
 
 class AuditLogError(Exception):
@@ -142,15 +141,13 @@ class SqliteAuditLog:
     """
 
     def __init__(self, connection: sqlite3.Connection, path: str) -> None:
-        self._db = connection
+        self._db = ThreadedConnection(connection)
         self._path = path
-        self._lock = threading.Lock()
-        self._closed = False
 
     @classmethod
     async def open(cls, path: str | Path, *, read_only: bool = False) -> SqliteAuditLog:
         with _sqlite_mapped(f"open the SQLite audit log {path}"):
-            connection = await asyncio.to_thread(_connect, Path(path), read_only)
+            connection = await asyncio.to_thread(connect, Path(path), read_only, _create_table)
         return cls(connection, str(path))
 
     async def append(self, entry: AuditEntry) -> AuditEntry:
@@ -185,35 +182,18 @@ class SqliteAuditLog:
         return page, (page[-1].id if len(rows) > limit else None)
 
     async def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            await asyncio.to_thread(self._locked, sqlite3.Connection.close)
+        await self._db.close()
 
     async def _run(self, verb: str, step: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
+        if self._db.closed:
             raise AuditLogUnavailable(f"could not {verb} the audit log: it is closed")
         with _sqlite_mapped(f"{verb} the SQLite audit log {self._path}"):
-            return await asyncio.to_thread(self._locked, step)
-
-    def _locked(self, step: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
-            return step(self._db)
+            return await self._db.run(step)
 
 
-def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
-    target = path.resolve().as_uri() + ("?mode=ro" if read_only else "")
-    connection = sqlite3.connect(
-        target, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-    )
-    try:
-        if not read_only:
-            connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute(_SCHEMA)
-        connection.execute("PRAGMA synchronous = FULL")
-    except BaseException:
-        connection.close()
-        raise
-    return connection
+def _create_table(connection: sqlite3.Connection, read_only: bool) -> None:
+    if not read_only:  # a read-only connection reads what exists
+        connection.execute(_SCHEMA)
 
 
 def _entry_from_row(row: _Row) -> AuditEntry:
@@ -223,14 +203,5 @@ def _entry_from_row(row: _Row) -> AuditEntry:
     return AuditEntry(when, actor, action, key_id, tenant, json.loads(detail), str(rowid))
 
 
-@contextmanager
-def _sqlite_mapped(action: str) -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.OperationalError as exc:
-        hint = ""
-        if exc.sqlite_errorname.startswith("SQLITE_READONLY"):
-            hint = " (the file or its directory is read-only to the gateway)"
-        raise AuditLogUnavailable(f"could not {action}: {exc}{hint}") from exc
-    except sqlite3.Error as exc:
-        raise AuditLogError(f"could not {action}: {exc}") from exc
+def _sqlite_mapped(action: str) -> AbstractContextManager[None]:
+    return mapped_errors(action, AuditLogUnavailable, AuditLogError)

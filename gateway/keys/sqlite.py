@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, contextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
@@ -41,11 +40,11 @@ from gateway.keys.store import (
     LocalChanges,
     check_page,
 )
+from gateway.sqlite_file import ThreadedConnection, connect, mapped_errors
 
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_S = 5.0
 
 _SCHEMA = (
     """
@@ -83,17 +82,15 @@ class SqliteKeyStore:
     """A `KeyStore` in one SQLite file. Build it with `await SqliteKeyStore.open(path)`."""
 
     def __init__(self, connection: sqlite3.Connection, path: str) -> None:
-        self._db = connection
+        self._db = ThreadedConnection(connection)
         self._path = path
-        self._lock = threading.Lock()  # a thread lock: a cancelled await must not free it early
         self._changes = LocalChanges()
-        self._closed = False
 
     @classmethod
     async def open(cls, path: str | Path, *, read_only: bool = False) -> SqliteKeyStore:
         """Open (and on first use create) the store; `read_only` opens it with `mode=ro`."""
         with _mapped(f"open the SQLite key store {path}"):
-            connection = await asyncio.to_thread(_connect, Path(path), read_only)
+            connection = await asyncio.to_thread(connect, Path(path), read_only, _prepare)
         return cls(connection, str(path))
 
     async def create(self, record: KeyRecord) -> None:
@@ -126,49 +123,21 @@ class SqliteKeyStore:
         return self._changes.subscribe()
 
     async def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            await asyncio.to_thread(self._locked, sqlite3.Connection.close)
+        await self._db.close()
 
     async def _run(self, action: str, step: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
+        if self._db.closed:
             raise KeyStoreUnavailable(f"could not {action}: the key store is closed")
         with _mapped(f"{action} in the SQLite key store {self._path}"):
-            return await asyncio.to_thread(self._locked, step)
-
-    def _locked(self, step: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
-            return step(self._db)
+            return await self._db.run(step)
 
 
-@contextmanager
-def _mapped(action: str) -> Iterator[None]:
-    """sqlite3's errors as key store errors; OperationalError covers read-only, full, locked."""
-    try:
-        yield
-    except sqlite3.OperationalError as exc:
-        hint = ""
-        if exc.sqlite_errorname.startswith("SQLITE_READONLY"):
-            hint = " (the file or its directory is read-only to the gateway)"
-        raise KeyStoreUnavailable(f"could not {action}: {exc}{hint}") from exc
-    except sqlite3.Error as exc:
-        raise KeyStoreError(f"could not {action}: {exc}") from exc
+def _mapped(action: str) -> AbstractContextManager[None]:
+    return mapped_errors(action, KeyStoreUnavailable, KeyStoreError)
 
 
-def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
-    target = f"{path.resolve().as_uri()}?mode=ro" if read_only else f"{path.resolve().as_uri()}"
-    connection = sqlite3.connect(
-        target, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-    )
-    try:
-        if not read_only:
-            connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute("PRAGMA synchronous = FULL")
-        _migrate(connection)
-    except BaseException:
-        connection.close()
-        raise
-    return connection
+def _prepare(db: sqlite3.Connection, _read_only: bool) -> None:
+    _migrate(db)
 
 
 def _migrate(db: sqlite3.Connection) -> None:

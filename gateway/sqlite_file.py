@@ -1,0 +1,77 @@
+"""One SQLite connection, used from worker threads: the plumbing both SQLite stores share.
+
+The gateway's SQLite files (API keys, the admin audit log) are opened in WAL
+mode with full syncs, and every statement runs in a worker thread so the
+event loop never waits on the disk. A thread lock, not an asyncio one, guards
+the connection: a cancelled await must not free it while the thread still runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+BUSY_TIMEOUT_S = 5.0
+
+
+def connect(
+    path: Path, read_only: bool, prepare: Callable[[sqlite3.Connection, bool], None]
+) -> sqlite3.Connection:
+    """Open PATH (WAL, synchronous=FULL); PREPARE(connection, read_only) sees to the schema."""
+    target = path.resolve().as_uri() + ("?mode=ro" if read_only else "")
+    connection = sqlite3.connect(
+        target, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+    )
+    try:
+        if not read_only:
+            connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = FULL")
+        prepare(connection, read_only)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+@contextmanager
+def mapped_errors(
+    action: str, unavailable: type[Exception], failed: type[Exception]
+) -> Iterator[None]:
+    """sqlite3's errors as the caller's: OperationalError (read-only, full, locked) is
+    UNAVAILABLE, anything else FAILED; the message says what was being done."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        hint = ""
+        if exc.sqlite_errorname.startswith("SQLITE_READONLY"):
+            hint = " (the file or its directory is read-only to the gateway)"
+        raise unavailable(f"could not {action}: {exc}{hint}") from exc
+    except sqlite3.Error as exc:
+        raise failed(f"could not {action}: {exc}") from exc
+
+
+class ThreadedConnection:
+    """Runs steps on one connection in worker threads, one at a time, until closed."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._db = connection
+        self._lock = threading.Lock()
+        self.closed = False
+
+    async def run(self, step: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.to_thread(self._locked, step)
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await asyncio.to_thread(self._locked, sqlite3.Connection.close)
+
+    def _locked(self, step: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            return step(self._db)
