@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import Process, free_port, gateway_config, run_gateway, run_simulator
+from tests.servers import (
+    Process,
+    RedisServer,
+    free_port,
+    gateway_config,
+    run_gateway,
+    run_simulator,
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,3 +33,16 @@ def gateway(module_tmp: Path, sim: Process) -> Iterator[Process]:
     config = gateway_config(free_port(), {"sim-model": [sim.url]})
     with run_gateway(module_tmp, config) as process:
         yield process
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server with AOF on, its files in the test's own directory."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

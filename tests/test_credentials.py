@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -137,16 +136,6 @@ def test_key_lifecycle_sqlite(tmp_path: Path) -> None:
         await check_key_lifecycle(await SqliteKeyStore.open(tmp_path / "keys.db"))
 
     asyncio.run(main())
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_key_lifecycle_redis(redis_server: RedisServer) -> None:

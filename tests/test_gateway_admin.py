@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -68,16 +67,6 @@ def test_revoked_key_gets_authentication_error(tmp_path: Path, sim: Process) -> 
             assert httpx.post(url, headers=ADMIN).status_code == 200
             with pytest.raises(openai.AuthenticationError):
                 client.models.list()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_two_gateways_share_keys_through_redis(

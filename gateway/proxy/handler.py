@@ -47,12 +47,21 @@ class ProxyApp:
             await send_bytes(send, 200, self._model_card(model or "", principal))
         else:
             try:
-                await self._forward(scope, receive, send, context, route.value)
+                await self._forward(
+                    scope, receive, send, context, principal=principal, route_path=route.value
+                )
             except ClientGone:
                 context.client_disconnected = True
 
     async def _forward(
-        self, scope: Scope, receive: Receive, send: Send, context: RequestContext, route_path: str
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        context: RequestContext,
+        *,
+        principal: Principal,
+        route_path: str,
     ) -> None:
         headers = scope["headers"]
         declared = header_value(headers, b"content-length")
@@ -63,9 +72,8 @@ class ProxyApp:
         )
         _, model = parse_request(body)
         context.model = model
-        principal = context.principal
         pool = self._pools.get(model)
-        if principal is not None and not principal.may_use(model):
+        if not principal.may_use(model):
             raise PermissionDenied(f"This API key may not use the model '{model}'.", param="model")
         with pool.pick().lease() as replica:
             context.replica = replica.url
