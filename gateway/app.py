@@ -11,16 +11,23 @@ from gateway.admin.audit import AuditLog
 from gateway.asgi import ASGIApp, Receive, Scope, Send, send_bytes
 from gateway.auth.service import AuthService
 from gateway.errors import error_body
+from gateway.limits.setup import admissions, limiter_backend
+from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.middleware.context import RequestContextMiddleware
 from gateway.middleware.errors import ErrorBoundary
-from gateway.proxy.handler import ProxyApp
+from gateway.proxy.handler import ProxyApp, ProxyOptions
 from gateway.proxy.upstream import Timeouts, UpstreamClient
 from gateway.settings import Settings
 from gateway.tls import upstream_context
 from gateway.upstreams.pool import Pools
+from gateway.usage.open import open_usage_store
+from gateway.usage.recorder import UsageRecorder
+from gateway.usage.records import TokenUsage
+from gateway.usage.store import UsageStore
 
 logger = logging.getLogger("gateway")
 ADMIN_PREFIX = "/admin"
+METRICS_PATH = "/metrics"
 
 
 def build_stack(proxy: ASGIApp, access_log: AccessLog) -> ASGIApp:
@@ -50,7 +57,25 @@ class Gateway:
         if settings.auth.pepper is None:
             raise ValueError("auth.pepper must be set before the app is built")
         self.auth = AuthService(settings.auth, settings.auth.pepper.get_secret_value().encode())
-        proxy = ProxyApp(self.pools, self.upstream, self.auth, settings.max_body_bytes)
+        self.metrics = Metrics()
+        self.limiter = limiter_backend(settings)
+        self.admissions = admissions(settings, self.limiter, self.metrics)
+        # Opened in the lifespan, beside the keys.
+        self._usage_store: UsageStore | None = None
+        self._recorder: UsageRecorder | None = None
+        options = ProxyOptions(
+            max_body_bytes=settings.max_body_bytes,
+            refuse_over_cap=settings.limits.max_tokens_policy == "refuse",
+            default_reserve=settings.limits.default_completion_reserve,
+        )
+        proxy = ProxyApp(
+            self.pools,
+            self.upstream,
+            self.auth,
+            limits=self.admissions,
+            usage=self,
+            options=options,
+        )
         self._http = build_stack(proxy, self.access_log)
         # Built in the lifespan, once the key store is open; nothing at all without admins.
         self._admin: ASGIApp | None = None
@@ -63,6 +88,9 @@ class Gateway:
         if scope["type"] == "http":
             if self._admin_here and scope["path"].startswith(ADMIN_PREFIX):
                 await self.admin(scope, receive, send)
+            elif scope["path"] == METRICS_PATH and scope["method"] == "GET":
+                headers = [(b"content-type", CONTENT_TYPE)]
+                await send_bytes(send, 200, self.metrics.render(), headers)
             else:
                 await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
@@ -75,6 +103,9 @@ class Gateway:
                 try:
                     await self.upstream.open()
                     await self.auth.open()
+                    self._usage_store = await open_usage_store(self.settings.auth.key_store)
+                    self._recorder = UsageRecorder(self._usage_store)
+                    self._recorder.start()
                     if self._admin_enabled:
                         await self._open_admin()
                 except Exception as exc:
@@ -83,6 +114,11 @@ class Gateway:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.upstream.close()
+                if self._recorder is not None:
+                    await self._recorder.stop()
+                if self._usage_store is not None:
+                    await self._usage_store.close()
+                await self.limiter.close()
                 await self.auth.close()
                 if self._audit is not None:
                     await self._audit.close()
@@ -113,7 +149,13 @@ class Gateway:
             pepper.get_secret_value().encode(),
             tokens,
             self._admin_jwt_check(),
+            usage=self._usage_store,
         )
+
+    def record(self, principal: str, tenant: str, model: str, usage: TokenUsage | None) -> None:
+        """Usage of one answered request, batched into the usage store."""
+        if self._recorder is not None:
+            self._recorder.record(principal, tenant, model, usage)
 
     def _admin_jwt_check(self) -> Callable[[str], Awaitable[str | None]] | None:
         claim = self.settings.admin.jwt_claim

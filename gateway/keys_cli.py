@@ -41,6 +41,9 @@ LIMIT_HELP = {
     "concurrency": "concurrent requests",
     "max-tokens": "max_tokens per request",
 }
+# FIELD of --model-limit MODEL:FIELD=VALUE -> field of a model's rates; max_tokens is key-wide.
+MODEL_LIMIT_FIELDS = {flag: LIMIT_FLAGS[flag] for flag in ("rpm", "tpm", "concurrency")}
+ModelLimits = dict[str, dict[str, int | None]]
 
 
 # Argument types: each raises ArgumentTypeError, which argparse turns into exit 2.
@@ -71,6 +74,20 @@ def limit(text: str) -> int:
     if not text.strip().isdecimal():
         raise argparse.ArgumentTypeError(f"not a whole number (or none): {text!r}")
     return int(text)
+
+
+def model_limit(text: str) -> tuple[str, str, int | None]:
+    """`MODEL:FIELD=VALUE` as (model, API field, value); split at the last `:`, since
+    model names may hold one (`llama3:8b:rpm=10`)."""
+    target, sep, value = text.rpartition("=")
+    model, colon, flag = target.rpartition(":")
+    if not sep or not colon or not model.strip():
+        raise argparse.ArgumentTypeError(f"not MODEL:FIELD=VALUE: {text!r}")
+    field = MODEL_LIMIT_FIELDS.get(flag.strip().lower())
+    if field is None:
+        fields = ", ".join(MODEL_LIMIT_FIELDS)
+        raise argparse.ArgumentTypeError(f"FIELD is one of {fields}, not {flag!r}: {text!r}")
+    return model.strip(), field, limit(value) or None
 
 
 def model_list(text: str) -> list[str]:
@@ -154,6 +171,14 @@ def _add_key_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
         models.add_argument("--all-models", action="store_true", help="allow every model")
     for flag, text in LIMIT_HELP.items():
         parser.add_argument(f"--{flag}", type=limit, metavar="N", help=f"{text}; 0: none")
+    parser.add_argument(
+        "--model-limit",
+        type=model_limit,
+        action="append",
+        metavar="MODEL:FIELD=N",
+        help=f"a limit on one model's requests, on top of the key's; FIELD: "
+        f"{', '.join(MODEL_LIMIT_FIELDS)}; repeatable; N 0: none",
+    )
     expiry = parser.add_mutually_exclusive_group()
     expiry.add_argument("--expires-in", type=duration, metavar="30d|12h|3600s")
     expiry.add_argument("--expires-at", type=moment, metavar="ISO", help="e.g. 2030-01-01T00:00Z")
@@ -227,8 +252,22 @@ def given_limits(args: argparse.Namespace) -> dict[str, int | None]:
     }
 
 
+def merged_model_limits(current: object, args: argparse.Namespace) -> ModelLimits:
+    """`current` per-model limits (as the API gives them) with the --model-limit ones on top;
+    a model left with no limit at all is dropped."""
+    merged: ModelLimits = {}
+    if isinstance(current, dict):
+        merged = {str(m): dict(r) for m, r in current.items() if isinstance(r, dict)}
+    for model, field, value in args.model_limit or ():
+        merged.setdefault(model, {})[field] = value
+    return {model: rates for model, rates in merged.items() if any(rates.values())}
+
+
 def create(api: AdminApi, args: argparse.Namespace, show: Printer) -> None:
-    body = {"tenant": args.tenant, "name": args.name, "limits": given_limits(args)}
+    limits: Json = given_limits(args)
+    if args.model_limit:
+        limits["models"] = merged_model_limits({}, args)
+    body = {"tenant": args.tenant, "name": args.name, "limits": limits}
     data = api.call("POST", "keys", {**body, **key_changes(args)})
     show.created(data, f"Created key {data.get('id')} for tenant {args.tenant}.")
 
@@ -255,10 +294,14 @@ def update(api: AdminApi, args: argparse.Namespace, show: Printer) -> None:
     body = key_changes(args)
     if args.name is not None:
         body["name"] = args.name
-    if limits := given_limits(args):
+    limits: Json = given_limits(args)
+    if limits or args.model_limit:
         # The API replaces `limits` whole; keep the ones not given.
         current = api.call("GET", f"keys/{args.id}").get("limits")
-        body["limits"] = {**(current if isinstance(current, dict) else {}), **limits}
+        current = current if isinstance(current, dict) else {}
+        if args.model_limit:
+            limits["models"] = merged_model_limits(current.get("models"), args)
+        body["limits"] = {**current, **limits}
     if not body:
         raise UsageError("nothing to change: give at least one option")
     show.key(api.call("PATCH", f"keys/{args.id}", body), f"Updated key {args.id}.")

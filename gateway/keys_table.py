@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.admin.schemas import KeyCreated, KeyLimits, KeyOut
+from gateway.admin.schemas import KeyCreated, KeyLimits, KeyOut, ModelRates
 from gateway.check import Output
 
 STORE_IT_NOW = "Store this key now; it will not be shown again."
@@ -92,6 +92,7 @@ def key_details(key: KeyOut) -> list[str]:
         ("status", key.status),
         ("models", models_text(key.models)),
         ("limits", limits_text(key.limits)),
+        *model_limits_rows(key.limits),
         ("created", when(key.created_at)),
         ("last used", when(key.last_used_at, "never")),
         ("expires", when(key.expires_at, "never")),
@@ -103,7 +104,7 @@ def key_details(key: KeyOut) -> list[str]:
     metadata = ", ".join(f"{k}={v}" for k, v in sorted(key.metadata.items()))
     fields.append(("metadata", metadata or "-"))
     width = max(len(label) for label, _ in fields) + 1
-    return [f"{(label + ':').ljust(width)} {value}" for label, value in fields]
+    return [f"{(label + ':' if label else '').ljust(width)} {value}" for label, value in fields]
 
 
 def models_text(models: Sequence[str] | None) -> str:
@@ -112,15 +113,25 @@ def models_text(models: Sequence[str] | None) -> str:
     return ",".join(models) if models else "none"
 
 
-def limits_text(limits: KeyLimits) -> str:
+def limits_text(limits: KeyLimits | ModelRates) -> str:
     parts = [
         ("rpm", limits.requests_per_minute),
         ("tpm", limits.tokens_per_minute),
         ("concurrency", limits.concurrent_requests),
-        ("max tokens", limits.max_tokens),
     ]
+    if isinstance(limits, KeyLimits):
+        parts.append(("max tokens", limits.max_tokens))
     text = ", ".join(f"{label} {value}" for label, value in parts if value is not None)
     return text or "none"
+
+
+def model_limits_rows(limits: KeyLimits) -> list[tuple[str, str]]:
+    """One row per model with limits of its own, the first labelled; none without any."""
+    rows = [(model, limits_text(rates)) for model, rates in sorted(limits.models.items())]
+    return [
+        ("model limits" if index == 0 else "", f"{model}: {text}")
+        for index, (model, text) in enumerate(rows)
+    ]
 
 
 def when(moment: datetime | None, missing: str = "-") -> str:

@@ -141,6 +141,39 @@ class LimitsSettings(_Strict):
     max_tokens: int | None = Field(default=None, ge=1)
 
 
+class RatesSettings(_Strict):
+    requests_per_minute: int | None = Field(default=None, ge=0)
+    tokens_per_minute: int | None = Field(default=None, ge=0)
+    concurrent_requests: int | None = Field(default=None, ge=0)
+
+
+class TenantLimitsSettings(RatesSettings):
+    """A tenant's limits, shared by all its keys and JWT subjects; `models` adds
+    per-model rates on top of the tenant-wide ones."""
+
+    models: dict[str, RatesSettings] = Field(default_factory=dict)
+
+
+class RateLimitSettings(_Strict):
+    """How limits are kept. `memory` serves one process; replicas share `redis`.
+
+    When Redis cannot be reached, `on_backend_error` admits requests (`open`) or
+    refuses them with 503 (`closed`); either way it is counted and logged.
+    """
+
+    backend: Literal["memory", "redis"] = "memory"
+    # Defaults to auth.key_store.redis_url.
+    redis_url: Secret = None
+    on_backend_error: Literal["open", "closed"] = "open"
+    backend_timeout: float = Field(default=0.5, gt=0, le=10)
+    lease_ttl: float = Field(default=30.0, ge=3, le=3600)
+    # A request over its key's max_tokens is lowered to it (`clamp`) or refused (`refuse`).
+    max_tokens_policy: Literal["clamp", "refuse"] = "clamp"
+    # Completion tokens reserved for a request that names no max_tokens under no cap.
+    default_completion_reserve: int = Field(default=1024, ge=1)
+    tenants: dict[str, TenantLimitsSettings] = Field(default_factory=dict)
+
+
 class KeyStoreSettings(_Strict):
     """Where API keys live: a SQLite file (one replica) or Redis (shared by replicas)."""
 
@@ -213,7 +246,22 @@ class Settings(_Strict):
     models: list[ModelSettings] = Field(default_factory=list)
     auth: AuthSettings = AuthSettings()
     admin: AdminSettings = AdminSettings()
+    limits: RateLimitSettings = RateLimitSettings()
     log: LogSettings = LogSettings()
+
+    @model_validator(mode="after")
+    def _redis_limits_need_a_url(self) -> Settings:
+        if self.limits.backend == "redis" and self.limits_redis_url is None:
+            raise ValueError(
+                "limits.redis_url (or auth.key_store.redis_url) is required "
+                "when limits.backend is redis"
+            )
+        return self
+
+    @property
+    def limits_redis_url(self) -> str | None:
+        url = self.limits.redis_url or self.auth.key_store.redis_url
+        return None if url is None else url.get_secret_value()
 
     @model_validator(mode="after")
     def _keys_need_a_pepper(self) -> Settings:

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.keys.records import new_key
 from gateway.keys.sqlite import SqliteKeyStore
@@ -216,3 +217,13 @@ class RedisServer:
 
     def files(self) -> list[Path]:
         return [path for path in self.directory.rglob("*") if path.is_file()]
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of NAME's samples with LABELS in the Prometheus text at URL/metrics."""
+    total = 0.0
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total

@@ -52,7 +52,11 @@ def test_json_access_log(tmp_path: Path, sim: Process) -> None:
     assert first["replica"] == sim.url
     assert first["bytes"] == len(streamed.content)
     assert first["client_disconnected"] is False
+    # The stream's usage, which the gateway asked for and kept from the client.
+    assert first["completion_tokens"] == 3 and first["prompt_tokens"] > 0
+    assert b'"usage"' not in streamed.content
     assert second["status"] == 404
+    assert second["prompt_tokens"] is None
     assert second["request_id"] == missing.headers["x-request-id"]
     assert first["principal"] == secret.split("_")[1]  # the key's public id, never the secret
     assert first["tenant"] == "tests"

@@ -120,8 +120,10 @@ def test_key_lifecycle(
     tokens: list[str] = []
 
     async def scenario(admin: Admin) -> None:
+        per_model = {"m1": {"requests_per_minute": 6, "tokens_per_minute": None}}
+        limits = {"requests_per_minute": 60, "models": per_model}
         created = await admin.create(
-            name="ci", models=["m1"], limits={"requests_per_minute": 60}, metadata={"team": "ml"}
+            name="ci", models=["m1"], limits=limits, metadata={"team": "ml"}
         )
         key_id = created["id"]
         tokens.append(created["key"])
@@ -129,6 +131,9 @@ def test_key_lifecycle(
         got = await admin.call("GET", f"/keys/{key_id}")
         assert got == {name: value for name, value in created.items() if name != "key"}
         assert got["status"] == "active" and got["limits"]["requests_per_minute"] == 60
+        assert got["limits"]["models"] == {"m1": {**per_model["m1"], "concurrent_requests": None}}
+        record = await admin.store.get(key_id)
+        assert record is not None and record.limits.models["m1"].requests_per_minute == 6
         assert not any(
             "hash" in name or "secret" in name.replace("previous_secret", "") for name in got
         )
@@ -156,7 +161,8 @@ def test_key_lifecycle(
         conflict = await admin.call("POST", f"/keys/{key_id}/rotate", expect=409)
         assert conflict["error"]["code"] == "conflict"
         usage = await admin.call("GET", f"/keys/{key_id}/usage")
-        assert usage == {"key_id": key_id, "last_used_at": None, "models": {}}
+        assert (usage["key_id"], usage["tenant"], usage["models"]) == (key_id, "acme", {})
+        assert usage["total"]["requests"] == 0 and usage["last_used_at"] is None
         await check_audit(admin, key_id)
 
     run_on(backend, tmp_path, request, scenario)
@@ -268,11 +274,11 @@ def test_every_route_refuses_missing_wrong_and_malformed_credentials() -> None:
             key_id = (await admin.create())["id"]
             schema = (await admin.client.get("/admin/openapi.json")).json()
             operations = [
-                (method.upper(), path.replace("{key_id}", key_id))
+                (method.upper(), path.replace("{key_id}", key_id).replace("{tenant}", "acme"))
                 for path, methods in schema["paths"].items()
                 for method in methods
             ]
-            assert len(operations) == 8 and all(p.startswith("/admin/v1/") for _, p in operations)
+            assert len(operations) == 9 and all(p.startswith("/admin/v1/") for _, p in operations)
             operations += [("GET", "/admin/v1/no-such-route"), ("DELETE", "/admin/v1/keys")]
             for method, path in operations:
                 for headers in BAD_HEADERS:
@@ -411,6 +417,14 @@ def test_invalid_requests_are_422_and_never_echo_input() -> None:
                 ("GET", f"/keys/{created['key']}", None),
                 ("GET", f"/audit?cursor={secret}", None),
             ]
+            bad_model_limits: list[Json] = [
+                {"m": {"max_tokens": 1}},  # key-wide only
+                {"m": {"tokens_per_minute": 0}},
+                {"m\x00": {}},
+                {str(n): {} for n in range(1001)},
+            ]
+            for models in bad_model_limits:
+                invalid.append(("POST", "/keys", {"tenant": "t", "limits": {"models": models}}))
             for method, path, body in invalid:
                 error = (await admin.call(method, path, json=body, expect=422))["error"]
                 assert error["code"] == "invalid_request" and secret not in error["message"]

@@ -59,6 +59,7 @@ OPERATIONS = [
     ("POST", "/admin/v1/keys/{key_id}/revoke"),
     ("POST", "/admin/v1/keys/{key_id}/rotate"),
     ("GET", "/admin/v1/keys/{key_id}/usage"),
+    ("GET", "/admin/v1/tenants/{tenant}/usage"),
     ("GET", "/admin/v1/audit"),
 ]
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}

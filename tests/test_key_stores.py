@@ -13,9 +13,16 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from gateway.auth.principal import Limits
+from gateway.auth.principal import Limits, Rates
 from gateway.keys.format import ApiKey, generate, hash_secret
-from gateway.keys.records import KeyChanges, KeyRecord, Rotation, new_secret
+from gateway.keys.records import (
+    KeyChanges,
+    KeyRecord,
+    Rotation,
+    decode_limits,
+    encode_limits,
+    new_secret,
+)
 from gateway.keys.redis_store import RedisKeyStore
 from gateway.keys.sqlite import SqliteKeyStore
 from gateway.keys.store import (
@@ -91,7 +98,11 @@ def full_record(key: ApiKey) -> KeyRecord:
         key=key,
         models=frozenset({"llama-3-8b", "qwen-2.5"}),
         limits=Limits(
-            requests_per_minute=60, tokens_per_minute=10_000, concurrent_requests=4, max_tokens=512
+            requests_per_minute=60,
+            tokens_per_minute=10_000,
+            concurrent_requests=4,
+            max_tokens=512,
+            models={"llama-3-8b": Rates(requests_per_minute=10, concurrent_requests=1)},
         ),
         expires_at=NOW + timedelta(days=30),
         last_used_at=NOW - timedelta(minutes=5),
@@ -113,6 +124,27 @@ def test_create_and_get_round_trip_every_field(backend: Backend) -> None:
         assert await store.get(record.id) == record
         assert await store.get(plain.id) == plain
         assert await store.get(generate().id) is None
+
+    backend.run(scenario)
+
+
+def test_per_model_limits_round_trip_and_update(backend: Backend) -> None:
+    per_model = {
+        "llama-3-8b": Rates(requests_per_minute=10, tokens_per_minute=5_000),
+        "qwen/2.5 ünïcode": Rates(concurrent_requests=2),
+        "empty": Rates(),
+    }
+
+    async def scenario(store: KeyStore) -> None:
+        record = make_record(limits=Limits(requests_per_minute=100, models=per_model))
+        await store.create(record)
+        assert await store.get(record.id) == record
+        fewer = Limits(models={"qwen/2.5 ünïcode": Rates(tokens_per_minute=7)})
+        updated = await store.update(record.id, KeyChanges(limits=fewer))
+        assert updated.limits == fewer and updated.principal().limits.models == fewer.models
+        assert await store.get(record.id) == updated
+        page, _ = await store.list(tenant=record.tenant)
+        assert [r.limits for r in page] == [fewer]
 
     backend.run(scenario)
 
@@ -481,3 +513,26 @@ def test_a_corrupt_record_is_a_store_error_not_a_crash(
         await raw.aclose()
 
     asyncio.run(main())
+
+
+def test_limits_written_before_per_model_limits_still_read() -> None:
+    assert decode_limits('{"requests_per_minute": 5, "max_tokens": null}') == Limits(
+        requests_per_minute=5
+    )
+    limits = Limits(max_tokens=9, models={"m": Rates(requests_per_minute=1)})
+    assert decode_limits(encode_limits(limits)) == limits
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"models": []}',
+        '{"models": {"m": 5}}',
+        '{"models": {"m": {"requests_per_minute": "5"}}}',
+        '{"models": {"m": {"tokens_per_minute": true}}}',
+        '{"models": {"m": {"concurrent_requests": 1.5}}}',
+    ],
+)
+def test_malformed_per_model_limits_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        decode_limits(text)

@@ -116,6 +116,38 @@ def test_create_json_then_update_is_reflected(admin_gateway: Process) -> None:
     assert [k["id"] for k in two["data"]] == [key_id]
 
 
+def test_model_limits_are_set_merged_and_shown(admin_gateway: Process) -> None:
+    created = ok_json(
+        keys(
+            admin_gateway, "create", "--json", "--tenant", "umbrella", "--rpm", "50",
+            "--model-limit", "sim-model:rpm=10", "--model-limit", "sim-model:tpm=5000",
+            "--model-limit", "llama3:8b:concurrency=2",
+        )
+    )  # fmt: skip
+    assert created["limits"]["requests_per_minute"] == 50
+    assert created["limits"]["models"] == {
+        "llama3:8b": {"requests_per_minute": None, "tokens_per_minute": None,
+                      "concurrent_requests": 2},
+        "sim-model": {"requests_per_minute": 10, "tokens_per_minute": 5000,
+                      "concurrent_requests": None},
+    }  # fmt: skip
+
+    key_id = created["id"]
+    args = ["--model-limit", "sim-model:rpm=0", "--model-limit", "llama3:8b:concurrency=none"]
+    ok(keys(admin_gateway, "update", key_id, *args, "--model-limit", "other:TPM=7"))
+    got = ok_json(keys(admin_gateway, "get", key_id, "--json"))["limits"]
+    assert got["requests_per_minute"] == 50  # kept: no key-wide limit was given
+    assert got["models"] == {
+        "other": {"requests_per_minute": None, "tokens_per_minute": 7, "concurrent_requests": None},
+        "sim-model": {"requests_per_minute": None, "tokens_per_minute": 5000,
+                      "concurrent_requests": None},
+    }  # fmt: skip
+    details = ok(keys(admin_gateway, "get", key_id)).splitlines()
+    shown = next(i for i, line in enumerate(details) if line.startswith("model limits:"))
+    assert details[shown].endswith(" other: tpm 7")
+    assert details[shown + 1].split() == ["sim-model:", "tpm", "5000"]
+
+
 def test_rotate_with_env_settings(admin_gateway: Process) -> None:
     env = {"VLLM_GATEWAY_URL": admin_gateway.url, "VLLM_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
     created = ok_json(keys(None, "create", "--tenant", "initech", "--json", env=env))
@@ -151,6 +183,11 @@ def test_unknown_key_is_a_404(admin_gateway: Process) -> None:
     [
         (["list"], {"VLLM_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}, "no gateway URL"),
         (["get", "not-a-key-id", "--url", "http://127.0.0.1:1"], {}, "not a key id"),
+        (["create", "--tenant", "t", "--model-limit", "m:rpm"], {}, "not MODEL:FIELD=VALUE"),
+        (["update", "a" * 16, "--model-limit", "m=5"], {}, "not MODEL:FIELD=VALUE"),
+        (["create", "--tenant", "t", "--model-limit", ":rpm=5"], {}, "not MODEL:FIELD=VALUE"),
+        (["create", "--tenant", "t", "--model-limit", "m:max_tokens=5"], {}, "FIELD is one of"),
+        (["create", "--tenant", "t", "--model-limit", "m:rpm=ten"], {}, "not a whole number"),
     ],
 )
 def test_usage_errors_exit_2(args: list[str], env: dict[str, str], message: str) -> None:

@@ -107,8 +107,13 @@ def test_unlisted_paths_are_404_and_never_forwarded(
 ) -> None:
     before = sim_paths_seen(keyed_sim)
     status, payload = raw_request(keyed_gateway.port, method, path)
-    assert status == 404
-    assert httpx.Response(200, content=payload).json()["error"]["code"] == "not_found"
+    if (method, path) == ("GET", "/metrics"):
+        # The gateway's own metrics, never the replica's.
+        assert status == 200
+        assert b"gateway_" in payload and b"vllm:" not in payload
+    else:
+        assert status == 404
+        assert httpx.Response(200, content=payload).json()["error"]["code"] == "not_found"
     after = sim_paths_seen(keyed_sim)
     # The one new /metrics request is this test's own scrape, sent straight to the simulator.
     before["/metrics"] = before.get("/metrics", 0) + 1

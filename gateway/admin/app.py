@@ -4,9 +4,10 @@
                                        Swagger UI cannot send a header on page load
     /admin/v1/...                      401 without an admin credential, always
 
-Errors are mapped here, once: the key store's and the audit log's to 404, 409
-or 503 with their own message; FastAPI's validation errors to 422 naming the
-field but never echoing its value (it may be a secret pasted in the wrong place).
+Errors are mapped here, once: the key store's, the audit log's and the usage
+store's to 404, 409 or 503 with their own message; FastAPI's validation errors
+to 422 naming the field but never echoing its value (it may be a secret pasted
+in the wrong place).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.admin.audit import CURSOR_PATTERN, MAX_PAGE, AuditLog, AuditLogError
 from gateway.admin.auth import AdminAuthMiddleware, AdminAuthorizer
-from gateway.admin.keys import Admin, KeyRoutes, UsageReader
+from gateway.admin.keys import Admin, KeyRoutes, UsageRoutes
 from gateway.admin.schemas import AuditEntryOut, AuditPage, ErrorOut
 from gateway.errors import error_body
 from gateway.keys.store import KeyExists, KeyNotFound, KeyStore, KeyStoreError
+from gateway.usage.store import MemoryUsageStore, UsageStore, UsageStoreError
 
 PREFIX = "/admin/v1"
 _ERRORS: dict[int | str, dict[str, object]] = {
@@ -35,7 +37,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
         (404, "No such key"),
         (409, "Conflicts with the key's state"),
         (422, "The request does not fit the schema"),
-        (503, "The key store or the audit log cannot do it now; nothing was changed"),
+        (503, "The key store, audit log or usage store cannot do it now; nothing was changed"),
     )
 }
 
@@ -51,12 +53,13 @@ def create_admin_app(
     authorize: AdminAuthorizer,
     clock: Callable[[], datetime] = utc_now,
     *,
-    usage: UsageReader | None = None,
+    usage: UsageStore | None = None,
 ) -> FastAPI:
     """The admin API over `store`, recording to `audit`, guarded by `authorize`.
 
-    The caller owns `store` and `audit` (opens and closes them); `pepper` hashes
-    new secrets exactly as the request path verifies them.
+    The caller owns `store`, `audit` and `usage` (opens and closes them); `pepper`
+    hashes new secrets exactly as the request path verifies them. Without `usage`,
+    nothing is counted: every usage read answers zeros.
     """
     if not pepper:
         raise ValueError("the key pepper must not be empty")
@@ -68,8 +71,10 @@ def create_admin_app(
         openapi_url="/admin/openapi.json",
         responses=_ERRORS,
     )
-    keys = KeyRoutes(store=store, audit=audit, pepper=pepper, clock=clock, usage_reader=usage)
+    keys = KeyRoutes(store=store, audit=audit, pepper=pepper, clock=clock)
     app.include_router(keys.router(), prefix=PREFIX)
+    counted = UsageRoutes(store=store, usage=MemoryUsageStore() if usage is None else usage)
+    app.include_router(counted.router(), prefix=PREFIX)
     app.add_api_route(f"{PREFIX}/audit", _audit_route(audit), methods=["GET"], tags=["audit"])
     _install_error_handlers(app)
     app.add_middleware(AdminAuthMiddleware, authorizer=authorize, prefix=PREFIX)
@@ -134,10 +139,14 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def audit_error(_: Request, exc: Exception) -> Response:
         return _json_error(503, str(exc), "audit_log_unavailable")
 
+    async def usage_error(_: Request, exc: Exception) -> Response:
+        return _json_error(503, str(exc), "usage_store_unavailable")
+
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(KeyStoreError, store_error)
     app.add_exception_handler(AuditLogError, audit_error)
+    app.add_exception_handler(UsageStoreError, usage_error)
 
 
 def _problem(error: object) -> str:

@@ -81,7 +81,7 @@ def check_page(limit: int) -> None:
 
 
 # A cursor names a position: `<n>` or `<n>-<m>` (a Redis stream id); 19 digits fit 63 bits.
-CURSOR_PATTERN = r"^[0-9]{1,19}(-[0-9]{1,19})?$"
+CURSOR_PATTERN = r"^[0-9]{1,18}(-[0-9]{1,18})?$"  # 18 digits: within SQLite integers
 _CURSOR = re.compile(CURSOR_PATTERN)
 
 

@@ -1,8 +1,9 @@
-"""The key routes of the admin API: create, list, get, update, revoke, rotate, usage.
+"""The key routes of the admin API (create, list, get, update, revoke, rotate) and usage.
 
 Each change is written to the key store first and to the audit log after: an
 entry says what happened, not what was tried. A store error leaves the key as
 it was and reaches the admin as a 503 with the store's message (see `app.py`).
+Usage reads are reads: they write no audit entry.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Protocol
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -20,18 +21,20 @@ from gateway.admin.audit import AuditEntry, AuditLog, AuditLogError, AuditLogUna
 from gateway.admin.auth import IDENTITY_STATE_KEY
 from gateway.admin.schemas import (
     KEY_ID_PATTERN,
+    DayRange,
     KeyCreate,
     KeyCreated,
     KeyOut,
     KeyPage,
     KeyUpdate,
     KeyUsage,
-    ModelUsage,
     RotateIn,
     Tenant,
+    TenantUsage,
 )
 from gateway.keys.records import UNSET, KeyChanges, KeyRecord, new_key, new_secret
 from gateway.keys.store import MAX_PAGE, KeyNotFound, KeyStore
+from gateway.usage.store import UsageStore
 
 logger = logging.getLogger("gateway.admin")
 
@@ -50,12 +53,7 @@ def admin_identity(
 
 Admin = Annotated[str, Depends(admin_identity)]
 KeyId = Annotated[str, Path(pattern=KEY_ID_PATTERN, description="The key's public id.")]
-
-
-class UsageReader(Protocol):
-    """Per-model use of a key, kept by the limits work."""
-
-    async def usage(self, key_id: str) -> Mapping[str, ModelUsage]: ...
+Days = Annotated[DayRange, Query()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +64,6 @@ class KeyRoutes:
     audit: AuditLog
     pepper: bytes
     clock: Callable[[], datetime]
-    usage_reader: UsageReader | None = None
 
     def router(self) -> APIRouter:
         router = APIRouter(prefix="/keys", tags=["keys"])
@@ -76,7 +73,6 @@ class KeyRoutes:
         router.add_api_route("/{key_id}", self.update, methods=["PATCH"])
         router.add_api_route("/{key_id}/revoke", self.revoke, methods=["POST"])
         router.add_api_route("/{key_id}/rotate", self.rotate, methods=["POST"])
-        router.add_api_route("/{key_id}/usage", self.usage, methods=["GET"])
         return router
 
     async def create(self, body: KeyCreate, admin: Admin) -> KeyCreated:
@@ -153,17 +149,8 @@ class KeyRoutes:
         await self._audit(admin, "key.rotate", record, detail)
         return KeyCreated.with_key(record, now, key.token)
 
-    async def usage(self, key_id: KeyId, admin: Admin) -> KeyUsage:
-        """Requests and tokens per model, and last use. Counts are zero until limits land."""
-        record = await self._record(key_id)
-        models = {} if self.usage_reader is None else await self.usage_reader.usage(key_id)
-        return KeyUsage(key_id=key_id, last_used_at=record.last_used_at, models=dict(models))
-
     async def _record(self, key_id: str) -> KeyRecord:
-        record = await self.store.get(key_id)
-        if record is None:
-            raise KeyNotFound(key_id)
-        return record
+        return await key_record(self.store, key_id)
 
     async def _audit(
         self, admin: str, action: str, record: KeyRecord, detail: Mapping[str, str] | None = None
@@ -182,3 +169,46 @@ class KeyRoutes:
             message = f"{action} of key {record.id} was done, but could not be audited: {exc}"
             raise AuditLogUnavailable(message) from exc
         logger.info("admin %s: %s key %s", admin, action, record.id)
+
+
+async def key_record(store: KeyStore, key_id: str) -> KeyRecord:
+    record = await store.get(key_id)
+    if record is None:
+        raise KeyNotFound(key_id)
+    return record
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRoutes:
+    """Requests and tokens as `usage` counted them, per key and per tenant.
+
+    A key's usage is the usage store's rows for its id as the principal; a
+    tenant's is every row of that tenant, whichever key or JWT subject made it.
+    """
+
+    store: KeyStore
+    usage: UsageStore
+
+    def router(self) -> APIRouter:
+        router = APIRouter(tags=["usage"])
+        router.add_api_route("/keys/{key_id}/usage", self.key_usage, methods=["GET"])
+        # `:path`: a tenant name may hold a `/`, sent as %2F.
+        router.add_api_route("/tenants/{tenant:path}/usage", self.tenant_usage, methods=["GET"])
+        return router
+
+    async def key_usage(self, key_id: KeyId, admin: Admin, days: Days) -> KeyUsage:
+        """A key's requests and tokens per model and in total, over UTC days; and its last use."""
+        record = await key_record(self.store, key_id)
+        per_model = await self.usage.by_principal(key_id, days.since, days.until)
+        return KeyUsage.of(record, per_model, days)
+
+    async def tenant_usage(
+        self, tenant: Annotated[Tenant, Path()], admin: Admin, days: Days
+    ) -> TenantUsage:
+        """A tenant's requests and tokens per model and in total, over UTC days.
+
+        Every key and JWT subject of the tenant counts. A tenant nothing was counted
+        for, known or not, has no models and zero totals.
+        """
+        per_model = await self.usage.by_tenant(tenant, days.since, days.until)
+        return TenantUsage.of(tenant, per_model, days)

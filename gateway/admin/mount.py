@@ -15,6 +15,7 @@ from gateway.admin.audit import AuditLog, SqliteAuditLog
 from gateway.admin.auth import AdminAuthorizer
 from gateway.keys.store import KeyStore
 from gateway.settings import KeyStoreSettings
+from gateway.usage.store import UsageStore
 
 
 async def open_audit_log(settings: KeyStoreSettings) -> AuditLog:
@@ -33,5 +34,9 @@ def admin_app(
     pepper: bytes,
     tokens: list[str],
     jwt_check: Callable[[str], Awaitable[str | None]] | None,
+    *,
+    usage: UsageStore | None = None,
 ) -> FastAPI:
-    return create_admin_app(store, audit, pepper, AdminAuthorizer(tokens, jwt_check=jwt_check))
+    """The admin app; the caller owns (opens and closes) `store`, `audit` and `usage`."""
+    authorizer = AdminAuthorizer(tokens, jwt_check=jwt_check)
+    return create_admin_app(store, audit, pepper, authorizer, usage=usage)

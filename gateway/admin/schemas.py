@@ -8,7 +8,8 @@ create and once by each rotate.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -23,8 +24,9 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from gateway.admin.audit import AuditEntry
-from gateway.auth.principal import Limits
+from gateway.auth.principal import Limits, Rates
 from gateway.keys.records import KeyRecord
+from gateway.usage.records import UsageCounts
 
 MAX_GRACE_SECONDS = 30 * 24 * 3600
 KEY_ID_PATTERN = r"^[a-z2-7]{16}$"
@@ -76,8 +78,46 @@ Moment = Annotated[AwareDatetime, AfterValidator(_utc)]
 Limit = Annotated[int, Field(ge=1, le=10**12)]
 
 
+class ModelRates(BaseModel):
+    """Rates for one model's requests, on top of the key's own; null means no limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: Limit | None = None
+    tokens_per_minute: Limit | None = None
+    concurrent_requests: Limit | None = None
+
+    def to_rates(self) -> Rates:
+        return Rates(self.requests_per_minute, self.tokens_per_minute, self.concurrent_requests)
+
+    @classmethod
+    def of(cls, rates: Rates) -> ModelRates:
+        return cls(
+            requests_per_minute=rates.requests_per_minute,
+            tokens_per_minute=rates.tokens_per_minute,
+            concurrent_requests=rates.concurrent_requests,
+        )
+
+
+def _names_by_pattern(schema: dict[str, Any]) -> None:
+    # pydantic writes a key pattern as `patternProperties`, which lets other keys
+    # through with any value; say it as `propertyNames` plus one value schema.
+    ((pattern, values),) = schema.pop("patternProperties").items()
+    schema["propertyNames"]["pattern"] = pattern
+    schema["additionalProperties"] = values
+
+
+ModelLimits = Annotated[
+    dict[Model, ModelRates], Field(max_length=1000, json_schema_extra=_names_by_pattern)
+]
+
+
 class KeyLimits(BaseModel):
-    """Per-key limits; null (or absent) means no limit of that kind."""
+    """Per-key limits; null (or absent) means no limit of that kind.
+
+    The rates count all of the key's requests; `models` adds rates per model, counted
+    on that model's requests only. `max_tokens` applies to every request.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -85,9 +125,16 @@ class KeyLimits(BaseModel):
     tokens_per_minute: Limit | None = None
     concurrent_requests: Limit | None = None
     max_tokens: Limit | None = None
+    models: ModelLimits = Field(default_factory=dict)
 
     def to_limits(self) -> Limits:
-        return Limits(**self.model_dump())
+        return Limits(
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+            concurrent_requests=self.concurrent_requests,
+            max_tokens=self.max_tokens,
+            models={model: rates.to_rates() for model, rates in self.models.items()},
+        )
 
     @classmethod
     def of(cls, limits: Limits) -> KeyLimits:
@@ -96,6 +143,7 @@ class KeyLimits(BaseModel):
             tokens_per_minute=limits.tokens_per_minute,
             concurrent_requests=limits.concurrent_requests,
             max_tokens=limits.max_tokens,
+            models={model: ModelRates.of(rates) for model, rates in sorted(limits.models.items())},
         )
 
 
@@ -201,17 +249,94 @@ class KeyPage(BaseModel):
 
 
 class ModelUsage(BaseModel):
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    """Requests and tokens. A request whose usage the replica never reported (its client
+    left mid-stream) counts as a request with no tokens."""
+
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, counts: UsageCounts) -> ModelUsage:
+        return cls(
+            requests=counts.requests,
+            prompt_tokens=counts.prompt_tokens,
+            completion_tokens=counts.completion_tokens,
+            total_tokens=counts.prompt_tokens + counts.completion_tokens,
+        )
+
+
+def _usage(per_model: Mapping[str, UsageCounts]) -> tuple[dict[str, ModelUsage], ModelUsage]:
+    total = UsageCounts()
+    for counts in per_model.values():
+        total.add(counts)
+    models = {model: ModelUsage.of(counts) for model, counts in sorted(per_model.items())}
+    return models, ModelUsage.of(total)
+
+
+_SINCE = "The first UTC day counted; absent or null: from the first day recorded."
+_UNTIL = "The last UTC day counted, itself included; absent or null: up to the last."
+
+
+class DayRange(BaseModel):
+    """The UTC days a usage read covers, both ends included; an absent end is open.
+
+    `since` after `until` is an empty range, read as zeros rather than refused: the
+    OpenAPI schema cannot say that one query parameter must not pass another, and
+    what it cannot say a client (or schemathesis) may rightly send.
+    """
+
+    since: date | None = Field(default=None, description=_SINCE)
+    until: date | None = Field(default=None, description=_UNTIL)
 
 
 class KeyUsage(BaseModel):
-    """Use of one key, per model. The counts are filled by the limits work; zero until then."""
+    """Use of one key over UTC days `since` to `until`: per model, and in total."""
 
     key_id: str
+    tenant: str
     last_used_at: datetime | None
+    since: date | None = Field(description=_SINCE)
+    until: date | None = Field(description=_UNTIL)
     models: dict[str, ModelUsage]
+    total: ModelUsage
+
+    @classmethod
+    def of(
+        cls, record: KeyRecord, per_model: Mapping[str, UsageCounts], window: DayRange
+    ) -> KeyUsage:
+        models, total = _usage(per_model)
+        return cls(
+            key_id=record.id,
+            tenant=record.tenant,
+            last_used_at=record.last_used_at,
+            since=window.since,
+            until=window.until,
+            models=models,
+            total=total,
+        )
+
+
+class TenantUsage(BaseModel):
+    """Use by every key and JWT subject of a tenant over UTC days `since` to `until`."""
+
+    tenant: str
+    since: date | None = Field(description=_SINCE)
+    until: date | None = Field(description=_UNTIL)
+    models: dict[str, ModelUsage]
+    total: ModelUsage
+
+    @classmethod
+    def of(cls, tenant: str, per_model: Mapping[str, UsageCounts], window: DayRange) -> TenantUsage:
+        models, total = _usage(per_model)
+        return cls(
+            tenant=tenant,
+            since=window.since,
+            until=window.until,
+            models=models,
+            total=total,
+        )
 
 
 class AuditEntryOut(BaseModel):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TypeVar, overload
 
-from gateway.auth.principal import Limits, Principal
+from gateway.auth.principal import Limits, Principal, Rates
 from gateway.keys.format import ApiKey, generate, hash_secret, is_key_id, verify
 
 T = TypeVar("T")
@@ -263,23 +263,40 @@ def record_from_json(text: str | bytes) -> KeyRecord:
     )
 
 
-_LIMIT_FIELDS = ("requests_per_minute", "tokens_per_minute", "concurrent_requests", "max_tokens")
+_RATE_FIELDS = ("requests_per_minute", "tokens_per_minute", "concurrent_requests")
+_LIMIT_FIELDS = (*_RATE_FIELDS, "max_tokens")
 
 
-def _limits_doc(limits: Limits) -> dict[str, int | None]:
-    return {name: getattr(limits, name) for name in _LIMIT_FIELDS}
+def _limits_doc(limits: Limits) -> dict[str, object]:
+    doc: dict[str, object] = {name: getattr(limits, name) for name in _LIMIT_FIELDS}
+    doc["models"] = {
+        model: {name: getattr(rates, name) for name in _RATE_FIELDS}
+        for model, rates in sorted(limits.models.items())
+    }
+    return doc
 
 
 def _limits_from(doc: object) -> Limits:
+    """The inverse of `_limits_doc`. A record from before per-model limits has no `models`."""
     if not isinstance(doc, dict):
         raise ValueError("limits is a JSON object")
+    models = doc.get("models", {})
+    if not isinstance(models, dict):
+        raise ValueError("limits.models is a JSON object")
+    rates = {model: Rates(**_limit_values(entry, _RATE_FIELDS)) for model, entry in models.items()}
+    return Limits(**_limit_values(doc, _LIMIT_FIELDS), models=rates)
+
+
+def _limit_values(doc: object, names: tuple[str, ...]) -> dict[str, int | None]:
+    if not isinstance(doc, dict):
+        raise ValueError("a model's limits are a JSON object")
     values: dict[str, int | None] = {}
-    for name in _LIMIT_FIELDS:
+    for name in names:
         value = doc.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise ValueError(f"limit {name} is an integer or null")
         values[name] = value
-    return Limits(**values)
+    return values
 
 
 def _text(doc: dict[str, object], name: str) -> str | None:

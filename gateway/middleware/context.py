@@ -82,6 +82,8 @@ def _access_fields(scope: Scope, context: RequestContext) -> dict[str, object]:
         "status": context.status,
         "duration_ms": round((time.perf_counter() - context.started) * 1000, 3),
         "bytes": outcome.bytes_sent if outcome else 0,
+        "prompt_tokens": outcome.usage.prompt_tokens if outcome and outcome.usage else None,
+        "completion_tokens": outcome.usage.completion_tokens if outcome and outcome.usage else None,
         "client_disconnected": context.client_disconnected
         or bool(outcome and outcome.client_disconnected),
         "stream_error": outcome.stream_error if outcome else None,

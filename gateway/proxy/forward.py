@@ -25,6 +25,8 @@ from gateway.asgi import Receive, Send
 from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnreachable, stream_error_event
 from gateway.proxy.headers import client_headers
 from gateway.proxy.upstream import Timeouts, map_upstream_errors
+from gateway.proxy.usage_scan import BodyUsage, StreamUsage
+from gateway.usage.records import TokenUsage
 
 logger = logging.getLogger("gateway.proxy")
 
@@ -42,6 +44,7 @@ class Outcome:
     bytes_sent: int = 0
     client_disconnected: bool = False
     stream_error: str | None = None
+    usage: TokenUsage | None = None
 
 
 class Interrupter:
@@ -121,11 +124,25 @@ class UpstreamRequest:
 
 
 class Exchange:
-    """One client request forwarded to one replica."""
+    """One client request forwarded to one replica.
 
-    def __init__(self, client: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+    The answer's `usage` is read as it passes (`outcome.usage`). With
+    `strip_usage` the gateway itself asked for the stream's usage event, which
+    is then kept from the client. `headers` are added to the response's own.
+    """
+
+    def __init__(
+        self,
+        client: aiohttp.ClientSession,
+        timeouts: Timeouts,
+        *,
+        strip_usage: bool = False,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         self._client = client
         self._timeouts = timeouts
+        self._strip_usage = strip_usage
+        self._headers = headers
         self.outcome = Outcome()
 
     async def run(self, receive: Receive, send: Send, request: UpstreamRequest) -> None:
@@ -166,27 +183,38 @@ class Exchange:
 
     async def _start(self, send: Send, response: aiohttp.ClientResponse, request_id: bytes) -> None:
         self.outcome.status = response.status
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": client_headers(list(response.raw_headers), request_id),
-            }
-        )
+        headers = client_headers(list(response.raw_headers), request_id)
+        if self._headers:
+            headers.extend(self._headers)
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
 
     async def _stream(
         self, send: Send, response: aiohttp.ClientResponse, first: bytes, interrupter: Interrupter
     ) -> None:
         outcome = self.outcome
         content = response.content
+        stream = StreamUsage(strip=self._strip_usage) if _is_stream(response) else None
+        body = BodyUsage() if stream is None and response.status == HTTPStatus.OK else None
         chunk = first
         while chunk:
-            outcome.bytes_sent += len(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if stream is not None:
+                chunk = stream.feed(chunk)
+            elif body is not None:
+                body.feed(chunk)
+            if chunk:
+                outcome.bytes_sent += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
             interrupter.touch()
             chunk = await content.readany()
         interrupter.stop()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        last = b""
+        if stream is not None:
+            outcome.usage = stream.usage
+            last = stream.end()
+        elif body is not None:
+            outcome.usage = body.usage()
+        outcome.bytes_sent += len(last)
+        await send({"type": "http.response.body", "body": last, "more_body": False})
 
     async def _interrupted(
         self,
@@ -228,6 +256,10 @@ def _credentials_refused(replica_name: str) -> UpstreamUnreachable:
         f"Replica {replica_name} refused the gateway's credentials; "
         "the operator must check the replica's api_key in the gateway settings."
     )
+
+
+def _is_stream(response: aiohttp.ClientResponse) -> bool:
+    return _content_type(response).startswith(EVENT_STREAM)
 
 
 def _content_type(response: aiohttp.ClientResponse) -> bytes:

@@ -1,0 +1,211 @@
+"""Admission on the request path: the buckets a request counts against, the backend's
+answer, and what happens when the backend cannot answer.
+
+When Redis is unreachable the deployment's setting decides: fail-open admits,
+fail-closed refuses with 503. Either way each failure is counted, a warning is
+logged at most once per LOG_EVERY_S, and the backend is left alone for
+PAUSE_S before it is asked again, so an outage costs requests no timeouts and
+the gateway recovers by itself when Redis returns. There is never a silent
+fallback to counting per replica.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from gateway.auth.principal import Limits, Principal
+from gateway.errors import GatewayError, error_body
+from gateway.limits.limiter import (
+    Bucket,
+    Demand,
+    Grant,
+    LimiterBackendError,
+    Quota,
+    RateLimiter,
+    Refusal,
+)
+from gateway.metrics import Metrics
+
+logger = logging.getLogger("gateway.limits")
+LOG_EVERY_S = 30.0
+PAUSE_S = 1.0
+Headers = list[tuple[bytes, bytes]]
+
+
+class RateLimited(GatewayError):
+    """429. The error's `type` is the kind of limit, as OpenAI's are ("requests", "tokens")."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, kind: str, headers: dict[str, str]) -> None:
+        super().__init__(message, headers=headers)
+        self.kind = kind
+
+    def body(self) -> bytes:
+        return error_body(self.message, self.kind, None, self.code)
+
+
+class LimiterUnavailable(GatewayError):
+    status = 503
+    error_type = "server_error"
+    code = "rate_limiter_unavailable"
+
+
+@dataclass(slots=True)
+class Ticket:
+    """An admitted request: its grant (None when admitted without the backend) and the
+    `x-ratelimit-*` headers its response carries."""
+
+    grant: Grant | None
+    headers: Headers = field(default_factory=list)
+
+
+def _bucket_name(scope: str, owner: str, model: str | None) -> str:
+    # Lengths make the name unambiguous whatever characters a tenant or model uses.
+    name = f"{scope}:{len(owner)}:{owner}"
+    return name if model is None else f"{name}:{len(model)}:{model}"
+
+
+def buckets_for(principal: Principal, tenant: Limits | None, model: str) -> tuple[Bucket, ...]:
+    """Every set of counters this request is charged to; those without any rate are left out."""
+    found: list[Bucket] = []
+    owners = (
+        (principal.kind, principal.id, principal.limits),
+        ("tenant", principal.tenant, tenant),
+    )
+    for scope, owner, limits in owners:
+        if limits is None:
+            continue
+        for rates, per_model in ((limits.rates, None), (limits.models.get(model), model)):
+            if rates is not None and rates.any:
+                found.append(Bucket(_bucket_name(scope, owner, per_model), rates))
+    return tuple(found)
+
+
+class Admissions:
+    """Admits requests through a `RateLimiter` under the deployment's failure policy."""
+
+    def __init__(
+        self,
+        backend: RateLimiter,
+        metrics: Metrics,
+        *,
+        tenants: Mapping[str, Limits],
+        fail_open: bool,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._backend = backend
+        self._metrics = metrics
+        self._tenants = dict(tenants)
+        self._fail_open = fail_open
+        self._clock = clock
+        self._paused_until = 0.0
+        self._last_log = -math.inf
+        self._unlogged = 0
+
+    async def admit(self, principal: Principal, model: str, tokens: int) -> Ticket:
+        """Raises RateLimited (429) or, failing closed, LimiterUnavailable (503)."""
+        buckets = buckets_for(principal, self._tenants.get(principal.tenant), model)
+        if not buckets:
+            return Ticket(None)
+        if self._clock() < self._paused_until:
+            return self._unavailable("admit", None)
+        try:
+            answer = await self._backend.admit(Demand(buckets, tokens), os.urandom(12).hex())
+        except LimiterBackendError as exc:
+            return self._unavailable("admit", exc)
+        headers = quota_headers(answer.requests, answer.tokens)
+        if isinstance(answer, Refusal):
+            raise self._refused(answer, headers)
+        return Ticket(answer, headers)
+
+    async def finish(self, ticket: Ticket, tokens_used: int | None) -> None:
+        """Release the lease and settle the tokens; a backend failure is counted and the
+        lease then expires by its TTL."""
+        if ticket.grant is None:
+            return
+        try:
+            await self._backend.finish(ticket.grant, tokens_used)
+        except LimiterBackendError as exc:
+            self._failed("finish", "expired", exc)
+
+    def _unavailable(self, action: str, exc: LimiterBackendError | None) -> Ticket:
+        outcome = "open" if self._fail_open else "closed"
+        self._failed(action, outcome, exc)
+        if self._fail_open:
+            return Ticket(None)
+        raise LimiterUnavailable(
+            "The gateway cannot check rate limits right now; try again shortly.",
+            headers={"retry-after": str(math.ceil(PAUSE_S))},
+        )
+
+    def _failed(self, action: str, outcome: str, exc: LimiterBackendError | None) -> None:
+        self._metrics.limiter_backend_errors.labels(action, outcome).inc()
+        now = self._clock()
+        if exc is not None:
+            self._paused_until = now + PAUSE_S
+        self._unlogged += 1
+        if now - self._last_log >= LOG_EVERY_S:
+            reason = f": {exc}" if exc is not None else ""
+            logger.warning(
+                "rate-limit backend unavailable (%d failed calls since the last warning), "
+                "failing %s%s",
+                self._unlogged,
+                outcome,
+                reason,
+            )
+            self._last_log = now
+            self._unlogged = 0
+
+    def _refused(self, refusal: Refusal, headers: Headers) -> RateLimited:
+        scope = refusal.bucket.name.split(":", 1)[0]
+        self._metrics.rate_limit_refusals.labels(refusal.kind, scope).inc()
+        wait = max(refusal.retry_after_s, 0.001)
+        names = {
+            "requests": "requests per minute",
+            "tokens": "tokens per minute",
+            "concurrent_requests": "concurrent requests",
+        }
+        message = (
+            f"Rate limit reached for {names[refusal.kind]} on this {_scope_words(refusal.bucket)}. "
+            f"Please try again in {_duration(wait)}."
+        )
+        retry = {"retry-after": str(math.ceil(wait)), "retry-after-ms": str(math.ceil(wait * 1000))}
+        quotas = {name.decode(): value.decode() for name, value in headers}
+        return RateLimited(message, kind=refusal.kind, headers={**retry, **quotas})
+
+
+def _scope_words(bucket: Bucket) -> str:
+    parts = bucket.name.split(":")
+    scope = {"key": "API key", "tenant": "tenant", "jwt": "token subject"}.get(parts[0], parts[0])
+    return f"{scope} for this model" if len(parts) > 3 else scope
+
+
+def quota_headers(requests: Quota | None, tokens: Quota | None) -> Headers:
+    """OpenAI's `x-ratelimit-*` headers, for the limits that apply."""
+    headers: Headers = []
+    for kind, quota in (("requests", requests), ("tokens", tokens)):
+        if quota is not None:
+            headers.append((f"x-ratelimit-limit-{kind}".encode(), str(quota.limit).encode()))
+            headers.append(
+                (f"x-ratelimit-remaining-{kind}".encode(), str(quota.remaining).encode())
+            )
+            headers.append(
+                (f"x-ratelimit-reset-{kind}".encode(), _duration(quota.reset_s).encode())
+            )
+    return headers
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: `120ms`, `6.5s`, `1m0s`."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    minutes, rest = divmod(seconds, 60)
+    text = f"{round(rest, 3):g}s"
+    return f"{int(minutes)}m{text}" if minutes else text

@@ -1,0 +1,157 @@
+"""Usage counted in memory on the request path, written to a `UsageStore` in batches.
+
+The request path only adds to a dict. A background task swaps the dict for an
+empty one every interval and writes the old one as one batch, so counts recorded
+while a write is in flight land in the next batch. A batch the store refused is
+merged back into the pending counts and written again at the next interval: the
+stores apply a batch all or nothing, so a retry neither loses nor repeats a
+count. Pending counts live only in this process until written: `stop` makes a
+final attempt, and logs what that could not write as dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+
+from gateway.usage.records import TokenUsage, UsageCounts, UsageKey
+from gateway.usage.store import UsageStore, UsageStoreError
+
+logger = logging.getLogger("gateway.usage")
+
+WARN_EVERY_S = 60.0
+
+Batch = dict[UsageKey, UsageCounts]
+
+
+def utc_today() -> date:
+    return datetime.now(UTC).date()
+
+
+class UsageRecorder:
+    """Collects usage in memory and writes it to the store in batches, off the request path."""
+
+    def __init__(
+        self,
+        store: UsageStore,
+        *,
+        interval_s: float = 1.0,
+        clock: Callable[[], date] | None = None,
+    ) -> None:
+        self._store = store
+        self._interval_s = interval_s
+        self._clock = clock or utc_today
+        self._pending: Batch = {}
+        self._writing = asyncio.Lock()  # one batch in flight at a time
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._failures = 0
+        self._warned_at: float | None = None
+
+    def record(self, principal: str, tenant: str, model: str, usage: TokenUsage | None) -> None:
+        """Count one request and its tokens (none when the replica reported no usage).
+
+        Called on the request path: no I/O, no await, nothing that can raise.
+        """
+        key = UsageKey(_storable(principal), _storable(tenant), _storable(model), self._clock())
+        counts = self._pending.get(key)
+        if counts is None:
+            counts = self._pending[key] = UsageCounts()
+        counts.requests += 1
+        if usage is not None:  # a negative count from a confused replica is not taken off
+            counts.prompt_tokens += max(usage.prompt_tokens, 0)
+            counts.completion_tokens += max(usage.completion_tokens, 0)
+
+    @property
+    def pending(self) -> int:
+        """Rows waiting to be written; they grow while the store is down."""
+        return len(self._pending)
+
+    def start(self) -> None:
+        """Start writing every `interval_s`; call from a running event loop."""
+        if self._task is not None:
+            raise RuntimeError("the usage recorder is already started")
+        self._stopping.clear()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-recorder")
+
+    async def flush(self) -> None:
+        """Write what is pending now. `UsageStoreError` if the store refused it: the
+        counts are then pending again, merged with any recorded meanwhile."""
+        async with self._writing:
+            batch, self._pending = self._pending, {}
+            if not batch:
+                return
+            try:
+                await self._store.add(batch)
+            except Exception:
+                # Not written: keep it. A cancelled write is not merged back, because
+                # the store may well have applied it (a SQLite thread runs to the end).
+                self._merge(batch)
+                raise
+
+    async def stop(self) -> None:
+        """Stop the task (if started), letting a write in flight finish, then make a
+        final attempt; what fails then is logged, not raised, so shutdown goes on."""
+        if self._task is not None:
+            self._stopping.set()
+            await self._task
+            self._task = None
+        try:
+            await self.flush()
+        except UsageStoreError as exc:
+            logger.error(
+                "usage not written at shutdown, %d rows of counts dropped: %s",
+                len(self._pending),
+                exc,
+            )
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval_s)
+            if not self._stopping.is_set():  # else `stop` makes the last attempt
+                await self._flush_and_report()
+
+    async def _flush_and_report(self) -> None:
+        try:
+            await self.flush()
+        # The outermost frame of a background task: any failure, even a store's bug,
+        # is reported and retried, because a dead task would stop all usage writes.
+        except Exception as exc:
+            self._failed(exc)
+        else:
+            if self._failures:
+                logger.info("usage writes resumed after %d failed attempts", self._failures)
+                self._failures = 0
+
+    def _failed(self, exc: Exception) -> None:
+        self._failures += 1
+        now = time.monotonic()
+        if self._warned_at is not None and now - self._warned_at < WARN_EVERY_S:
+            return
+        self._warned_at = now
+        logger.warning(
+            "could not write usage (%d rows pending, retrying every %gs): %s",
+            len(self._pending),
+            self._interval_s,
+            exc,
+            exc_info=not isinstance(exc, UsageStoreError),
+        )
+
+    def _merge(self, batch: Batch) -> None:
+        for key, counts in batch.items():
+            pending = self._pending.get(key)
+            if pending is None:
+                self._pending[key] = counts
+            else:
+                pending.add(counts)
+
+
+def _storable(text: str) -> str:
+    """TEXT as UTF-8 can hold it: a lone surrogate (from a JWT claim, say) would make
+    every write of the batch fail, for ever."""
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")

@@ -1,0 +1,99 @@
+"""The `UsageStore` seam, its errors, and an in-memory store for tests and embedding.
+
+    UsageStoreError             the store could not do what was asked
+    └── UsageStoreUnavailable   not now: Redis down, a read-only or full disk
+
+Stores keep one row of counts per principal, tenant, model and UTC day, and
+only ever add to it. Writes come in batches from the `UsageRecorder`, off the
+request path; reads serve the admin API. Three stores keep the same contract:
+`MemoryUsageStore`, `SqliteUsageStore` (a table beside the keys) and
+`RedisUsageStore` (hashes shared by every gateway replica).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import date
+from typing import Protocol
+
+from gateway.usage.records import UsageCounts, UsageKey
+
+
+class UsageStoreError(Exception):
+    """Base of the usage store errors; the message is fit to show an operator."""
+
+
+class UsageStoreUnavailable(UsageStoreError):
+    """The store cannot be written or read now; a batch that failed can be retried."""
+
+
+class UsageStore(Protocol):
+    """Where usage counts add up. Every method may raise `UsageStoreUnavailable`."""
+
+    async def add(self, batch: Mapping[UsageKey, UsageCounts]) -> None:
+        """Add every row of `batch` to the stored counts, all or nothing.
+
+        A batch that raised was not applied, so the caller may send it again.
+        """
+
+    async def by_principal(
+        self, principal: str, since: date | None = None, until: date | None = None
+    ) -> dict[str, UsageCounts]:
+        """Totals per model over the principal's days in [since, until] (either end open)."""
+
+    async def by_tenant(
+        self, tenant: str, since: date | None = None, until: date | None = None
+    ) -> dict[str, UsageCounts]:
+        """Totals per model over the tenant's days in [since, until] (either end open)."""
+
+    async def close(self) -> None:
+        """Release the store's connections; idempotent."""
+
+
+def day_bounds(since: date | None, until: date | None) -> tuple[date, date]:
+    """The inclusive range of days a read covers, open ends made concrete."""
+    return since or date.min, until or date.max
+
+
+def totals_per_model(rows: Iterable[tuple[str, UsageCounts]]) -> dict[str, UsageCounts]:
+    """Sum (model, counts) rows into fresh counts per model."""
+    totals: dict[str, UsageCounts] = {}
+    for model, counts in rows:
+        totals.setdefault(model, UsageCounts()).add(counts)
+    return totals
+
+
+class MemoryUsageStore:
+    """A `UsageStore` in a dict: for tests of the code above the store, nothing durable."""
+
+    def __init__(self) -> None:
+        self._rows: dict[UsageKey, UsageCounts] = {}
+
+    async def add(self, batch: Mapping[UsageKey, UsageCounts]) -> None:
+        # No await in between: no other task sees half a batch. Counts are copied,
+        # because the caller's objects are mutable and may be reused.
+        for key, counts in batch.items():
+            self._rows.setdefault(key, UsageCounts()).add(counts)
+
+    async def by_principal(
+        self, principal: str, since: date | None = None, until: date | None = None
+    ) -> dict[str, UsageCounts]:
+        return self._totals(lambda key: key.principal == principal, since, until)
+
+    async def by_tenant(
+        self, tenant: str, since: date | None = None, until: date | None = None
+    ) -> dict[str, UsageCounts]:
+        return self._totals(lambda key: key.tenant == tenant, since, until)
+
+    async def close(self) -> None:
+        return None
+
+    def _totals(
+        self, wanted: Callable[[UsageKey], bool], since: date | None, until: date | None
+    ) -> dict[str, UsageCounts]:
+        first, last = day_bounds(since, until)
+        return totals_per_model(
+            (key.model, counts)
+            for key, counts in self._rows.items()
+            if wanted(key) and first <= key.day <= last
+        )
