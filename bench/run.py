@@ -27,6 +27,7 @@ import httpx
 import uvloop
 import yaml
 
+from gateway.auth.principal import Limits
 from gateway.keys.records import KeyRecord, new_key
 from gateway.keys.sqlite import SqliteKeyStore
 
@@ -145,12 +146,15 @@ def gateway_config(port: int, sim_url: str, log_dir: Path) -> tuple[Path, str]:
         "listen": {"host": "127.0.0.1", "port": port},
         "models": [{"name": MODEL, "replicas": [{"url": sim_url}]}],
         "auth": {"pepper": PEPPER, "key_store": {"sqlite_path": str(key_db)}},
+        # Limits far above the load: every request is admitted, and pays for the checks.
+        "limits": {"tenants": {"bench": {"requests_per_minute": 10**9}}},
         "log": {"level": "info", "format": "json"},
     }
     path = log_dir / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
+    limits = Limits(requests_per_minute=10**9, tokens_per_minute=10**12, concurrent_requests=10**6)
     key, record = new_key(
-        PEPPER.encode(), tenant="bench", name="bench", created_at=datetime.now(UTC)
+        PEPPER.encode(), tenant="bench", name="bench", created_at=datetime.now(UTC), limits=limits
     )
     uvloop.run(_store(key_db, record))
     return path, key.token

@@ -56,6 +56,20 @@ def mapped_errors(
         raise failed(f"could not {action}: {exc}") from exc
 
 
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, taken at once (BEGIN IMMEDIATE) so it never fails half-way
+    on a lock upgrade."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if db.in_transaction:  # SQLite may have rolled back already, e.g. on a full disk
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 class ThreadedConnection:
     """Runs steps on one connection in worker threads, one at a time, until closed."""
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
@@ -40,7 +40,7 @@ from gateway.keys.store import (
     LocalChanges,
     check_page,
 )
-from gateway.sqlite_file import ThreadedConnection, connect, mapped_errors
+from gateway.sqlite_file import ThreadedConnection, connect, mapped_errors, transaction
 
 T = TypeVar("T")
 
@@ -143,7 +143,7 @@ def _prepare(db: sqlite3.Connection, _read_only: bool) -> None:
 def _migrate(db: sqlite3.Connection) -> None:
     if _schema_version(db) == SCHEMA_VERSION:
         return
-    with _transaction(db):
+    with transaction(db):
         version = _schema_version(db)  # again, now that no other process can write
         if version > SCHEMA_VERSION:
             raise KeyStoreError(
@@ -159,18 +159,6 @@ def _migrate(db: sqlite3.Connection) -> None:
 def _schema_version(db: sqlite3.Connection) -> int:
     version: int = db.execute("PRAGMA user_version").fetchone()[0]
     return version
-
-
-@contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        if db.in_transaction:  # SQLite may have rolled back already, e.g. on a full disk
-            db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
 
 
 def _insert(db: sqlite3.Connection, record: KeyRecord) -> None:
@@ -198,7 +186,7 @@ def _select_page(db: sqlite3.Connection, tenant: str | None, after: str, count: 
 
 
 def _update(db: sqlite3.Connection, key_id: str, changes: KeyChanges) -> KeyRecord:
-    with _transaction(db):
+    with transaction(db):
         row = _select_one(db, key_id)
         if row is None:
             raise KeyNotFound(key_id)

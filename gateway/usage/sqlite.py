@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from datetime import date
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from gateway.sqlite_file import ThreadedConnection, connect, mapped_errors
+from gateway.sqlite_file import ThreadedConnection, connect, mapped_errors, transaction
 from gateway.usage.records import UsageCounts, UsageKey
 from gateway.usage.store import (
     UsageStoreError,
@@ -140,17 +140,5 @@ def _row(key: UsageKey, counts: UsageCounts) -> _Row:
 
 
 def _upsert(db: sqlite3.Connection, rows: list[_Row]) -> None:
-    with _transaction(db):
+    with transaction(db):
         db.executemany(_UPSERT, rows)
-
-
-@contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        if db.in_transaction:  # SQLite may have rolled back already, e.g. on a full disk
-            db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
