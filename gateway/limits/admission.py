@@ -11,6 +11,7 @@ fallback to counting per replica.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ from gateway.metrics import Metrics
 logger = logging.getLogger("gateway.limits")
 LOG_EVERY_S = 30.0
 PAUSE_S = 1.0
+MAX_CACHED = 10_000
 Headers = list[tuple[bytes, bytes]]
 
 
@@ -108,16 +110,35 @@ class Admissions:
         self._paused_until = 0.0
         self._last_log = -math.inf
         self._unlogged = 0
+        # Lease ids: unique across replicas (the prefix) and cheap to make.
+        self._lease_prefix = os.urandom(8).hex() + "-"
+        self._leases = itertools.count()
+        # (kind, id, tenant, model) -> the principal's Limits it was built from, and the buckets.
+        self._buckets: dict[tuple[str, str, str, str], tuple[Limits, tuple[Bucket, ...]]] = {}
+
+    def _buckets_of(self, principal: Principal, model: str) -> tuple[Bucket, ...]:
+        """The buckets for this principal and model, built once per version of its limits
+        (a changed key is a new Principal with new Limits)."""
+        key = (principal.kind, principal.id, principal.tenant, model)
+        cached = self._buckets.get(key)
+        if cached is not None and cached[0] is principal.limits:
+            return cached[1]
+        buckets = buckets_for(principal, self._tenants.get(principal.tenant), model)
+        if len(self._buckets) >= MAX_CACHED:
+            self._buckets.clear()
+        self._buckets[key] = (principal.limits, buckets)
+        return buckets
 
     async def admit(self, principal: Principal, model: str, tokens: int) -> Ticket:
         """Raises RateLimited (429) or, failing closed, LimiterUnavailable (503)."""
-        buckets = buckets_for(principal, self._tenants.get(principal.tenant), model)
+        buckets = self._buckets_of(principal, model)
         if not buckets:
             return Ticket(None)
         if self._clock() < self._paused_until:
             return self._unavailable("admit", None)
         try:
-            answer = await self._backend.admit(Demand(buckets, tokens), os.urandom(12).hex())
+            lease = f"{self._lease_prefix}{next(self._leases)}"
+            answer = await self._backend.admit(Demand(buckets, tokens), lease)
         except LimiterBackendError as exc:
             return self._unavailable("admit", exc)
         headers = quota_headers(answer.requests, answer.tokens)
@@ -187,18 +208,21 @@ def _scope_words(bucket: Bucket) -> str:
     return f"{scope} for this model" if len(parts) > 3 else scope
 
 
+_HEADER_NAMES = {
+    kind: tuple(f"x-ratelimit-{part}-{kind}".encode() for part in ("limit", "remaining", "reset"))
+    for kind in ("requests", "tokens")
+}
+
+
 def quota_headers(requests: Quota | None, tokens: Quota | None) -> Headers:
     """OpenAI's `x-ratelimit-*` headers, for the limits that apply."""
     headers: Headers = []
     for kind, quota in (("requests", requests), ("tokens", tokens)):
         if quota is not None:
-            headers.append((f"x-ratelimit-limit-{kind}".encode(), str(quota.limit).encode()))
-            headers.append(
-                (f"x-ratelimit-remaining-{kind}".encode(), str(quota.remaining).encode())
-            )
-            headers.append(
-                (f"x-ratelimit-reset-{kind}".encode(), _duration(quota.reset_s).encode())
-            )
+            limit, remaining, reset = _HEADER_NAMES[kind]
+            headers.append((limit, b"%d" % quota.limit))
+            headers.append((remaining, b"%d" % quota.remaining))
+            headers.append((reset, _duration(quota.reset_s).encode()))
     return headers
 
 

@@ -8,6 +8,7 @@ event loop; leases need no expiry, since they die with the process.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 
 from gateway.limits.limiter import (
@@ -24,36 +25,62 @@ CONCURRENCY_RETRY_S = 1.0
 
 
 class SlidingWindow:
-    """Amounts per one-second slot; the sum over the last WINDOW_S slots is what counts."""
+    """Amounts per one-second slot; the sum over the last WINDOW_S slots is what counts.
+
+    Slots are kept oldest first with a running total, so an admission costs
+    O(1) however busy the minute was.
+    """
 
     def __init__(self) -> None:
-        self.slots: dict[int, int] = {}
+        self.slots: deque[list[int]] = deque()  # [slot, amount], oldest first
+        self.total = 0
 
     def used(self, now_slot: int) -> int:
         oldest = now_slot - WINDOW_S + 1
-        for stale in [slot for slot in self.slots if slot < oldest]:
-            del self.slots[stale]
-        return sum(self.slots.values())
+        slots = self.slots
+        while slots and slots[0][0] < oldest:
+            self.total -= slots.popleft()[1]
+        return self.total
+
+    def add(self, slot: int, amount: int) -> None:
+        slots = self.slots
+        if slots and slots[-1][0] == slot:
+            slots[-1][1] += amount
+        else:
+            slots.append([slot, amount])
+        self.total += amount
+
+    def adjust(self, slot: int, delta: int) -> bool:
+        """Add DELTA (not below zero) to SLOT if it is still kept; False if it is not."""
+        for entry in reversed(self.slots):
+            if entry[0] == slot:
+                new = max(0, entry[1] + delta)
+                self.total += new - entry[1]
+                entry[1] = new
+                return True
+            if entry[0] < slot:
+                break
+        return False
 
     def wait_s(self, now: float, need: int, limit: int) -> float:
         """Seconds until enough of the window has left it for NEED more."""
-        used = sum(self.slots.values())
         freed = 0
-        for slot in sorted(self.slots):
-            freed += self.slots[slot]
-            if used - freed + need <= limit:
+        for slot, amount in self.slots:
+            freed += amount
+            if self.total - freed + need <= limit:
                 return slot + WINDOW_S - now
         return float(WINDOW_S)
 
     def reset_s(self, now: float) -> float:
         """Seconds until the window is empty again."""
-        return max(self.slots, default=int(now)) + WINDOW_S - now
+        newest = self.slots[-1][0] if self.slots else int(now)
+        return newest + WINDOW_S - now
 
 
 class MemoryRateLimiter:
     """A `RateLimiter` in this process's memory."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._windows: dict[str, SlidingWindow] = {}
         self._leases: dict[str, set[str]] = {}
@@ -103,11 +130,9 @@ class MemoryRateLimiter:
         for bucket, charge in zip(demand.buckets, charges(demand), strict=True):
             rates = bucket.rates
             if rates.requests_per_minute is not None:
-                window = self._window(f"{bucket.name}:r")
-                window.slots[slot] = window.slots.get(slot, 0) + 1
+                self._window(f"{bucket.name}:r").add(slot, 1)
             if rates.tokens_per_minute is not None:
-                window = self._window(f"{bucket.name}:t")
-                window.slots[slot] = window.slots.get(slot, 0) + charge
+                self._window(f"{bucket.name}:t").add(slot, charge)
             if rates.concurrent_requests is not None:
                 self._leases.setdefault(bucket.name, set()).add(lease)
 
@@ -133,10 +158,9 @@ class MemoryRateLimiter:
 def _settle(window: SlidingWindow, slot: int, now_slot: int, delta: int) -> None:
     """Move the reservation to the real usage in its own slot; once that slot has left
     the window, only an overrun is still charged, to the current one."""
-    if slot in window.slots and slot > now_slot - WINDOW_S:
-        window.slots[slot] = max(0, window.slots[slot] + delta)
-    elif delta > 0:
-        window.slots[now_slot] = window.slots.get(now_slot, 0) + delta
+    window.used(now_slot)  # drops the slots that left the window
+    if not window.adjust(slot, delta) and delta > 0:
+        window.add(now_slot, delta)
 
 
 def _longer(current: Refusal | None, candidate: Refusal) -> Refusal:
