@@ -20,7 +20,9 @@ from gateway.proxy.handler import ProxyApp, ProxyOptions
 from gateway.proxy.upstream import Timeouts, UpstreamClient
 from gateway.settings import Settings
 from gateway.tls import upstream_context
-from gateway.upstreams.pool import Pools
+from gateway.upstreams.discovery import Discovery
+from gateway.upstreams.monitor import ReplicaMonitor
+from gateway.upstreams.setup import discovery_sources, pools_from_settings
 from gateway.usage.open import open_usage_store
 from gateway.usage.recorder import UsageRecorder
 from gateway.usage.records import TokenUsage
@@ -53,7 +55,7 @@ class Gateway:
         self.upstream = UpstreamClient(
             timeouts, upstream_context(settings.upstream_tls), settings.upstream_max_connections
         )
-        self.pools = Pools.from_settings(settings.models)
+        self.pools = pools_from_settings(settings)
         self.access_log = AccessLog(sys.stderr, settings.log)
         if settings.auth.pepper is None:
             raise ValueError("auth.pepper must be set before the app is built")
@@ -64,10 +66,28 @@ class Gateway:
         # Opened in the lifespan, beside the keys.
         self._usage_store: UsageStore | None = None
         self._recorder: UsageRecorder | None = None
+        upstreams = settings.upstreams
         options = ProxyOptions(
             max_body_bytes=settings.max_body_bytes,
             refuse_over_cap=settings.limits.max_tokens_policy == "refuse",
             default_reserve=settings.limits.default_completion_reserve,
+            retries=upstreams.retries,
+            eject_after=upstreams.health.eject_after,
+            shed_waiting_above=upstreams.load.shed_waiting_above,
+            shed_status=upstreams.load.shed_status,
+            shed_retry_after=upstreams.load.shed_retry_after,
+        )
+        watch_load = (
+            upstreams.load.picking == "load_aware" or upstreams.load.shed_waiting_above is not None
+        )
+        self.monitor = ReplicaMonitor(
+            self.pools, lambda: self.upstream.session, upstreams, watch_load=watch_load
+        )
+        self.discovery = Discovery(
+            self.pools,
+            discovery_sources(settings),
+            interval=upstreams.discovery_interval,
+            joined=self.monitor.check_all,
         )
         proxy = ProxyApp(
             self.pools,
@@ -103,6 +123,8 @@ class Gateway:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.upstream.open()
+                    self.monitor.start()
+                    self.discovery.start()
                     await self.auth.open()
                     self._usage_store = await open_usage_store(self.settings.auth.key_store)
                     self._recorder = UsageRecorder(self._usage_store)
@@ -117,6 +139,8 @@ class Gateway:
                 gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.discovery.stop()
+                await self.monitor.stop()
                 await self.upstream.close()
                 if self._recorder is not None:
                     await self._recorder.stop()
@@ -154,6 +178,7 @@ class Gateway:
             tokens,
             self._admin_jwt_check(),
             usage=self._usage_store,
+            pools=self.pools,
         )
 
     def record(self, principal: str, tenant: str, model: str, usage: TokenUsage | None) -> None:

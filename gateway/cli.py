@@ -1,4 +1,4 @@
-"""The `vllm-gateway` command: serve, simulate, check, keys."""
+"""The `vllm-gateway` command: serve, simulate, check, keys, upstreams."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 import gateway.sim.cli as sim_cli
-from gateway import __version__, check, keys_cli, serve
+from gateway import __version__, check, keys_cli, serve, upstreams_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     keys_parser = commands.add_parser("keys", help="manage API keys through the admin API")
     keys_cli.add_arguments(keys_parser)
     keys_parser.set_defaults(handler=keys_cli.run)
+
+    upstreams_parser = commands.add_parser(
+        "upstreams",
+        parents=[keys_cli.connection_flags()],
+        help="show each model's replicas and their health",
+        description=upstreams_cli.DESCRIPTION,
+        epilog=upstreams_cli.EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    upstreams_parser.set_defaults(handler=upstreams_cli.run)
     return parser
 
 

@@ -7,11 +7,18 @@
     │   ├── InvalidRequest          400  malformed JSON, missing model
     │   ├── ModelNotFound           404  no such model here
     │   ├── PermissionDenied        403  the caller may not use this model
-    │   └── PayloadTooLarge         413
+    │   ├── PayloadTooLarge         413
+    │   └── ModelBusy               429  every replica's queue is full (shedding)
     └── UpstreamError           5xx: no usable answer from a replica
         ├── UpstreamUnreachable     502  connect error, reset, bad credentials
+        │   └── ReplicaConnectFailed     the connection never opened *
         ├── NoHealthyReplica        503
+        ├── ModelOverloaded         503  every replica's queue is full (shedding)
+        ├── ReplicaBusy             503  vLLM refused for its own full queue *
         └── UpstreamTimeout         504  connect or first-byte timeout
+            └── ReplicaConnectTimeout    the connection never opened *
+
+* the request provably never reached an engine, so another replica may take it.
 
 OpenAI SDKs pick the exception class from the status (NotFoundError,
 BadRequestError, APIStatusError, ...), so the status is the contract; the body
@@ -76,9 +83,17 @@ class PayloadTooLarge(RequestError):
     code = "request_too_large"
 
 
+class ModelBusy(RequestError):
+    status = 429
+    error_type = "overloaded"
+    code = "model_overloaded"
+
+
 class UpstreamError(GatewayError):
     status = 502
     error_type = "upstream_error"
+    # True when the request provably never reached an engine: it may go to another replica.
+    never_reached: ClassVar[bool] = False
 
 
 class UpstreamUnreachable(UpstreamError):
@@ -86,14 +101,34 @@ class UpstreamUnreachable(UpstreamError):
     code = "upstream_unreachable"
 
 
+class ReplicaConnectFailed(UpstreamUnreachable):
+    never_reached = True
+
+
 class NoHealthyReplica(UpstreamError):
     status = 503
     code = "no_healthy_replica"
 
 
+class ModelOverloaded(UpstreamError):
+    status = 503
+    error_type = "overloaded"
+    code = "model_overloaded"
+
+
+class ReplicaBusy(UpstreamError):
+    status = 503
+    code = "replica_busy"
+    never_reached = True
+
+
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class ReplicaConnectTimeout(UpstreamTimeout):
+    never_reached = True
 
 
 def error_body(message: str, error_type: str, param: str | None, code: str | int | None) -> bytes:

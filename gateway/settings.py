@@ -129,9 +129,75 @@ class ReplicaSettings(_Strict):
     api_key: Secret = None
 
 
+class SkyPilotClusterSettings(_Strict):
+    """Replicas on a SkyPilot cluster: the endpoint of `port` on `cluster`."""
+
+    cluster: str = Field(min_length=1)
+    port: int = Field(default=8000, ge=1, le=65535)
+
+
+class SkyServeSettings(_Strict):
+    """A SkyServe service: each READY replica (`replicas`: the gateway balances), or the
+    service's own load balancer as one replica (`service`)."""
+
+    service: str = Field(min_length=1)
+    mode: Literal["replicas", "service"] = "replicas"
+
+
+class DiscoverySettings(_Strict):
+    """One source of replicas; found endpoints join after their first healthy check."""
+
+    skypilot_cluster: SkyPilotClusterSettings | None = None
+    skyserve: SkyServeSettings | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DiscoverySettings:
+        if (self.skypilot_cluster is None) == (self.skyserve is None):
+            raise ValueError("give exactly one of skypilot_cluster or skyserve")
+        return self
+
+
 class ModelSettings(_Strict):
     name: str = Field(min_length=1)
     replicas: list[ReplicaSettings] = Field(default_factory=list)
+    discovery: list[DiscoverySettings] = Field(default_factory=list)
+    # The vLLM --api-key of discovered replicas (static ones may carry their own).
+    api_key: Secret = None
+
+
+class HealthSettings(_Strict):
+    """Active `/health` checks, and passive ejection on failed requests."""
+
+    interval: float = Field(default=5.0, gt=0, le=3600)
+    timeout: float = Field(default=3.0, gt=0, le=60)
+    healthy_threshold: int = Field(default=1, ge=1, le=100)
+    unhealthy_threshold: int = Field(default=3, ge=1, le=100)
+    # Consecutive connection failures or 5xx answers that take a replica out until a
+    # health check passes.
+    eject_after: int = Field(default=3, ge=1, le=1000)
+
+
+class LoadSettings(_Strict):
+    """Each replica's own load, read from its `/metrics` (vLLM's gauges)."""
+
+    # least_outstanding: fewest requests in flight from this gateway; load_aware: also the
+    # replica's waiting queue and KV-cache use, so other clients' load counts too.
+    picking: Literal["least_outstanding", "load_aware"] = "least_outstanding"
+    scrape_interval: float = Field(default=2.0, gt=0, le=3600)
+    # When every replica of a model has more than this many requests waiting, refuse at
+    # once with `shed_status` instead of queueing. None: never.
+    shed_waiting_above: int | None = Field(default=None, ge=0)
+    shed_status: Literal[429, 503] = 503
+    shed_retry_after: int = Field(default=2, ge=1, le=3600)
+
+
+class UpstreamSettings(_Strict):
+    health: HealthSettings = HealthSettings()
+    load: LoadSettings = LoadSettings()
+    # Another replica is tried only when the request provably never reached an engine
+    # (a connection that failed, or vLLM's own 503 for a full queue) and nothing was sent.
+    retries: int = Field(default=2, ge=0, le=10)
+    discovery_interval: float = Field(default=30.0, gt=0, le=86400)
 
 
 class LimitsSettings(_Strict):
@@ -244,6 +310,7 @@ class Settings(_Strict):
     # 0 means no limit; vLLM replicas take hundreds of concurrent streams each.
     upstream_max_connections: int = Field(default=0, ge=0)
     models: list[ModelSettings] = Field(default_factory=list)
+    upstreams: UpstreamSettings = UpstreamSettings()
     auth: AuthSettings = AuthSettings()
     admin: AdminSettings = AdminSettings()
     limits: RateLimitSettings = RateLimitSettings()

@@ -104,8 +104,11 @@ def run_command(
 
 
 @contextmanager
-def run_simulator(tmp_path: Path, *extra: str, model: str = "sim-model") -> Iterator[Process]:
-    port = free_port()
+def run_simulator(
+    tmp_path: Path, *extra: str, model: str = "sim-model", port: int | None = None
+) -> Iterator[Process]:
+    """A simulator serving MODEL on PORT (a free one by default: give it to restart one)."""
+    port = port or free_port()
     log_path = tmp_path / f"sim-{port}.log"
     args = ["simulate", "--port", str(port), "--model", model, *extra]
     with run_command(args, port, log_path) as process:

@@ -61,6 +61,7 @@ OPERATIONS = [
     ("GET", "/admin/v1/keys/{key_id}/usage"),
     ("GET", "/admin/v1/tenants/{tenant}/usage"),
     ("GET", "/admin/v1/audit"),
+    ("GET", "/admin/v1/upstreams"),
 ]
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 

@@ -25,8 +25,10 @@ from gateway.admin.audit import CURSOR_PATTERN, MAX_PAGE, AuditLog, AuditLogErro
 from gateway.admin.auth import AdminAuthMiddleware, AdminAuthorizer
 from gateway.admin.keys import Admin, KeyRoutes, UsageRoutes
 from gateway.admin.schemas import AuditEntryOut, AuditPage, ErrorOut
+from gateway.admin.upstreams import UpstreamRoutes
 from gateway.errors import error_body
 from gateway.keys.store import KeyExists, KeyNotFound, KeyStore, KeyStoreError
+from gateway.upstreams.pool import Pools
 from gateway.usage.store import MemoryUsageStore, UsageStore, UsageStoreError
 
 PREFIX = "/admin/v1"
@@ -54,12 +56,14 @@ def create_admin_app(
     clock: Callable[[], datetime] = utc_now,
     *,
     usage: UsageStore | None = None,
+    pools: Pools | None = None,
 ) -> FastAPI:
     """The admin API over `store`, recording to `audit`, guarded by `authorize`.
 
     The caller owns `store`, `audit` and `usage` (opens and closes them); `pepper`
     hashes new secrets exactly as the request path verifies them. Without `usage`,
-    nothing is counted: every usage read answers zeros.
+    nothing is counted: every usage read answers zeros. `pools` are the gateway's
+    live replicas, shown (never changed) by the upstreams route; without, it lists none.
     """
     if not pepper:
         raise ValueError("the key pepper must not be empty")
@@ -76,6 +80,7 @@ def create_admin_app(
     counted = UsageRoutes(store=store, usage=MemoryUsageStore() if usage is None else usage)
     app.include_router(counted.router(), prefix=PREFIX)
     app.add_api_route(f"{PREFIX}/audit", _audit_route(audit), methods=["GET"], tags=["audit"])
+    app.include_router(UpstreamRoutes(pools).router(), prefix=PREFIX)
     _install_error_handlers(app)
     app.add_middleware(AdminAuthMiddleware, authorizer=authorize, prefix=PREFIX)
     return app

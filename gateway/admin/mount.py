@@ -15,6 +15,7 @@ from gateway.admin.audit import AuditLog, SqliteAuditLog
 from gateway.admin.auth import AdminAuthorizer
 from gateway.keys.store import KeyStore
 from gateway.settings import KeyStoreSettings
+from gateway.upstreams.pool import Pools
 from gateway.usage.store import UsageStore
 
 
@@ -36,7 +37,9 @@ def admin_app(
     jwt_check: Callable[[str], Awaitable[str | None]] | None,
     *,
     usage: UsageStore | None = None,
+    pools: Pools | None = None,
 ) -> FastAPI:
-    """The admin app; the caller owns (opens and closes) `store`, `audit` and `usage`."""
+    """The admin app; the caller owns (opens and closes) `store`, `audit` and `usage`,
+    and `pools`, which the admin API only reads."""
     authorizer = AdminAuthorizer(tokens, jwt_check=jwt_check)
-    return create_admin_app(store, audit, pepper, authorizer, usage=usage)
+    return create_admin_app(store, audit, pepper, authorizer, usage=usage, pools=pools)

@@ -377,3 +377,43 @@ class ErrorOut(BaseModel):
     """OpenAI's error shape, used for every error this API returns."""
 
     error: ErrorDetail
+
+
+class LoadOut(BaseModel):
+    """A replica's own gauges, as last read from its `/metrics`."""
+
+    waiting: float = Field(description="Requests queued in the replica, from every client.")
+    running: float = Field(description="Requests the replica is running, from every client.")
+    kv_cache: float | None = Field(description="KV-cache use, 0-1; null: not reported.")
+    age_s: float = Field(description="Seconds since the gauges were read.")
+
+
+class ReplicaOut(BaseModel):
+    """One replica as the gateway sees it now; never its API key."""
+
+    url: str
+    source: str = Field(description="`static` (configured), or the discovery source's name.")
+    state: str = Field(
+        description="healthy, unhealthy, unchecked (configured, not checked yet), joining "
+        "(discovered, not checked yet), ejected (failed requests) or draining."
+    )
+    usable: bool = Field(description="Whether new requests may go to it.")
+    outstanding: int = Field(description="Requests in flight to it from this gateway.")
+    failures: int = Field(description="Consecutive failed requests.")
+    last_check_age_s: float | None = Field(
+        description="Seconds since its last health check; null: not checked yet."
+    )
+    load: LoadOut | None = Field(description="Its own gauges; null: not read (yet).")
+    models: list[str] = Field(description="The model ids it reports serving.")
+
+
+class ModelUpstreams(BaseModel):
+    model: str
+    usable: int = Field(description="How many of its replicas may take new requests.")
+    replicas: list[ReplicaOut]
+
+
+class UpstreamsOut(BaseModel):
+    """The configured models, in configuration order, with their replicas."""
+
+    models: list[ModelUpstreams]

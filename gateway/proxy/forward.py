@@ -22,7 +22,13 @@ import aiohttp
 from yarl import URL
 
 from gateway.asgi import Receive, Send
-from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnreachable, stream_error_event
+from gateway.errors import (
+    GatewayError,
+    ReplicaBusy,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    stream_error_event,
+)
 from gateway.proxy.headers import client_headers
 from gateway.proxy.upstream import Timeouts, map_upstream_errors
 from gateway.proxy.usage_scan import BodyUsage, StreamUsage
@@ -34,6 +40,9 @@ EVENT_STREAM = b"text/event-stream"
 DISCONNECT = "client disconnected"
 TIMEOUT = "upstream timeout"
 WATCH_AFTER = 0.05
+# In vLLM's 503s for a full queue (QueueOverflowError, MaxQueuedTokensError) and only there:
+# the request was refused before the engine saw it.
+QUEUE_FULL = b"try again later or on a different instance"
 
 
 @dataclass(slots=True)
@@ -138,11 +147,15 @@ class Exchange:
         *,
         strip_usage: bool = False,
         headers: list[tuple[bytes, bytes]] | None = None,
+        refuse_busy: bool = False,
     ) -> None:
         self._client = client
         self._timeouts = timeouts
         self._strip_usage = strip_usage
         self._headers = headers
+        # vLLM's 503 for its full queue becomes ReplicaBusy (another replica may take the
+        # request) instead of the client's answer.
+        self._refuse_busy = refuse_busy
         self.outcome = Outcome()
 
     async def run(self, receive: Receive, send: Send, request: UpstreamRequest) -> None:
@@ -158,6 +171,10 @@ class Exchange:
                 if response.status == HTTPStatus.UNAUTHORIZED:
                     raise _credentials_refused(replica_name)
                 first = await response.content.readany()
+                if response.status == HTTPStatus.SERVICE_UNAVAILABLE and self._refuse_busy:
+                    first += await response.content.read()
+                    if QUEUE_FULL in first:
+                        raise ReplicaBusy(f"Replica {replica_name} is at its queue limit.")
             interrupter.set_limit(self._timeouts.idle)
             await self._start(send, response, request.request_id)
             started = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -10,19 +11,27 @@ from typing import Protocol
 
 from gateway.asgi import Receive, Scope, Send, send_bytes
 from gateway.auth.principal import Principal
-from gateway.errors import ModelNotFound, PermissionDenied
+from gateway.errors import (
+    ModelBusy,
+    ModelNotFound,
+    ModelOverloaded,
+    PermissionDenied,
+    ReplicaBusy,
+    UpstreamError,
+)
 from gateway.limits.admission import Admissions, Ticket
 from gateway.middleware.context import RequestContext, context_of
 from gateway.proxy.body import ClientGone, parse_request, read_body
 from gateway.proxy.forward import Exchange, Outcome, UpstreamRequest
 from gateway.proxy.headers import header_value, upstream_headers
-from gateway.proxy.request_edit import TokenPolicy, edit_request
+from gateway.proxy.request_edit import EditedRequest, TokenPolicy, edit_request
 from gateway.proxy.routes import Route, match_route
 from gateway.proxy.upstream import UpstreamClient
-from gateway.upstreams.pool import Pools
+from gateway.upstreams.pool import Pool, Pools, Replica
 from gateway.usage.records import TokenUsage
 
 OWNER = "vllm-gateway"
+logger = logging.getLogger("gateway.proxy")
 
 
 class Authenticate(Protocol):
@@ -39,6 +48,14 @@ class ProxyOptions:
     refuse_over_cap: bool = False
     # Completion tokens a request with no max_tokens (under no cap) reserves.
     default_reserve: int = 1024
+    # Other replicas tried for a request that provably never reached an engine.
+    retries: int = 2
+    # Consecutive failed requests that eject a replica until a health check passes.
+    eject_after: int = 3
+    # Refuse at once when every replica has more requests waiting than this.
+    shed_waiting_above: int | None = None
+    shed_status: int = 503
+    shed_retry_after: int = 2
 
 
 class ProxyApp:
@@ -99,33 +116,105 @@ class ProxyApp:
         pool = self._pools.get(model)
         if not principal.may_use(model):
             raise PermissionDenied(f"This API key may not use the model '{model}'.", param="model")
+        self._shed(pool)
         options = self._options
         policy = TokenPolicy(
             principal.limits.max_tokens, options.refuse_over_cap, options.default_reserve
         )
         edited = edit_request(route, payload, body, policy)
         ticket = await self._limits.admit(principal, model, edited.token_estimate)
-        exchange = Exchange(
-            self._upstream.session,
-            self._upstream.timeouts,
-            strip_usage=edited.strip_usage,
-            headers=ticket.headers,
-        )
-        context.outcome = exchange.outcome
+        context.outcome = Outcome()
         try:
-            with pool.pick().lease() as replica:
-                context.replica = replica.url
-                url = replica.url_for(route.value, scope.get("query_string") or b"")
-                request = UpstreamRequest(
-                    url,
-                    replica.url,
-                    edited.body,
-                    upstream_headers(headers, context.request_id, replica.authorization),
-                    context.request_id.encode(),
-                )
-                await exchange.run(receive, send, request)
+            await self._attempts(
+                scope, receive, send, context, pool=pool, edited=edited, ticket=ticket
+            )
         finally:
-            await self._account(ticket, exchange.outcome, principal, model)
+            await self._account(ticket, context.outcome, principal, model)
+
+    async def _attempts(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        context: RequestContext,
+        *,
+        pool: Pool,
+        edited: EditedRequest,
+        ticket: Ticket,
+    ) -> None:
+        """Forward to one replica; to another only if the request provably never reached
+        an engine and nothing was sent to the client."""
+        tried: list[Replica] = []
+        for attempt in range(1 + self._options.retries):
+            replica = pool.pick(exclude=tried)
+            tried.append(replica)
+            last = attempt == self._options.retries or not pool.has_usable(exclude=tried)
+            exchange = Exchange(
+                self._upstream.session,
+                self._upstream.timeouts,
+                strip_usage=edited.strip_usage,
+                headers=ticket.headers,
+                refuse_busy=not last,
+            )
+            context.outcome, context.replica = exchange.outcome, replica.url
+            with replica.lease():
+                try:
+                    await exchange.run(
+                        receive, send, self._request(scope, context, replica, edited)
+                    )
+                except UpstreamError as exc:
+                    self._judge(pool, replica, failed=not isinstance(exc, ReplicaBusy))
+                    if exc.never_reached and not last:
+                        logger.info("retrying on another replica: %s", exc.message)
+                        continue
+                    raise
+            outcome = exchange.outcome
+            busy = outcome.status == HTTPStatus.SERVICE_UNAVAILABLE
+            self._judge(
+                pool,
+                replica,
+                failed=outcome.stream_error is not None or (outcome.status >= 500 and not busy),
+            )
+            return
+
+    def _request(
+        self, scope: Scope, context: RequestContext, replica: Replica, edited: EditedRequest
+    ) -> UpstreamRequest:
+        headers = scope["headers"]
+        return UpstreamRequest(
+            replica.url_for(context.route or "", scope.get("query_string") or b""),
+            replica.url,
+            edited.body,
+            upstream_headers(headers, context.request_id, replica.authorization),
+            context.request_id.encode(),
+        )
+
+    def _judge(self, pool: Pool, replica: Replica, *, failed: bool) -> None:
+        """Passive ejection: enough failed requests in a row take a replica out."""
+        if not failed:
+            replica.request_succeeded()
+            return
+        others = pool.has_usable(exclude=[replica])
+        if replica.request_failed(self._options.eject_after, may_eject=others):
+            logger.warning(
+                "replica %s ejected after %d failed requests in a row; health checks "
+                "will let it back",
+                replica.url,
+                replica.failures,
+            )
+
+    def _shed(self, pool: Pool) -> None:
+        threshold = self._options.shed_waiting_above
+        if threshold is None or not pool.all_waiting_above(threshold):
+            return
+        message = (
+            f"Every replica of model '{pool.model}' has more than {threshold} requests "
+            "waiting; try again shortly."
+        )
+        headers = {"retry-after": str(self._options.shed_retry_after)}
+        if self._options.shed_status == HTTPStatus.TOO_MANY_REQUESTS:
+            raise ModelBusy(message, headers=headers)
+        raise ModelOverloaded(message, headers=headers)
 
     async def _account(
         self, ticket: Ticket, outcome: Outcome, principal: Principal, model: str

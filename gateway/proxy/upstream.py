@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from gateway.errors import UpstreamTimeout, UpstreamUnreachable
+from gateway.errors import ReplicaConnectFailed, ReplicaConnectTimeout, UpstreamUnreachable
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,11 @@ def map_upstream_errors(replica: str) -> Iterator[None]:
     try:
         yield
     except aiohttp.ClientSSLError as exc:
-        raise UpstreamUnreachable(f"TLS handshake with replica {replica} failed.") from exc
+        raise ReplicaConnectFailed(f"TLS handshake with replica {replica} failed.") from exc
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamUnreachable(f"Cannot connect to replica {replica}.") from exc
+        raise ReplicaConnectFailed(f"Cannot connect to replica {replica}.") from exc
     except aiohttp.ConnectionTimeoutError as exc:
-        raise UpstreamTimeout(f"Connecting to replica {replica} timed out.") from exc
+        raise ReplicaConnectTimeout(f"Connecting to replica {replica} timed out.") from exc
     except aiohttp.ClientError as exc:
         raise UpstreamUnreachable(
             f"Replica {replica} closed the connection before answering."

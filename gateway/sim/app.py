@@ -1,7 +1,8 @@
 """The simulator's raw ASGI application: routing, vLLM's API-key check and the watched handlers.
 
-No framework router: a dict from path to (methods, handler) is all the
+No framework router: a dict from path to {method: handler} is all the
 simulator needs, and keeps it a cheap upstream for the gateway's benchmark.
+The `/sim/*` routes are the simulator's own test controls (see `control.py`).
 """
 
 from __future__ import annotations
@@ -9,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.sim.config import SimConfig
+from gateway.sim.control import SimControl
 from gateway.sim.engine import Engine
 from gateway.sim.errors import SimError
 from gateway.sim.exchange import (
     JSON_HEADERS,
     ClientGone,
     Exchange,
+    Handler,
+    Headers,
     Receive,
     Scope,
     Send,
@@ -34,8 +38,6 @@ from gateway.sim.metrics import SimMetrics
 from gateway.sim.protocol import DETERMINISTIC_CREATED, models_body
 from gateway.sim.requests import check_content_type
 
-Headers = Mapping[bytes, bytes]
-Handler = Callable[[Scope, Receive, Send, Headers], Awaitable[None]]
 Endpoint = Callable[[Call, dict[str, object]], Awaitable[None]]
 
 NOT_FOUND = b'{"detail":"Not Found"}'
@@ -80,8 +82,11 @@ class SimApp:
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
-        self.metrics = SimMetrics(config.model)
-        self._generator = Generator(config, Engine(config.max_num_seqs, self.metrics))
+        self.metrics = SimMetrics(config.model, config.reported_load)
+        self._control = SimControl(self.metrics)
+        self._generator = Generator(
+            config, Engine(config.max_num_seqs, self.metrics, config.max_num_queued_reqs)
+        )
         self._knobs = Knobs.defaults(config)
         self._api_key = config.api_key.encode() if config.api_key is not None else None
         created = DETERMINISTIC_CREATED if config.deterministic else int(time.time())
@@ -94,18 +99,19 @@ class SimApp:
         elif scope["type"] == "lifespan":
             await _lifespan(receive, send)
 
-    def _build_routes(self) -> dict[str, tuple[str, Handler]]:
+    def _build_routes(self) -> dict[str, dict[str, Handler]]:
         generation = self._generation
-        routes: dict[str, tuple[str, Handler]] = {
-            "/health": ("GET", self._health),
-            "/metrics": ("GET", self._metrics),
-            "/v1/models": ("GET", self._list_models),
-            "/v1/chat/completions": ("POST", generation(self._generator.chat)),
-            "/v1/completions": ("POST", generation(self._generator.completion)),
-            "/v1/embeddings": ("POST", generation(self._generator.embedding)),
+        routes: dict[str, dict[str, Handler]] = {
+            "/health": {"GET": self._health},
+            "/metrics": {"GET": self._metrics},
+            "/v1/models": {"GET": self._list_models},
+            "/v1/chat/completions": {"POST": generation(self._generator.chat)},
+            "/v1/completions": {"POST": generation(self._generator.completion)},
+            "/v1/embeddings": {"POST": generation(self._generator.embedding)},
         }
         for path, method in UNGUARDED_ROUTES.items():
-            routes[path] = (method, self._unguarded)
+            routes[path] = {method: self._unguarded}
+        routes.update(self._control.routes())
         return routes
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -117,14 +123,15 @@ class SimApp:
         if self._guarded(path, scope["method"]) and not self._authorized(headers):
             await send_response(send, 401, UNAUTHORIZED, JSON_HEADERS)
             return
-        route = self._routes.get(path)
-        if route is None:
+        handlers = self._routes.get(path)
+        handler = None if handlers is None else handlers.get(scope["method"])
+        if handlers is None:
             await send_response(send, 404, NOT_FOUND, JSON_HEADERS)
-        elif scope["method"] != route[0]:
-            allow = [(b"allow", route[0].encode()), *JSON_HEADERS]
+        elif handler is None:
+            allow = [(b"allow", ", ".join(handlers).encode()), *JSON_HEADERS]
             await send_response(send, 405, METHOD_NOT_ALLOWED, allow)
         else:
-            await route[1](scope, receive, send, headers)
+            await handler(scope, receive, send, headers)
 
     def _guarded(self, path: str, method: str) -> bool:
         return self._api_key is not None and path.startswith("/v1") and method != "OPTIONS"
@@ -135,7 +142,8 @@ class SimApp:
         return scheme.lower() == b"bearer" and secrets.compare_digest(token.strip(), expected)
 
     async def _health(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
-        await send_response(send, 200, b"")
+        # Empty either way, as vLLM's: 200, or 503 once `PUT /sim/health` says the engine died.
+        await send_response(send, self._control.health_status, b"")
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
         content_type = [(b"content-type", CONTENT_TYPE_LATEST.encode())]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import uvicorn
 
 from gateway.sim.app import create_sim_app
-from gateway.sim.config import DEFAULT_MODEL, SimConfig
+from gateway.sim.config import DEFAULT_MODEL, ReportedLoad, SimConfig
 
 # Open streams would otherwise hold a SIGTERM'd simulator for as long as they last.
 _GRACEFUL_SHUTDOWN_S = 2
@@ -31,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-num-seqs", type=int, default=256, help="requests generated at once; others wait"
     )
+    parser.add_argument(
+        "--max-num-queued-reqs",
+        type=int,
+        help="refuse (503, as vLLM) a request that would wait behind this many",
+    )
     parser.add_argument("--embedding-dim", type=int, default=384)
     parser.add_argument(
         "--deterministic", action="store_true", help="fixed ids and timestamps: same bytes"
@@ -43,6 +49,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--drop-after", type=int, help="close the connection after N streamed content chunks"
     )
     faults.add_argument("--stall-ms", type=float, default=0.0, help="stall before the response")
+    load = parser.add_argument_group(
+        "reported load", "what /metrics reports; a test changes it at runtime with PUT /sim/load"
+    )
+    load.add_argument(
+        "--report-waiting",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="add N to the real vllm:num_requests_waiting",
+    )
+    load.add_argument(
+        "--report-kv-cache",
+        type=_fraction,
+        metavar="F",
+        help="report vllm:kv_cache_usage_perc as F (0..1) instead of the real figure",
+    )
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, not {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    # NaN fails the comparison, so only a finite fraction passes.
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, not {text!r}")
+    return value
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -54,11 +97,13 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         max_model_len=args.max_model_len,
         default_max_tokens=args.default_max_tokens,
         max_num_seqs=args.max_num_seqs,
+        max_num_queued_reqs=args.max_num_queued_reqs,
         embedding_dim=args.embedding_dim,
         deterministic=args.deterministic,
         fail_status=args.fail_status,
         drop_after=args.drop_after,
         stall_ms=args.stall_ms,
+        reported_load=ReportedLoad(waiting=args.report_waiting, kv_cache=args.report_kv_cache),
     )
 
 

@@ -5,19 +5,37 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from http import HTTPStatus
 from types import TracebackType
 
+from gateway.sim.errors import SimError
 from gateway.sim.metrics import SimMetrics
+
+# vLLM 0.32's QueueOverflowError message, word for word.
+QUEUE_OVERFLOW = (
+    "The engine is currently busy and cannot accept new requests. "
+    "Please try again later or on a different instance."
+)
 
 
 class Scheduler:
     """vLLM's `--max-num-seqs`: at most N sequences run; the rest wait, first come first served."""
 
-    def __init__(self, max_num_seqs: int, metrics: SimMetrics) -> None:
+    def __init__(
+        self, max_num_seqs: int, metrics: SimMetrics, max_queued: int | None = None
+    ) -> None:
         self._capacity = max_num_seqs
+        self._max_queued = max_queued
         self._metrics = metrics
         self._running = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def check_queue(self) -> None:
+        """vLLM's QueueOverflowError: refused before the engine sees the request."""
+        if self._max_queued is None or self._running < self._capacity:
+            return
+        if len(self._waiters) >= self._max_queued:
+            raise SimError(HTTPStatus.SERVICE_UNAVAILABLE, QUEUE_OVERFLOW)
 
     async def acquire(self) -> None:
         if self._running < self._capacity and not self._waiters:
@@ -134,12 +152,16 @@ class Sequence:
 
 
 class Engine:
-    def __init__(self, max_num_seqs: int, metrics: SimMetrics) -> None:
+    def __init__(
+        self, max_num_seqs: int, metrics: SimMetrics, max_queued: int | None = None
+    ) -> None:
         self.metrics = metrics
-        self.scheduler = Scheduler(max_num_seqs, metrics)
+        self.scheduler = Scheduler(max_num_seqs, metrics, max_queued)
 
     def sequence(
         self, prompt_tokens: int, ttft_ms: float, itl_ms: float, arrival: float
     ) -> Sequence:
-        """A request that arrived at ARRIVAL (`time.perf_counter()`), not yet admitted."""
+        """A request that arrived at ARRIVAL (`time.perf_counter()`), not yet admitted;
+        SimError (503) when the queue is full."""
+        self.scheduler.check_queue()
         return Sequence(self, prompt_tokens, ttft_ms / 1000, itl_ms / 1000, arrival)

@@ -91,10 +91,12 @@ class Generator:
     ) -> None:
         frames = SseFrames(ident, chat, request)
         exchange = call.exchange
-        # Like vLLM, headers go out at once; events follow once the engine admits the request.
+        # A full queue is refused before anything is sent; otherwise, like vLLM, headers go
+        # out at once and events follow once the engine admits the request.
+        pending = self._sequence(call, request.prompt_tokens)
         await exchange.start_stream()
         drop_after = call.knobs.drop_after
-        async with self._sequence(call, request.prompt_tokens) as sequence:
+        async with pending as sequence:
             if chat:
                 await exchange.send_event(frames.role())
             for position in range(request.completion_tokens):

@@ -1,12 +1,15 @@
 """The simulator's Prometheus metrics, named and labelled as vLLM names them.
 
 Each app gets its own `CollectorRegistry`, so several simulators (or a
-simulator and the gateway) can live in one process without clashing.
+simulator and the gateway) can live in one process without clashing. The load
+gauges show the engine's real counts with a `ReportedLoad` applied on top.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from gateway.sim.config import ReportedLoad
 
 # vLLM's own bucket boundaries, so dashboards built on real replicas read the same.
 TTFT_BUCKETS = (
@@ -29,8 +32,11 @@ FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
 class SimMetrics:
     """vLLM's engine metrics for one served model, plus a per-path request counter."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, reported: ReportedLoad) -> None:
         self.registry = CollectorRegistry()
+        self.reported = reported
+        self._running = self._waiting = 0
+        self._kv_cache_usage = 0.0
         self._labels = {"model_name": model, "engine": "0"}
         self.running = self._gauge("vllm:num_requests_running", "Requests in execution batches.")
         self.waiting = self._gauge("vllm:num_requests_waiting", "Requests waiting to be processed.")
@@ -62,6 +68,7 @@ class SimMetrics:
             ["path"],
             registry=self.registry,
         )
+        self._publish_load()
 
     def _gauge(self, name: str, doc: str) -> Gauge:
         return Gauge(name, doc, list(self._labels), registry=self.registry).labels(**self._labels)
@@ -78,9 +85,20 @@ class SimMetrics:
         self._http_requests.labels(path=path).inc()
 
     def set_load(self, running: int, waiting: int, capacity: int) -> None:
-        self.running.set(running)
-        self.waiting.set(waiting)
-        self.kv_cache_usage.set(running / capacity)
+        """The engine's real load; the gauges show it with `reported` applied."""
+        self._running, self._waiting = running, waiting
+        self._kv_cache_usage = running / capacity
+        self._publish_load()
+
+    def report(self, reported: ReportedLoad) -> None:
+        self.reported = reported
+        self._publish_load()
+
+    def _publish_load(self) -> None:
+        kv_cache = self.reported.kv_cache
+        self.running.set(self._running)
+        self.waiting.set(self._waiting + self.reported.waiting)
+        self.kv_cache_usage.set(self._kv_cache_usage if kv_cache is None else kv_cache)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,16 +1,35 @@
-"""Pools of replicas per model, and the least-outstanding-requests pick."""
+"""Pools of replicas per model, each replica's state, and the pick.
+
+A replica is picked only when it is usable: its health checks pass (or it is
+a configured one not yet checked), it has not been ejected for failing
+requests, and it is not draining (gone from discovery: its requests in flight
+finish, it gets no new ones). The pick is the usable replica with the fewest
+requests in flight from this gateway; with load-aware picking, the waiting
+queue the replica itself reports (other clients' load included) counts too,
+and its KV-cache use breaks ties.
+"""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from yarl import URL
 
 from gateway.errors import ModelNotFound, NoHealthyReplica
-from gateway.settings import ModelSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """A replica's own gauges (vLLM's `/metrics`), and when they were read."""
+
+    waiting: float
+    running: float
+    kv_cache: float | None
+    at: float
 
 
 @dataclass(eq=False)
@@ -19,9 +38,34 @@ class Replica:
 
     url: str
     authorization: str | None = field(default=None, repr=False)
+    source: str = "static"
     outstanding: int = 0
-    healthy: bool = True
+    # Health checks: None until the first one; discovered replicas wait for it.
+    healthy: bool | None = None
+    ejected: bool = False
+    draining: bool = False
+    failures: int = 0
+    check_streak: int = 0  # > 0: consecutive passes; < 0: consecutive failures
+    last_check: float | None = None
+    load: Load | None = None
+    models: frozenset[str] = frozenset()
     _urls: dict[str, URL] = field(default_factory=dict, repr=False)
+
+    @property
+    def usable(self) -> bool:
+        if self.ejected or self.draining:
+            return False
+        return self.healthy is not False if self.source == "static" else self.healthy is True
+
+    @property
+    def state(self) -> str:
+        if self.draining:
+            return "draining"
+        if self.ejected:
+            return "ejected"
+        if self.healthy is None:
+            return "unchecked" if self.source == "static" else "joining"
+        return "healthy" if self.healthy else "unhealthy"
 
     def url_for(self, path: str, query: bytes) -> URL:
         """The upstream URL for a route; parsed once per route, not per request."""
@@ -40,16 +84,59 @@ class Replica:
         finally:
             self.outstanding -= 1
 
+    def request_failed(self, eject_after: int, *, may_eject: bool = True) -> bool:
+        """A connection failure, timeout or 5xx; True when this one ejects the replica.
+
+        MAY_EJECT is False for a pool's last usable replica: ejecting it would turn
+        its errors into refusals for every request (health checks still judge it).
+        """
+        self.failures += 1
+        if self.failures >= eject_after and not self.ejected and may_eject:
+            self.ejected = True
+            return True
+        return False
+
+    def request_succeeded(self) -> None:
+        self.failures = 0
+
+    def check_passed(self, threshold: int, now: float) -> bool:
+        """True when this pass brings the replica (back) in."""
+        self.last_check = now
+        self.check_streak = max(self.check_streak, 0) + 1
+        if self.check_streak >= threshold and (self.healthy is not True or self.ejected):
+            self.healthy, self.ejected, self.failures = True, False, 0
+            return True
+        return False
+
+    def check_failed(self, threshold: int, now: float) -> bool:
+        """True when this failure takes the replica out."""
+        self.last_check = now
+        self.check_streak = min(self.check_streak, 0) - 1
+        if -self.check_streak >= threshold and self.healthy is not False:
+            self.healthy = False
+            return True
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class PickPolicy:
+    load_aware: bool = False
+    # Load readings older than this are ignored (the replica stopped answering /metrics).
+    load_max_age: float = 6.0
+    clock: Callable[[], float] = time.monotonic
+
 
 class Pool:
-    def __init__(self, model: str, replicas: Iterable[Replica]) -> None:
+    def __init__(self, model: str, replicas: Iterable[Replica], policy: PickPolicy) -> None:
         self.model = model
         self.replicas = list(replicas)
+        self.policy = policy
         # Rotates the starting point so ties between idle replicas spread out.
         self._turn = itertools.count()
 
-    def pick(self) -> Replica:
-        candidates = [replica for replica in self.replicas if replica.healthy]
+    def pick(self, exclude: Iterable[Replica] = ()) -> Replica:
+        excluded = set(exclude)
+        candidates = [r for r in self.replicas if r.usable and r not in excluded]
         if not candidates:
             raise NoHealthyReplica(
                 f"No healthy replica is serving model '{self.model}' right now.",
@@ -57,39 +144,83 @@ class Pool:
             )
         start = next(self._turn) % len(candidates)
         rotated = candidates[start:] + candidates[:start]
-        return min(rotated, key=lambda replica: replica.outstanding)
+        if not self.policy.load_aware:
+            return min(rotated, key=lambda replica: replica.outstanding)
+        now = self.policy.clock()
+        return min(rotated, key=lambda replica: self._score(replica, now))
+
+    def has_usable(self, exclude: Iterable[Replica]) -> bool:
+        excluded = set(exclude)
+        return any(r.usable and r not in excluded for r in self.replicas)
+
+    def _score(self, replica: Replica, now: float) -> float:
+        load = self.fresh_load(replica, now)
+        if load is None:
+            return replica.outstanding
+        # The queue counts whole requests; KV-cache use (0-1) only breaks ties.
+        return replica.outstanding + load.waiting + (load.kv_cache or 0.0)
+
+    def fresh_load(self, replica: Replica, now: float) -> Load | None:
+        load = replica.load
+        if load is None or now - load.at > self.policy.load_max_age:
+            return None
+        return load
+
+    def all_waiting_above(self, threshold: int) -> bool:
+        """Every usable replica reports a fresh waiting queue longer than THRESHOLD."""
+        now = self.policy.clock()
+        usable = [replica for replica in self.replicas if replica.usable]
+        loads = [self.fresh_load(replica, now) for replica in usable]
+        return bool(usable) and all(load is not None and load.waiting > threshold for load in loads)
+
+    def update(self, source: str, urls: Iterable[str], authorization: str | None) -> None:
+        """SOURCE now sees URLS: new ones join (after a health check), missing ones drain."""
+        wanted = dict.fromkeys(urls)
+        mine = {r.url: r for r in self.replicas if r.source == source}
+        for url, replica in mine.items():
+            replica.draining = url not in wanted
+        for url in wanted:
+            if url not in mine:
+                self.replicas.append(Replica(url, authorization, source=source))
+        self.remove_drained()
+
+    def remove_drained(self) -> None:
+        self.replicas = [r for r in self.replicas if not (r.draining and r.outstanding == 0)]
 
 
 class Pools:
-    """The models this gateway serves, in configuration order."""
+    """The models this gateway serves: its configured pools, in configuration order, and
+    the models its replicas report serving (such as LoRA adapters)."""
 
     def __init__(self, pools: Iterable[Pool]) -> None:
         self._pools = {pool.model: pool for pool in pools}
-
-    @classmethod
-    def from_settings(cls, models: Iterable[ModelSettings]) -> Pools:
-        return cls(
-            Pool(
-                model.name,
-                (
-                    Replica(
-                        replica.url,
-                        None
-                        if replica.api_key is None
-                        else f"Bearer {replica.api_key.get_secret_value()}",
-                    )
-                    for replica in model.replicas
-                ),
-            )
-            for model in models
-        )
+        self._views: dict[str, Pool] = {}
 
     def get(self, model: str) -> Pool:
         pool = self._pools.get(model)
-        if pool is None:
+        if pool is not None:
+            return pool
+        serving = [r for r in self.replicas() if model in r.models]
+        if not serving:
             raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
-        return pool
+        view = self._views.get(model)
+        if view is None or view.replicas != serving:
+            policy = next(iter(self._pools.values())).policy
+            view = self._views[model] = Pool(model, serving, policy)
+        return view
+
+    def configured(self) -> list[Pool]:
+        return list(self._pools.values())
+
+    def replicas(self) -> Iterator[Replica]:
+        for pool in self._pools.values():
+            yield from pool.replicas
 
     @property
     def models(self) -> list[str]:
-        return list(self._pools)
+        """Configured models first, then the others usable replicas report."""
+        names = dict.fromkeys(self._pools)
+        for replica in self.replicas():
+            if replica.usable:
+                names.update(dict.fromkeys(sorted(replica.models)))
+        return list(names)

@@ -1,0 +1,92 @@
+"""Replicas found by discovery sources (SkyPilot clusters, SkyServe services), refreshed.
+
+Every `interval` each source is asked again. A replica it no longer reports
+drains: its requests in flight finish and it gets no new ones. A new one joins
+after its first healthy check, which runs at once. A source that cannot be
+asked keeps the replicas it reported last: an outage of the SkyPilot API
+server must not empty a pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from gateway.upstreams.endpoints import DiscoveryError, EndpointSource
+from gateway.upstreams.pool import Pools, Replica
+
+logger = logging.getLogger("gateway.upstreams")
+WARN_EVERY_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Sourced:
+    """A source of one model's replicas, and the header its replicas get."""
+
+    source: EndpointSource
+    authorization: str | None
+
+
+class Discovery:
+    def __init__(
+        self,
+        pools: Pools,
+        sources: Mapping[str, Sequence[Sourced]],
+        *,
+        interval: float,
+        joined: Callable[[list[Replica]], Awaitable[None]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pools = pools
+        self._sources = sources
+        self._interval = interval
+        self._joined = joined
+        self._clock = clock
+        self._warned: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._sources:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self._interval)
+
+    async def refresh(self) -> None:
+        """Ask every source once and update the pools."""
+        for model, entries in self._sources.items():
+            pool = self._pools.get(model)
+            for entry in entries:
+                try:
+                    urls = await entry.source.endpoints()
+                except DiscoveryError as exc:
+                    self._warn(entry.source.name, exc)
+                    continue
+                known = {id(replica) for replica in pool.replicas}
+                pool.update(entry.source.name, urls, entry.authorization)
+                new = [replica for replica in pool.replicas if id(replica) not in known]
+                for replica in new:
+                    logger.info(
+                        "%s: found replica %s for %s", entry.source.name, replica.url, model
+                    )
+                if new:
+                    await self._joined(new)
+
+    def _warn(self, name: str, exc: DiscoveryError) -> None:
+        now = self._clock()
+        if now - self._warned.get(name, -WARN_EVERY_S) >= WARN_EVERY_S:
+            self._warned[name] = now
+            logger.warning("%s: cannot refresh, keeping its last replicas: %s", name, exc)
