@@ -9,6 +9,7 @@ FLUSH_INTERVAL seconds after the request ended.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any, TextIO
 
@@ -30,12 +31,19 @@ class AccessLog:
         self.enabled = settings.level in ("debug", "info")
         self._json = settings.format == "json"
         self._lines: list[str] = []
+        # Which worker process answered, when several share the port.
+        self._pid = os.getpid()
         self._flush_handle: asyncio.TimerHandle | None = None
 
     def write(self, fields: dict[str, Any]) -> None:
         now = time.time()
         if self._json:
-            head = {"ts": _timestamp(now), "level": "info", "logger": "gateway.access"}
+            head = {
+                "ts": _timestamp(now),
+                "level": "info",
+                "logger": "gateway.access",
+                "pid": self._pid,
+            }
             line = orjson.dumps(head | {"message": "request"} | fields).decode()
         else:
             pairs = " ".join(f"{key}={value}" for key, value in fields.items())

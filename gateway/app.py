@@ -12,10 +12,12 @@ from gateway.admin.audit import AuditLog
 from gateway.asgi import ASGIApp, Receive, Scope, Send, send_bytes
 from gateway.auth.service import AuthService
 from gateway.errors import error_body
+from gateway.keys.store import KeyStoreError
 from gateway.limits.setup import admissions, limiter_backend
-from gateway.metrics import CONTENT_TYPE, Metrics
+from gateway.metrics import Metrics
 from gateway.middleware.context import RequestContextMiddleware
 from gateway.middleware.errors import ErrorBoundary
+from gateway.probes import METRICS, OK, Probes
 from gateway.proxy.handler import ProxyApp, ProxyOptions
 from gateway.proxy.upstream import Timeouts, UpstreamClient
 from gateway.settings import Settings
@@ -30,16 +32,17 @@ from gateway.usage.store import UsageStore
 
 logger = logging.getLogger("gateway")
 ADMIN_PREFIX = "/admin"
-METRICS_PATH = "/metrics"
+# A well-formed key id no key has: reading it is the key store's readiness check.
+PROBE_KEY_ID = "a" * 16
 
 
-def build_stack(proxy: ASGIApp, access_log: AccessLog) -> ASGIApp:
+def build_stack(proxy: ASGIApp, access_log: AccessLog, metrics: Metrics) -> ASGIApp:
     """The request path, outermost first.
 
     The request context comes first so that every response, including the
     error boundary's, carries the request id and is logged exactly once.
     """
-    return RequestContextMiddleware(ErrorBoundary(proxy), access_log)
+    return RequestContextMiddleware(ErrorBoundary(proxy, metrics), access_log, metrics)
 
 
 class Gateway:
@@ -60,7 +63,7 @@ class Gateway:
         if settings.auth.pepper is None:
             raise ValueError("auth.pepper must be set before the app is built")
         self.auth = AuthService(settings.auth, settings.auth.pepper.get_secret_value().encode())
-        self.metrics = Metrics()
+        self.metrics = Metrics(key_label=settings.metrics.key_label)
         self.limiter = limiter_backend(settings)
         self.admissions = admissions(settings, self.limiter, self.metrics)
         # Opened in the lifespan, beside the keys.
@@ -81,7 +84,11 @@ class Gateway:
             upstreams.load.picking == "load_aware" or upstreams.load.shed_waiting_above is not None
         )
         self.monitor = ReplicaMonitor(
-            self.pools, lambda: self.upstream.session, upstreams, watch_load=watch_load
+            self.pools,
+            lambda: self.upstream.session,
+            upstreams,
+            watch_load=watch_load,
+            replica_up=self.metrics.replica_up,
         )
         self.discovery = Discovery(
             self.pools,
@@ -96,8 +103,12 @@ class Gateway:
             limits=self.admissions,
             usage=self,
             options=options,
+            metrics=self.metrics,
         )
-        self._http = build_stack(proxy, self.access_log)
+        self._http = build_stack(proxy, self.access_log, self.metrics)
+        self.probes = Probes(
+            self.metrics, self.readiness, serve_metrics=settings.metrics.listener == "main"
+        )
         # Built in the lifespan, once the key store is open; nothing at all without admins.
         self._admin: ASGIApp | None = None
         self._audit: AuditLog | None = None
@@ -109,9 +120,8 @@ class Gateway:
         if scope["type"] == "http":
             if self._admin_here and scope["path"].startswith(ADMIN_PREFIX):
                 await self.admin(scope, receive, send)
-            elif scope["path"] == METRICS_PATH and scope["method"] == "GET":
-                headers = [(b"content-type", CONTENT_TYPE)]
-                await send_bytes(send, 200, self.metrics.render(), headers)
+            elif self.probes.handles(scope):
+                await self.probes(scope, send)
             else:
                 await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
@@ -158,6 +168,9 @@ class Gateway:
         """The admin API's entry, for /admin on this app or for its own listener."""
         if scope["type"] != "http":
             return
+        if scope["path"] == METRICS and self.settings.metrics.listener == "admin":
+            await self.probes.metrics(send)
+            return
         if self._admin is None:
             body = error_body("The gateway is starting.", "server_error", None, None)
             await send_bytes(send, 503, body, [(b"retry-after", b"1")])
@@ -180,6 +193,22 @@ class Gateway:
             usage=self._usage_store,
             pools=self.pools,
         )
+
+    async def readiness(self) -> dict[str, str]:
+        """What /readyz reports: each store the gateway needs, and each model's replicas."""
+        checks: dict[str, str] = {}
+        try:
+            await self.auth.store.get(PROBE_KEY_ID)
+            checks["key_store"] = OK
+        except (KeyStoreError, RuntimeError) as exc:
+            checks["key_store"] = f"unavailable: {exc}"
+        ping = getattr(self.limiter, "ping", None)
+        if ping is not None:
+            checks["limits"] = await ping()
+        for pool in self.pools.configured():
+            usable = any(replica.usable for replica in pool.replicas)
+            checks[f"model {pool.model}"] = OK if usable else "no usable replica"
+        return checks
 
     def record(self, principal: str, tenant: str, model: str, usage: TokenUsage | None) -> None:
         """Usage of one answered request, batched into the usage store."""

@@ -1,29 +1,176 @@
-"""The gateway's Prometheus metrics: one registry per app, passed to whoever counts."""
+"""The gateway's Prometheus metrics (`gateway_*`), one set per process.
+
+With several worker processes (`workers` > 1) every worker writes its values
+to files in PROMETHEUS_MULTIPROC_DIR and `/metrics` adds them up across
+workers (prometheus_client's multiprocess mode; the directory is set by
+`vllm-gateway serve` before any worker imports prometheus_client). With one
+process the values live in memory.
+
+Per-key labels are opt-in (`metrics.key_label`): a label per API key can
+mean thousands of series.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# LLM latencies: tens of milliseconds for a first token, minutes for a long answer.
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5, 5.0, 10.0)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    """Every gateway metric, registered in one registry (a private one per app)."""
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, key_label: bool = False
+    ) -> None:
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         self.registry = registry or CollectorRegistry()
+        self.key_label = key_label
+        r = self.registry
+        request_labels = ["model", "route", "status", "tenant", *(["key_id"] if key_label else [])]
+        self.requests = Counter(
+            "gateway_requests",
+            "Requests answered, by model, route, status and tenant.",
+            request_labels,
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds",
+            "From the request's arrival to its last byte.",
+            ["model", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "From the request's arrival to the first byte of the answer sent to the client.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inter_token = Histogram(
+            "gateway_inter_token_gap_seconds",
+            "Gaps between two chunks of a streamed answer.",
+            ["model"],
+            buckets=GAP_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "gateway_prompt_tokens",
+            "Prompt tokens, as the replicas reported them.",
+            ["model", "tenant"],
+            registry=r,
+        )
+        self.completion_tokens = Counter(
+            "gateway_completion_tokens",
+            "Completion tokens, as the replicas reported them.",
+            ["model", "tenant"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "gateway_requests_in_flight",
+            "Requests being handled.",
+            ["route"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.open_streams = Gauge(
+            "gateway_open_streams",
+            "Streamed answers being sent.",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.rate_limit_refusals = Counter(
             "gateway_rate_limit_refusals",
             "Requests refused with 429, by the kind of limit and whose limit it was.",
             ["kind", "scope"],
-            registry=self.registry,
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "gateway_auth_failures",
+            "Requests refused with 401, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.upstream_requests = Counter(
+            "gateway_upstream_requests",
+            "Requests sent to replicas, by outcome (ok, error: 5xx or failed).",
+            ["model", "replica", "outcome"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors",
+            "Failed requests to replicas, by kind (connect, timeout, busy, status, stream).",
+            ["model", "replica", "kind"],
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "gateway_upstream_first_byte_seconds",
+            "From sending a request to a replica to its first byte back.",
+            ["model", "replica"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.replica_up = Gauge(
+            "gateway_replica_up",
+            "1 when the replica may be picked, 0 when it may not.",
+            ["model", "replica"],
+            multiprocess_mode="livemin",
+            registry=r,
+        )
+        self.client_disconnects = Counter(
+            "gateway_client_disconnects",
+            "Clients that left before their answer ended.",
+            ["model"],
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "gateway_overhead_seconds",
+            "Time spent in the gateway before the request went to a replica.",
+            ["route"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.chunk_overhead = Counter(
+            "gateway_chunk_overhead_seconds",
+            "Time spent in the gateway on streamed chunks (with gateway_chunks_total: per chunk).",
+            ["model"],
+            registry=r,
+        )
+        self.chunks = Counter(
+            "gateway_chunks", "Chunks of answers sent to clients.", ["model"], registry=r
         )
         self.limiter_backend_errors = Counter(
             "gateway_limiter_backend_errors",
             "Calls to the limits backend (Redis) that failed, by what the call was for "
             "and what the gateway did about it (open: admitted, closed: refused).",
             ["action", "outcome"],
-            registry=self.registry,
+            registry=r,
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        # Every worker's files, added up; this process's own registry is not read.
+        combined = CollectorRegistry()
+        MultiProcessCollector(combined)  # type: ignore[no-untyped-call]  # unannotated upstream
+        return generate_latest(combined)
+
+
+def replica_label(url: str) -> str:
+    """A replica's URL as a label: never with credentials someone put in it."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest.split("/", 1)[0]:
+        rest = rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"

@@ -9,6 +9,7 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Literal
@@ -23,12 +24,15 @@ from gateway.embedded import EmbeddedCredentials, embedded_credentials, embedded
 from gateway.logs import configure_logging
 from gateway.settings import ListenSettings, Settings, SettingsError, load_settings
 from gateway.tls import server_context
+from gateway.workers import WORKER_FDS, Supervisor, inherited_sockets
 
 logger = logging.getLogger("gateway")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML settings file (see gateway.example.yaml)")
+    # Set by the supervisor for its workers: the listening sockets they inherit.
+    parser.add_argument(WORKER_FDS, dest="worker_fds", help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +42,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"vllm-gateway: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log)
+    if settings.workers > 1 and args.worker_fds is None:
+        supervisor = Supervisor(settings, args.config)
+        print(f"{_banner(settings, None)}\n({settings.workers} worker processes)", flush=True)
+        return supervisor.run()
+    sockets = inherited_sockets(args.worker_fds) if args.worker_fds else None
     # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit
     # lets the `with` blocks below run, so the embedded simulator stops with the gateway.
     signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -50,17 +59,19 @@ def run(args: argparse.Namespace) -> int:
                 credentials = embedded_credentials(settings.auth.key_store.sqlite_path)
                 settings = _with_credentials(settings, credentials)
         app = create_app(settings)
-        servers = [_Server(uvicorn_config(settings.listen, app), _banner(settings, credentials))]
+        banner = _banner(settings, credentials) if sockets is None else ""
+        servers = [_Server(uvicorn_config(settings.listen, app), banner, sockets and sockets[:1])]
         if settings.admin.listen is not None:
             admin = uvicorn_config(settings.admin.listen, app.admin, lifespan="off")
-            servers.append(_Server(admin, f"admin API listening on {_base(settings.admin.listen)}"))
+            admin_banner = f"admin API listening on {_base(settings.admin.listen)}"
+            servers.append(_Server(admin, admin_banner, sockets and sockets[1:2]))
         uvloop.run(_serve(servers))
     return 0
 
 
 async def _serve(servers: list[_Server]) -> None:
     """Run the listeners together; when one stops (a signal, a failed start), all stop."""
-    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    tasks = [asyncio.create_task(server.serve(server.sockets)) for server in servers]
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for server in servers:
         server.should_exit = True
@@ -81,8 +92,7 @@ def uvicorn_config(
     listen: ListenSettings, app: ASGIApp, lifespan: Literal["on", "off"] = "on"
 ) -> uvicorn.Config:
     tls = listen.tls
-    context = server_context(tls) if tls.enabled else None
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app,
         host=listen.host,
         port=listen.port,
@@ -98,20 +108,31 @@ def uvicorn_config(
         log_config=None,
         ssl_certfile=tls.certfile,
         ssl_keyfile=tls.keyfile,
-        ssl_context_factory=None if context is None else lambda _config, _default: context,
     )
+    if tls.enabled:
+        # uvicorn builds a context from the files; the gateway's own (TLS 1.2 at least,
+        # client certificates when asked) replaces it. Done after `load`, which is where
+        # uvicorn builds its own, so this works on every uvicorn from 0.33 on (SkyPilot
+        # pins its dependents below 0.36).
+        config.load()
+        config.ssl = server_context(tls)
+    return config
 
 
 class _Server(uvicorn.Server):
     """Prints how to reach the gateway once it is really listening."""
 
-    def __init__(self, config: uvicorn.Config, banner: str) -> None:
+    def __init__(
+        self, config: uvicorn.Config, banner: str, sockets: Sequence[socket.socket] | None = None
+    ) -> None:
         super().__init__(config)
         self._banner = banner
+        # A worker's listening sockets, inherited from the supervisor; None: bind its own.
+        self.sockets = list(sockets) if sockets else None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if self.started:
+        if self.started and self._banner:
             print(self._banner, flush=True)
 
 

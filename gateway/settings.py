@@ -297,6 +297,14 @@ class AdminSettings(_Strict):
         return self
 
 
+class MetricsSettings(_Strict):
+    """`/metrics`: on the client listener (`main`) or only on the admin one (`admin`)."""
+
+    listener: Literal["main", "admin"] = "main"
+    # A key-id label on gateway_requests_total: one series per key, so off by default.
+    key_label: bool = False
+
+
 class LogSettings(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
@@ -314,7 +322,30 @@ class Settings(_Strict):
     auth: AuthSettings = AuthSettings()
     admin: AdminSettings = AdminSettings()
     limits: RateLimitSettings = RateLimitSettings()
+    metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
+    # Gateway processes on this host, sharing its port. More than one are replicas:
+    # their keys and limits must be in Redis.
+    workers: int = Field(default=1, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _workers_share_through_redis(self) -> Settings:
+        if self.workers == 1:
+            return self
+        if not self.models:
+            raise ValueError("workers > 1 needs models (the embedded simulator is for one process)")
+        if self.limits.backend != "redis" or self.auth.key_store.backend != "redis":
+            raise ValueError(
+                "workers > 1 needs limits.backend: redis and auth.key_store.backend: redis "
+                "(in-process limits and SQLite key caches cannot be shared between processes)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _admin_metrics_need_the_admin_listener(self) -> Settings:
+        if self.metrics.listener == "admin" and self.admin.listen is None:
+            raise ValueError("metrics.listener: admin needs admin.listen")
+        return self
 
     @model_validator(mode="after")
     def _redis_limits_need_a_url(self) -> Settings:

@@ -245,6 +245,15 @@ class RedisRateLimiter:
         with _mapped("release a request"):
             await self._finish(keys=keys, args=args)
 
+    async def ping(self) -> str:
+        """For /readyz: "ok", or why Redis does not answer."""
+        try:
+            with _mapped("reach Redis"):
+                await self._client.ping()
+        except LimiterBackendError as exc:
+            return f"unavailable: {exc}"
+        return "ok"
+
     def _start_renewing(self) -> None:
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())

@@ -13,10 +13,18 @@ from dataclasses import dataclass
 from gateway.access_log import AccessLog
 from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
 from gateway.auth.principal import Principal
+from gateway.metrics import Metrics
 from gateway.proxy.forward import Outcome
 from gateway.proxy.headers import REQUEST_ID, header_value, valid_request_id
+from gateway.proxy.routes import Route
 
 SCOPE_KEY = "vgw.context"
+# Paths as metric labels: the routes clients may use; anything else is "other".
+ROUTE_LABELS = {route.value: route.value for route in Route if route is not Route.MODEL} | {
+    "/healthz": "/healthz",
+    "/readyz": "/readyz",
+    "/metrics": "/metrics",
+}
 
 
 @dataclass(slots=True)
@@ -26,6 +34,8 @@ class RequestContext:
     status: int = 0
     route: str | None = None
     model: str | None = None
+    # The model is one the gateway serves: only then is it a metrics label.
+    known_model: bool = False
     replica: str | None = None
     client_disconnected: bool = False
     outcome: Outcome | None = None
@@ -38,9 +48,10 @@ def context_of(scope: Scope) -> RequestContext:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, access_log: AccessLog) -> None:
+    def __init__(self, app: ASGIApp, access_log: AccessLog, metrics: Metrics) -> None:
         self.app = app
         self.access_log = access_log
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,11 +73,43 @@ class RequestContextMiddleware:
                     headers.append(id_header)
             await send(message)
 
+        route = ROUTE_LABELS.get(scope["path"], "other")
+        in_flight = self.metrics.in_flight.labels(route)
+        in_flight.inc()
         try:
             await self.app(scope, receive, send_with_context)
         finally:
+            in_flight.dec()
+            record_request(self.metrics, context, time.perf_counter())
             if self.access_log.enabled:
                 self.access_log.write(_access_fields(scope, context))
+
+
+def record_request(metrics: Metrics, context: RequestContext, now: float) -> None:
+    """The request's line in every per-request metric."""
+    principal, outcome = context.principal, context.outcome
+    model = context.model if context.known_model and context.model else ""
+    route = context.route or "other"
+    tenant = principal.tenant if principal else ""
+    labels = [model, route, str(context.status), tenant]
+    if metrics.key_label:
+        labels.append(principal.id if principal else "")
+    metrics.requests.labels(*labels).inc()
+    metrics.request_duration.labels(model, route).observe(now - context.started)
+    if context.client_disconnected or (outcome and outcome.client_disconnected):
+        metrics.client_disconnects.labels(model).inc()
+    if outcome is None:
+        return
+    if outcome.first_byte_at:
+        metrics.ttft.labels(model).observe(outcome.first_byte_at - context.started)
+    if outcome.upstream_sent_at:
+        metrics.overhead.labels(route).observe(outcome.upstream_sent_at - context.started)
+    if outcome.chunks:
+        metrics.chunks.labels(model).inc(outcome.chunks)
+        metrics.chunk_overhead.labels(model).inc(outcome.chunk_seconds)
+    if outcome.usage is not None:
+        metrics.prompt_tokens.labels(model, tenant).inc(outcome.usage.prompt_tokens)
+        metrics.completion_tokens.labels(model, tenant).inc(outcome.usage.completion_tokens)
 
 
 def _access_fields(scope: Scope, context: RequestContext) -> dict[str, object]:
@@ -81,6 +124,9 @@ def _access_fields(scope: Scope, context: RequestContext) -> dict[str, object]:
         "replica": context.replica,
         "status": context.status,
         "duration_ms": round((time.perf_counter() - context.started) * 1000, 3),
+        "ttft_ms": round((outcome.first_byte_at - context.started) * 1000, 3)
+        if outcome and outcome.first_byte_at
+        else None,
         "bytes": outcome.bytes_sent if outcome else 0,
         "prompt_tokens": outcome.usage.prompt_tokens if outcome and outcome.usage else None,
         "completion_tokens": outcome.usage.completion_tokens if outcome and outcome.usage else None,

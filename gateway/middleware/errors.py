@@ -5,15 +5,18 @@ from __future__ import annotations
 import logging
 
 from gateway.asgi import ASGIApp, Receive, Scope, Send, send_bytes
+from gateway.auth.errors import AuthError
 from gateway.errors import GatewayError, error_body
+from gateway.metrics import Metrics
 from gateway.middleware.context import context_of
 
 logger = logging.getLogger("gateway.errors")
 
 
 class ErrorBoundary:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -22,6 +25,8 @@ class ErrorBoundary:
         try:
             await self.app(scope, receive, send)
         except GatewayError as exc:
+            if isinstance(exc, AuthError):
+                self.metrics.auth_failures.labels(exc.reason).inc()
             if context_of(scope).status:
                 raise
             headers = [(name.encode(), value.encode()) for name, value in exc.headers.items()]

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -25,6 +27,7 @@ from gateway.asgi import Receive, Send
 from gateway.errors import (
     GatewayError,
     ReplicaBusy,
+    ReplicaConnectTimeout,
     UpstreamTimeout,
     UpstreamUnreachable,
     stream_error_event,
@@ -54,6 +57,23 @@ class Outcome:
     client_disconnected: bool = False
     stream_error: str | None = None
     usage: TokenUsage | None = None
+    # time.perf_counter() readings: request sent upstream, its first byte back, first byte
+    # sent to the client.
+    upstream_sent_at: float = 0.0
+    upstream_first_byte_at: float = 0.0
+    first_byte_at: float = 0.0
+    # Streamed chunks sent, and the gateway's own time spent on them.
+    chunks: int = 0
+    chunk_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMeters:
+    """Per-model instruments a streamed answer updates as it goes."""
+
+    observe_gap: Callable[[float], None]
+    opened: Callable[[], None]
+    closed: Callable[[], None]
 
 
 class Interrupter:
@@ -148,6 +168,7 @@ class Exchange:
         strip_usage: bool = False,
         headers: list[tuple[bytes, bytes]] | None = None,
         refuse_busy: bool = False,
+        meters: StreamMeters | None = None,
     ) -> None:
         self._client = client
         self._timeouts = timeouts
@@ -156,6 +177,7 @@ class Exchange:
         # vLLM's 503 for its full queue becomes ReplicaBusy (another replica may take the
         # request) instead of the client's answer.
         self._refuse_busy = refuse_busy
+        self._meters = meters
         self.outcome = Outcome()
 
     async def run(self, receive: Receive, send: Send, request: UpstreamRequest) -> None:
@@ -165,12 +187,14 @@ class Exchange:
         started = False
         try:
             with map_upstream_errors(replica_name):
+                self.outcome.upstream_sent_at = time.perf_counter()
                 response = await self._client.post(
                     request.url, data=request.body, headers=request.headers
                 )
                 if response.status == HTTPStatus.UNAUTHORIZED:
                     raise _credentials_refused(replica_name)
                 first = await response.content.readany()
+                self.outcome.upstream_first_byte_at = time.perf_counter()
                 if response.status == HTTPStatus.SERVICE_UNAVAILABLE and self._refuse_busy:
                     first += await response.content.read()
                     if QUEUE_FULL in first:
@@ -209,21 +233,17 @@ class Exchange:
         self, send: Send, response: aiohttp.ClientResponse, first: bytes, interrupter: Interrupter
     ) -> None:
         outcome = self.outcome
-        content = response.content
-        stream = StreamUsage(strip=self._strip_usage) if _is_stream(response) else None
+        streamed = _is_stream(response)
+        stream = StreamUsage(strip=self._strip_usage) if streamed else None
         body = BodyUsage() if stream is None and response.status == HTTPStatus.OK else None
-        chunk = first
-        while chunk:
-            if stream is not None:
-                chunk = stream.feed(chunk)
-            elif body is not None:
-                body.feed(chunk)
-            if chunk:
-                outcome.bytes_sent += len(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            interrupter.touch()
-            chunk = await content.readany()
-        interrupter.stop()
+        meters = self._meters if streamed else None
+        if meters is not None:
+            meters.opened()
+        try:
+            await self._relay(send, response.content, first, interrupter, stream=stream, body=body)
+        finally:
+            if meters is not None:
+                meters.closed()
         last = b""
         if stream is not None:
             outcome.usage = stream.usage
@@ -232,6 +252,41 @@ class Exchange:
             outcome.usage = body.usage()
         outcome.bytes_sent += len(last)
         await send({"type": "http.response.body", "body": last, "more_body": False})
+
+    async def _relay(
+        self,
+        send: Send,
+        content: aiohttp.StreamReader,
+        chunk: bytes,
+        interrupter: Interrupter,
+        *,
+        stream: StreamUsage | None,
+        body: BodyUsage | None,
+    ) -> None:
+        """Each read from the replica to the client, as it arrives, timed."""
+        outcome = self.outcome
+        perf = time.perf_counter
+        observe_gap = self._meters.observe_gap if self._meters and stream else None
+        previous = 0.0
+        while chunk:
+            began = perf()
+            if stream is not None:
+                chunk = stream.feed(chunk)
+            elif body is not None:
+                body.feed(chunk)
+            if chunk:
+                if not outcome.first_byte_at:
+                    outcome.first_byte_at = began
+                elif observe_gap is not None:
+                    observe_gap(began - previous)
+                previous = began
+                outcome.bytes_sent += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                outcome.chunks += 1
+                outcome.chunk_seconds += perf() - began
+            interrupter.touch()
+            chunk = await content.readany()
+        interrupter.stop()
 
     async def _interrupted(
         self,
@@ -284,3 +339,18 @@ def _content_type(response: aiohttp.ClientResponse) -> bytes:
         if name.lower() == b"content-type":
             return value.lower()
     return b""
+
+
+def failure_kind(outcome: Outcome, error: GatewayError | None) -> str | None:
+    """What went wrong with one attempt at a replica, for metrics; None if nothing did."""
+    if isinstance(error, ReplicaBusy):
+        return "busy"
+    if isinstance(error, UpstreamTimeout) and not isinstance(error, ReplicaConnectTimeout):
+        return "timeout"
+    if error is not None:
+        return "connect" if getattr(error, "never_reached", False) else "reset"
+    if outcome.stream_error is not None:
+        return "stream"
+    if outcome.status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+        return "busy" if outcome.status == HTTPStatus.SERVICE_UNAVAILABLE else "status"
+    return None

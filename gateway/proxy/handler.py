@@ -16,13 +16,13 @@ from gateway.errors import (
     ModelNotFound,
     ModelOverloaded,
     PermissionDenied,
-    ReplicaBusy,
     UpstreamError,
 )
 from gateway.limits.admission import Admissions, Ticket
+from gateway.metrics import Metrics, replica_label
 from gateway.middleware.context import RequestContext, context_of
 from gateway.proxy.body import ClientGone, parse_request, read_body
-from gateway.proxy.forward import Exchange, Outcome, UpstreamRequest
+from gateway.proxy.forward import Exchange, Outcome, StreamMeters, UpstreamRequest, failure_kind
 from gateway.proxy.headers import header_value, upstream_headers
 from gateway.proxy.request_edit import EditedRequest, TokenPolicy, edit_request
 from gateway.proxy.routes import Route, match_route
@@ -68,6 +68,7 @@ class ProxyApp:
         limits: Admissions,
         usage: RecordUsage,
         options: ProxyOptions,
+        metrics: Metrics,
     ) -> None:
         self._pools = pools
         self._upstream = upstream
@@ -75,6 +76,8 @@ class ProxyApp:
         self._limits = limits
         self._usage = usage
         self._options = options
+        self._metrics = metrics
+        self._meters: dict[str, StreamMeters] = {}
         self._created = int(time.time())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -114,6 +117,7 @@ class ProxyApp:
         payload, model = parse_request(body)
         context.model = model
         pool = self._pools.get(model)
+        context.known_model = True
         if not principal.may_use(model):
             raise PermissionDenied(f"This API key may not use the model '{model}'.", param="model")
         self._shed(pool)
@@ -155,6 +159,7 @@ class ProxyApp:
                 strip_usage=edited.strip_usage,
                 headers=ticket.headers,
                 refuse_busy=not last,
+                meters=self._stream_meters(pool.model),
             )
             context.outcome, context.replica = exchange.outcome, replica.url
             with replica.lease():
@@ -163,18 +168,12 @@ class ProxyApp:
                         receive, send, self._request(scope, context, replica, edited)
                     )
                 except UpstreamError as exc:
-                    self._judge(pool, replica, failed=not isinstance(exc, ReplicaBusy))
+                    self._judge(pool, replica, exchange.outcome, exc)
                     if exc.never_reached and not last:
                         logger.info("retrying on another replica: %s", exc.message)
                         continue
                     raise
-            outcome = exchange.outcome
-            busy = outcome.status == HTTPStatus.SERVICE_UNAVAILABLE
-            self._judge(
-                pool,
-                replica,
-                failed=outcome.stream_error is not None or (outcome.status >= 500 and not busy),
-            )
+            self._judge(pool, replica, exchange.outcome, None)
             return
 
     def _request(
@@ -189,11 +188,24 @@ class ProxyApp:
             context.request_id.encode(),
         )
 
-    def _judge(self, pool: Pool, replica: Replica, *, failed: bool) -> None:
-        """Passive ejection: enough failed requests in a row take a replica out."""
-        if not failed:
+    def _judge(
+        self, pool: Pool, replica: Replica, outcome: Outcome, error: UpstreamError | None
+    ) -> None:
+        """Count the attempt, and eject a replica after enough failed requests in a row."""
+        kind = failure_kind(outcome, error)
+        label = replica_label(replica.url)
+        metrics = self._metrics
+        metrics.upstream_requests.labels(pool.model, label, "error" if kind else "ok").inc()
+        if outcome.upstream_first_byte_at:
+            latency = outcome.upstream_first_byte_at - outcome.upstream_sent_at
+            metrics.upstream_latency.labels(pool.model, label).observe(latency)
+        if kind is None or kind == "busy":
+            # A full queue is load, not a fault.
             replica.request_succeeded()
+            if kind:
+                metrics.upstream_errors.labels(pool.model, label, kind).inc()
             return
+        metrics.upstream_errors.labels(pool.model, label, kind).inc()
         others = pool.has_usable(exclude=[replica])
         if replica.request_failed(self._options.eject_after, may_eject=others):
             logger.warning(
@@ -202,6 +214,15 @@ class ProxyApp:
                 replica.url,
                 replica.failures,
             )
+
+    def _stream_meters(self, model: str) -> StreamMeters:
+        meters = self._meters.get(model)
+        if meters is None:
+            streams = self._metrics.open_streams.labels(model)
+            meters = self._meters[model] = StreamMeters(
+                self._metrics.inter_token.labels(model).observe, streams.inc, streams.dec
+            )
+        return meters
 
     def _shed(self, pool: Pool) -> None:
         threshold = self._options.shed_waiting_above

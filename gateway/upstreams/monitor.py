@@ -18,7 +18,9 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import aiohttp
 import orjson
+from prometheus_client import Gauge
 
+from gateway.metrics import replica_label
 from gateway.settings import UpstreamSettings
 from gateway.upstreams.pool import Load, Pools, Replica
 
@@ -74,12 +76,15 @@ class ReplicaMonitor:
         settings: UpstreamSettings,
         *,
         watch_load: bool,
+        replica_up: Gauge | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pools = pools
         self._session = session
         self._settings = settings
         self._watch_load = watch_load
+        self._replica_up = replica_up
+        self._published: set[tuple[str, str]] = set()
         self._clock = clock
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -108,6 +113,21 @@ class ReplicaMonitor:
     async def check_all(self, replicas: Iterable[Replica] | None = None) -> None:
         targets = list(self._pools.replicas() if replicas is None else replicas)
         await asyncio.gather(*(self.check(replica) for replica in targets))
+        self.publish()
+
+    def publish(self) -> None:
+        """`gateway_replica_up` for every replica of every pool; gone replicas are dropped."""
+        if self._replica_up is None:
+            return
+        seen: set[tuple[str, str]] = set()
+        for pool in self._pools.configured():
+            for replica in pool.replicas:
+                labels = (pool.model, replica_label(replica.url))
+                seen.add(labels)
+                self._replica_up.labels(*labels).set(1 if replica.usable else 0)
+        for labels in self._published - seen:
+            self._replica_up.remove(*labels)
+        self._published = seen
 
     async def scrape_all(self) -> None:
         await asyncio.gather(*(self.scrape(replica) for replica in self._pools.replicas()))
