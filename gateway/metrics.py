@@ -13,11 +13,13 @@ mean thousands of series.
 from __future__ import annotations
 
 import os
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
+M = TypeVar("M", Counter, Gauge, Histogram)
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -36,6 +38,7 @@ class Metrics:
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         self.registry = registry or CollectorRegistry()
         self.key_label = key_label
+        self._children: dict[tuple[int, tuple[str, ...]], object] = {}
         r = self.registry
         request_labels = ["model", "route", "status", "tenant", *(["key_id"] if key_label else [])]
         self.requests = Counter(
@@ -158,6 +161,15 @@ class Metrics:
             ["action", "outcome"],
             registry=r,
         )
+
+    def child(self, metric: M, *labels: str) -> M:
+        """METRIC's series for LABELS, looked up once: `labels()` validates on every call,
+        which costs more than the observation itself on the request path."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found  # type: ignore[return-value]
 
     def render(self) -> bytes:
         if not self.multiprocess:

@@ -94,22 +94,23 @@ def record_request(metrics: Metrics, context: RequestContext, now: float) -> Non
     labels = [model, route, str(context.status), tenant]
     if metrics.key_label:
         labels.append(principal.id if principal else "")
-    metrics.requests.labels(*labels).inc()
-    metrics.request_duration.labels(model, route).observe(now - context.started)
+    child = metrics.child
+    child(metrics.requests, *labels).inc()
+    child(metrics.request_duration, model, route).observe(now - context.started)
     if context.client_disconnected or (outcome and outcome.client_disconnected):
-        metrics.client_disconnects.labels(model).inc()
+        child(metrics.client_disconnects, model).inc()
     if outcome is None:
         return
     if outcome.first_byte_at:
-        metrics.ttft.labels(model).observe(outcome.first_byte_at - context.started)
+        child(metrics.ttft, model).observe(outcome.first_byte_at - context.started)
     if outcome.upstream_sent_at:
-        metrics.overhead.labels(route).observe(outcome.upstream_sent_at - context.started)
+        child(metrics.overhead, route).observe(outcome.upstream_sent_at - context.started)
     if outcome.chunks:
-        metrics.chunks.labels(model).inc(outcome.chunks)
-        metrics.chunk_overhead.labels(model).inc(outcome.chunk_seconds)
+        child(metrics.chunks, model).inc(outcome.chunks)
+        child(metrics.chunk_overhead, model).inc(outcome.chunk_seconds)
     if outcome.usage is not None:
-        metrics.prompt_tokens.labels(model, tenant).inc(outcome.usage.prompt_tokens)
-        metrics.completion_tokens.labels(model, tenant).inc(outcome.usage.completion_tokens)
+        child(metrics.prompt_tokens, model, tenant).inc(outcome.usage.prompt_tokens)
+        child(metrics.completion_tokens, model, tenant).inc(outcome.usage.completion_tokens)
 
 
 def _access_fields(scope: Scope, context: RequestContext) -> dict[str, object]:

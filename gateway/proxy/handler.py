@@ -195,17 +195,18 @@ class ProxyApp:
         kind = failure_kind(outcome, error)
         label = replica_label(replica.url)
         metrics = self._metrics
-        metrics.upstream_requests.labels(pool.model, label, "error" if kind else "ok").inc()
+        child = metrics.child
+        child(metrics.upstream_requests, pool.model, label, "error" if kind else "ok").inc()
         if outcome.upstream_first_byte_at:
             latency = outcome.upstream_first_byte_at - outcome.upstream_sent_at
-            metrics.upstream_latency.labels(pool.model, label).observe(latency)
+            child(metrics.upstream_latency, pool.model, label).observe(latency)
         if kind is None or kind == "busy":
             # A full queue is load, not a fault.
             replica.request_succeeded()
             if kind:
-                metrics.upstream_errors.labels(pool.model, label, kind).inc()
+                child(metrics.upstream_errors, pool.model, label, kind).inc()
             return
-        metrics.upstream_errors.labels(pool.model, label, kind).inc()
+        child(metrics.upstream_errors, pool.model, label, kind).inc()
         others = pool.has_usable(exclude=[replica])
         if replica.request_failed(self._options.eject_after, may_eject=others):
             logger.warning(
