@@ -3,9 +3,31 @@
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# tests/test_dashboard.py runs the dashboard's queries on a real Prometheus.
+prometheus_missing=false
+command -v prometheus >/dev/null 2>&1 || prometheus_missing=true
+if [ ${#need[@]} -eq 0 ] && [ "$prometheus_missing" = false ]; then
+  exit 0
+fi
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+$sudo apt-get update -q
 if [ ${#need[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+if [ "$prometheus_missing" = true ]; then
+  # The tests run /usr/bin/prometheus themselves: the package's service must not
+  # start (it would hold :9090). A policy-rc.d that answers 101 stops invoke-rc.d
+  # and deb-systemd-invoke from starting it during the install; the service is
+  # then disabled so a reboot does not start it either.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod 755 "$policy"
+    trap '$sudo rm -f "$policy"' EXIT
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends prometheus
+  if [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
 fi
