@@ -382,7 +382,8 @@ class Settings(_Strict):
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """`VGW_LISTEN__PORT=9000` becomes `{"listen": {"port": 9000}}`; values are YAML."""
+    """`VGW_LISTEN__PORT=9000` becomes `{"listen": {"port": "9000"}}`; lists and mappings
+    are YAML."""
     tree: dict[str, Any] = {}
     for key, raw in environ.items():
         if not key.startswith(ENV_PREFIX):
@@ -394,8 +395,20 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             if not isinstance(child, dict):
                 raise SettingsError(f"{key}: conflicts with another VGW_ variable")
             node = child
-        node[path[-1]] = yaml.safe_load(raw) if raw.strip() else raw
+        node[path[-1]] = _env_value(raw)
     return tree
+
+
+def _env_value(raw: str) -> Any:
+    """Lists, mappings and null are read as YAML; any other value stays the exact text
+    (the settings convert it), so a secret of digits is not read as a number."""
+    if not raw.strip():
+        return raw
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    return value if value is None or isinstance(value, (list, dict)) else raw
 
 
 def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

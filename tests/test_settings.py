@@ -56,6 +56,25 @@ def test_env_overrides_win_over_the_file(tmp_path: Path) -> None:
     assert settings.models[0].replicas[0].url == "http://10.0.0.5:8000"
 
 
+def test_env_values_that_look_like_numbers_stay_text_where_text_is_wanted() -> None:
+    env = {
+        # A pepper of digits (YAML would read 0123... as an octal number) and a port.
+        "VGW_AUTH__PEPPER": "0123456789" * 4,
+        "VGW_ADMIN__TOKENS": '["00000000000000000000000000000042"]',
+        "VGW_LISTEN__PORT": "9100",
+        "VGW_LIMITS__ON_BACKEND_ERROR": "closed",
+        "VGW_UPSTREAMS__LOAD__SHED_WAITING_ABOVE": "null",
+        "VGW_METRICS__KEY_LABEL": "true",
+    }
+    settings = load_settings(None, env)
+    assert settings.auth.pepper is not None
+    assert settings.auth.pepper.get_secret_value() == "0123456789" * 4
+    assert settings.admin.tokens[0].get_secret_value() == "00000000000000000000000000000042"
+    assert settings.listen.port == 9100
+    assert settings.upstreams.load.shed_waiting_above is None
+    assert settings.metrics.key_label is True
+
+
 @pytest.mark.parametrize(
     ("raw", "normalized"),
     [
