@@ -400,15 +400,18 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _env_value(raw: str) -> Any:
-    """Lists, mappings and null are read as YAML; any other value stays the exact text
-    (the settings convert it), so a secret of digits is not read as a number."""
-    if not raw.strip():
+    """A value in `[...]` or `{...}` is YAML (a list or a mapping), `null` or `~` is None;
+    anything else stays the exact text, which the settings convert, so a secret made of
+    digits or holding a colon is not read as something else."""
+    text = raw.strip()
+    if text in ("null", "~"):
+        return None
+    if not text.startswith(("[", "{")):
         return raw
     try:
-        value = yaml.safe_load(raw)
+        return yaml.safe_load(text)
     except yaml.YAMLError:
         return raw
-    return value if value is None or isinstance(value, (list, dict)) else raw
 
 
 def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

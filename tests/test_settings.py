@@ -65,6 +65,7 @@ def test_env_values_that_look_like_numbers_stay_text_where_text_is_wanted() -> N
         "VGW_LIMITS__ON_BACKEND_ERROR": "closed",
         "VGW_UPSTREAMS__LOAD__SHED_WAITING_ABOVE": "null",
         "VGW_METRICS__KEY_LABEL": "true",
+        "VGW_LIMITS__REDIS_URL": "redis://user:a: b@redis:6379/0",
     }
     settings = load_settings(None, env)
     assert settings.auth.pepper is not None
@@ -73,6 +74,8 @@ def test_env_values_that_look_like_numbers_stay_text_where_text_is_wanted() -> N
     assert settings.listen.port == 9100
     assert settings.upstreams.load.shed_waiting_above is None
     assert settings.metrics.key_label is True
+    assert settings.limits.redis_url is not None
+    assert settings.limits.redis_url.get_secret_value() == "redis://user:a: b@redis:6379/0"
 
 
 @pytest.mark.parametrize(
