@@ -29,6 +29,7 @@ run: $(STAMP_RUN)
 ## make test: install everything the tests need, then run them
 test: $(STAMP_DEV)
 	bash scripts/install-system-deps.sh
+	PYTHON=$(PYTHON) bash scripts/install-skypilot-venv.sh
 	$(BIN)/python -m pytest --ignore=tests/e2e --cov --cov-report=term --cov-fail-under=90 $(PYTEST_ARGS)
 
 ## make e2e: build (once, cached) real vLLM for CPU and a small model, then test against it
@@ -48,3 +49,4 @@ lint: $(STAMP_DEV)
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv-sky

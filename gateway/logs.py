@@ -40,3 +40,5 @@ def configure_logging(settings: LogSettings) -> None:
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers[:] = []
         uvicorn_logger.propagate = True
+    # SkyPilot's SDK (discovery) brings alembic, which logs its plugins at INFO on import.
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -24,6 +24,7 @@ from gateway.embedded import EmbeddedCredentials, embedded_credentials, embedded
 from gateway.logs import configure_logging
 from gateway.settings import ListenSettings, Settings, SettingsError, load_settings
 from gateway.tls import server_context
+from gateway.upstreams.endpoints import DiscoveryError
 from gateway.workers import WORKER_FDS, Supervisor, inherited_sockets
 
 logger = logging.getLogger("gateway")
@@ -58,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
             if settings.auth.pepper is None:
                 credentials = embedded_credentials(settings.auth.key_store.sqlite_path)
                 settings = _with_credentials(settings, credentials)
-        app = create_app(settings)
+        try:
+            app = create_app(settings)
+        except DiscoveryError as exc:
+            print(f"vllm-gateway: {exc}", file=sys.stderr)
+            return 2
         banner = _banner(settings, credentials) if sockets is None else ""
         servers = [_Server(uvicorn_config(settings.listen, app), banner, sockets and sockets[:1])]
         if settings.admin.listen is not None:

@@ -86,12 +86,18 @@ def run_command(
     port: int,
     log_path: Path,
     env: dict[str, str] | None = None,
+    *,
+    python: str = sys.executable,
 ) -> Iterator[Process]:
-    """Run `python -m gateway ARGS`, wait until PORT accepts connections, stop it after."""
+    """Run `PYTHON -m gateway ARGS`, wait until PORT accepts connections, stop it after.
+
+    PYTHON is this test's interpreter unless given: another venv's runs the gateway
+    as installed there.
+    """
     full_env = {**os.environ, **(env or {})}
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", *args],
+            [python, "-m", "gateway", *args],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=full_env,
@@ -165,7 +171,11 @@ def create_key(config: dict[str, object], **fields: Any) -> str:
 
 @contextmanager
 def run_gateway(
-    tmp_path: Path, config: dict[str, object], env: dict[str, str] | None = None
+    tmp_path: Path,
+    config: dict[str, object],
+    env: dict[str, str] | None = None,
+    *,
+    python: str = sys.executable,
 ) -> Iterator[Process]:
     """Run `vllm-gateway serve --config FILE`; the config must name its listen port.
 
@@ -182,7 +192,8 @@ def run_gateway(
         api_key = create_key(config)
     path = write_config(tmp_path, config)
     log_path = tmp_path / f"gateway-{port}.log"
-    with run_command(["serve", "--config", str(path)], port, log_path, env) as process:
+    args = ["serve", "--config", str(path)]
+    with run_command(args, port, log_path, env, python=python) as process:
         process.api_key = api_key
         yield process
 

@@ -6,7 +6,7 @@ when a `SkyPilotClient` is built, and that happens only when a SkyPilot source
 is configured. Every SDK call returns a request id that `sky.get` resolves
 against SkyPilot's API server: a remote one (`SKYPILOT_API_SERVER_ENDPOINT`,
 `sky api login`) or a local one the SDK starts on first use. Both block, so
-the sources run them in a worker thread.
+the sources run them in a thread of their own (`endpoints.BlockingCall`).
 
 The SDK re-raises on the client what the API server raised; mapped here to
 `DiscoveryError`, which names the cluster or service:
@@ -35,7 +35,7 @@ from gateway.upstreams.endpoints import BlockingCall, DiscoveryError, normalize_
 ServeMode = Literal["replicas", "service"]
 SERVE_MODES: tuple[ServeMode, ...] = ("replicas", "service")
 READY = "READY"
-# The first call may start a local API server: about 15 s on a 2-core machine.
+# The first call may start a local API server: 15-20 s on a 2-core machine.
 DEFAULT_TIMEOUT_S = 60.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
