@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,11 +68,18 @@ def keyed_sim(module_tmp: Path) -> Iterator[Process]:
 
 @pytest.fixture(scope="module")
 def keyed_gateway(module_tmp: Path, keyed_sim: Process) -> Iterator[Process]:
-    config = gateway_config(free_port(), {}, max_body_bytes=4096)
+    # Health checks once, at start: the replica's request counts then move only with the tests.
+    config = gateway_config(
+        free_port(), {}, max_body_bytes=4096, upstreams={"health": {"interval": 3600}}
+    )
     config["models"] = [
         {"name": MODEL, "replicas": [{"url": keyed_sim.url, "api_key": REPLICA_KEY}]}
     ]
     with run_gateway(module_tmp, config) as process:
+        deadline = time.monotonic() + 10
+        while "/v1/models" not in sim_paths_seen(keyed_sim):  # that first check is done
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         yield process
 
 
