@@ -95,9 +95,13 @@ def test_old_tls_versions_are_refused(
     with warnings.catch_warnings():
         # Offering TLS 1.1 is deprecated, which is exactly what this client must do.
         warnings.simplefilter("ignore", DeprecationWarning)
-        context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        context.minimum_version = ssl.TLSVersion.TLSv1
         context.maximum_version = ssl.TLSVersion.TLSv1_1
-    with pytest.raises(httpx.ConnectError):
+    # At OpenSSL's default security level the client would refuse TLS 1.1 by itself; at 0
+    # it offers it, and it is the gateway that ends the handshake (an alert, or under
+    # uvloop, which does not flush it, an end of file).
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with pytest.raises(httpx.ConnectError, match=r"PROTOCOL_VERSION|UNEXPECTED_EOF"):
         httpx.get(f"{https_url(https_gateway)}/v1/models", verify=context)
 
 
