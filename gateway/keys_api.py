@@ -6,13 +6,18 @@ the gateway's own error message with its HTTP status, or why it could not be rea
 
 from __future__ import annotations
 
+import argparse
 import ssl
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import pydantic
+
+from gateway.check import Output
 
 TIMEOUT_S = 30.0
 ADMIN_PREFIX = "/admin/v1"
@@ -107,3 +112,37 @@ def open_client(url: str, token: str, cacert: str | None, insecure: bool) -> htt
         verify=verify,
         timeout=httpx.Timeout(TIMEOUT_S),
     )
+
+
+URL_ENV = "VLLM_GATEWAY_URL"
+TOKEN_ENV = "VLLM_GATEWAY_ADMIN_TOKEN"  # noqa: S105 (a variable name, not a secret)
+AdminAction = Callable[[AdminApi, Output, Output], int]
+
+
+def run_admin(
+    name: str, args: argparse.Namespace, environ: Mapping[str, str], action: AdminAction
+) -> int:
+    """The edge of an admin CLI command: its URL and token (flags, else the environment),
+    one client for ACTION, and every failure as an exit code (2 usage, 1 the gateway's
+    refusal or absence, 130 Ctrl-C). The token is blanked in anything printed."""
+    url = args.url or environ.get(URL_ENV) or ""
+    token = args.admin_token or environ.get(TOKEN_ENV) or ""
+    out, err = Output(sys.stdout, token or None), Output(sys.stderr, token or None)
+    try:
+        if not url:
+            raise UsageError(f"no gateway URL: pass --url or set ${URL_ENV}")
+        if not token:
+            raise UsageError(f"no admin token: set ${TOKEN_ENV} or pass --admin-token")
+        with open_client(url, token, args.cacert, args.insecure) as client:
+            return action(AdminApi(client), out, err)
+    except UsageError as exc:
+        err.line(f"vllm-gateway {name}: error: {exc}")
+        return 2
+    except KeysCliError as exc:
+        err.line(f"error: {exc}")
+        return 1
+    except pydantic.ValidationError:
+        err.line("error: the gateway's answer does not have the admin API's shape")
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -12,19 +12,14 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
-import pydantic
-
 from gateway.admin.schemas import KEY_ID_PATTERN, KeyPage
 from gateway.check import Output
-from gateway.keys_api import AdminApi, Json, KeysCliError, UsageError, open_client
+from gateway.keys_api import TOKEN_ENV, URL_ENV, AdminApi, Json, UsageError, run_admin
 from gateway.keys_table import Printer
 
-URL_ENV = "VLLM_GATEWAY_URL"
-TOKEN_ENV = "VLLM_GATEWAY_ADMIN_TOKEN"  # noqa: S105 (a variable name, not a secret)
 PAGE_SIZE = 100
 _DURATION = re.compile(r"^(\d+)([smhdw]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -202,28 +197,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_with(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    url = args.url or environ.get(URL_ENV) or ""
-    token = args.admin_token or environ.get(TOKEN_ENV) or ""
-    out, err = Output(sys.stdout, token or None), Output(sys.stderr, token or None)
-    try:
-        if not url:
-            raise UsageError(f"no gateway URL: pass --url or set ${URL_ENV}")
-        if not token:
-            raise UsageError(f"no admin token: set ${TOKEN_ENV} or pass --admin-token")
-        with open_client(url, token, args.cacert, args.insecure) as client:
-            ACTIONS[args.action](AdminApi(client), args, Printer(out, err, args.json))
-    except UsageError as exc:
-        err.line(f"vllm-gateway keys {args.action}: error: {exc}")
-        return 2
-    except KeysCliError as exc:
-        err.line(f"error: {exc}")
-        return 1
-    except pydantic.ValidationError:
-        err.line("error: the gateway's answer does not have the admin API's shape")
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    def action(api: AdminApi, out: Output, err: Output) -> int:
+        ACTIONS[args.action](api, args, Printer(out, err, args.json))
+        return 0
+
+    return run_admin(f"keys {args.action}", args, environ, action)
 
 
 def key_changes(args: argparse.Namespace) -> Json:

@@ -10,15 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Mapping, Sequence
-
-import pydantic
 
 from gateway.admin.schemas import ModelUpstreams, ReplicaOut, UpstreamsOut
 from gateway.check import Output
-from gateway.keys_api import AdminApi, KeysCliError, UsageError, open_client
-from gateway.keys_cli import TOKEN_ENV, URL_ENV
+from gateway.keys_api import TOKEN_ENV, URL_ENV, AdminApi, run_admin
 
 DESCRIPTION = """\
 Show each model the gateway serves and its replicas: their state, the requests
@@ -45,34 +41,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_with(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    url = args.url or environ.get(URL_ENV) or ""
-    token = args.admin_token or environ.get(TOKEN_ENV) or ""
-    out, err = Output(sys.stdout, token or None), Output(sys.stderr, token or None)
-    try:
-        if not url:
-            raise UsageError(f"no gateway URL: pass --url or set ${URL_ENV}")
-        if not token:
-            raise UsageError(f"no admin token: set ${TOKEN_ENV} or pass --admin-token")
-        with open_client(url, token, args.cacert, args.insecure) as client:
-            data = AdminApi(client).call("GET", "upstreams")
+    def action(api: AdminApi, out: Output, err: Output) -> int:
+        data = api.call("GET", "upstreams")
         upstreams = UpstreamsOut.model_validate(data)
-    except UsageError as exc:
-        err.line(f"vllm-gateway upstreams: error: {exc}")
-        return 2
-    except KeysCliError as exc:
-        err.line(f"error: {exc}")
-        return 1
-    except pydantic.ValidationError:
-        err.line("error: the gateway's answer does not have the admin API's shape")
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    if args.json:
-        out.line(json.dumps(data, indent=2, ensure_ascii=False))
-    else:
-        for line in upstreams_table(upstreams.models):
-            out.line(line)
-    return report_unservable(upstreams.models, err)
+        if args.json:
+            out.line(json.dumps(data, indent=2, ensure_ascii=False))
+        else:
+            for line in upstreams_table(upstreams.models):
+                out.line(line)
+        return report_unservable(upstreams.models, err)
+
+    return run_admin("upstreams", args, environ, action)
 
 
 def report_unservable(models: Sequence[ModelUpstreams], err: Output) -> int:
