@@ -64,7 +64,7 @@ class Gateway:
             raise ValueError("auth.pepper must be set before the app is built")
         self.auth = AuthService(settings.auth, settings.auth.pepper.get_secret_value().encode())
         self.metrics = Metrics(key_label=settings.metrics.key_label)
-        self.limiter = limiter_backend(settings)
+        self.limiter = limiter_backend(settings, self.metrics)
         self.admissions = admissions(settings, self.limiter, self.metrics)
         # Opened in the lifespan, beside the keys.
         self._usage_store: UsageStore | None = None

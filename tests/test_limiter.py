@@ -234,3 +234,24 @@ async def test_redis_down_is_a_backend_error(tmp_path: Path) -> None:
     finally:
         await backend.close()
         server.stop()
+
+
+async def test_a_failed_lease_renewal_is_counted(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    failures: list[None] = []
+    backend = RedisRateLimiter.connect(
+        server.url, lease_ttl_s=3.0, on_renew_failure=lambda: failures.append(None)
+    )
+    try:
+        assert isinstance(await admit(backend, bucket("key:a", cc=1), lease="held"), Grant)
+        server.stop()  # renewals (every second here) now fail
+
+        async def counted() -> bool:
+            return bool(failures)
+
+        assert await wait_until(counted, within_s=10)
+        assert backend.renew_failures == len(failures) > 0
+    finally:
+        await backend.close()
+        server.stop()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
@@ -170,8 +170,16 @@ def _mapped(action: str) -> Iterator[None]:
 class RedisRateLimiter:
     """A `RateLimiter` shared by every gateway replica that uses the same Redis and prefix."""
 
-    def __init__(self, client: Redis, *, prefix: str = "vgw", lease_ttl_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str = "vgw",
+        lease_ttl_s: float = 30.0,
+        on_renew_failure: Callable[[], None] | None = None,
+    ) -> None:
         self._client = client
+        self._on_renew_failure = on_renew_failure
         self._prefix = prefix
         self._ttl_ms = int(lease_ttl_s * 1000)
         self._admit = client.register_script(_ADMIT)
@@ -184,7 +192,13 @@ class RedisRateLimiter:
 
     @classmethod
     def connect(
-        cls, url: str, *, prefix: str = "vgw", lease_ttl_s: float = 30.0, timeout_s: float = 0.5
+        cls,
+        url: str,
+        *,
+        prefix: str = "vgw",
+        lease_ttl_s: float = 30.0,
+        timeout_s: float = 0.5,
+        on_renew_failure: Callable[[], None] | None = None,
     ) -> RedisRateLimiter:
         """A limiter with its own client that fails fast: an admission must not wait
         on a Redis that does not answer (the caller applies fail-open or fail-closed)."""
@@ -197,7 +211,9 @@ class RedisRateLimiter:
             retry=None,
         )
         client = Redis.from_pool(pool)
-        return cls(client, prefix=prefix, lease_ttl_s=lease_ttl_s)
+        return cls(
+            client, prefix=prefix, lease_ttl_s=lease_ttl_s, on_renew_failure=on_renew_failure
+        )
 
     def _keys(self, name: str) -> tuple[str, str, str]:
         base = f"{self._prefix}:rl:{name}"
@@ -277,6 +293,8 @@ class RedisRateLimiter:
                 )
         except LimiterBackendError as exc:
             self.renew_failures += 1
+            if self._on_renew_failure is not None:
+                self._on_renew_failure()
             logger.warning("%s", exc)
 
     async def close(self) -> None:

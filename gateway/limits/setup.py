@@ -30,7 +30,7 @@ def tenant_limits(settings: Settings) -> dict[str, Limits]:
     return limits
 
 
-def limiter_backend(settings: Settings) -> RateLimiter:
+def limiter_backend(settings: Settings, metrics: Metrics) -> RateLimiter:
     if settings.limits.backend == "redis":
         from gateway.limits.redis_limiter import RedisRateLimiter  # noqa: PLC0415 (optional backend)
 
@@ -40,6 +40,8 @@ def limiter_backend(settings: Settings) -> RateLimiter:
             url,
             lease_ttl_s=settings.limits.lease_ttl,
             timeout_s=settings.limits.backend_timeout,
+            # Counted with the other backend errors; the lease is retried next interval.
+            on_renew_failure=metrics.limiter_backend_errors.labels("renew", "retried").inc,
         )
     return MemoryRateLimiter()
 
