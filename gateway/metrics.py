@@ -12,6 +12,7 @@ mean thousands of series.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import TypeVar
 
@@ -180,8 +181,10 @@ class Metrics:
         return generate_latest(combined)
 
 
+@functools.cache
 def replica_label(url: str) -> str:
-    """A replica's URL as a label: never with credentials someone put in it."""
+    """A replica's URL as a label: never with credentials someone put in it. Cached: it is
+    asked for on every forwarded request, of a handful of URLs."""
     scheme, sep, rest = url.partition("://")
     if "@" in rest.split("/", 1)[0]:
         rest = rest.split("@", 1)[1]

@@ -74,7 +74,7 @@ class RequestContextMiddleware:
             await send(message)
 
         route = ROUTE_LABELS.get(scope["path"], "other")
-        in_flight = self.metrics.in_flight.labels(route)
+        in_flight = self.metrics.child(self.metrics.in_flight, route)
         in_flight.inc()
         try:
             await self.app(scope, receive, send_with_context)
