@@ -74,6 +74,12 @@ class Gateway:
             max_body_bytes=settings.max_body_bytes,
             refuse_over_cap=settings.limits.max_tokens_policy == "refuse",
             default_reserve=settings.limits.default_completion_reserve,
+            max_batch=settings.limits.max_batch,
+            tenant_max_batch={
+                tenant: given.max_batch
+                for tenant, given in settings.limits.tenants.items()
+                if given.max_batch is not None
+            },
             retries=upstreams.retries,
             eject_after=upstreams.health.eject_after,
             shed_waiting_above=upstreams.load.shed_waiting_above,
@@ -210,10 +216,12 @@ class Gateway:
             checks[f"model {pool.model}"] = OK if usable else "no usable replica"
         return checks
 
-    def record(self, principal: str, tenant: str, model: str, usage: TokenUsage | None) -> None:
+    def record(
+        self, principal: str, tenant: str, model: str, usage: TokenUsage, *, estimated: bool
+    ) -> None:
         """Usage of one answered request, batched into the usage store."""
         if self._recorder is not None:
-            self._recorder.record(principal, tenant, model, usage)
+            self._recorder.record(principal, tenant, model, usage, estimated=estimated)
 
     def _admin_jwt_check(self) -> Callable[[str], Awaitable[str | None]] | None:
         claim = self.settings.admin.jwt_claim

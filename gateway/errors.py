@@ -4,7 +4,8 @@
     ├── RequestError            4xx: the client's request cannot be served
     │   ├── RouteNotFound           404  path not on the allowlist
     │   ├── MethodNotAllowed        405
-    │   ├── InvalidRequest          400  malformed JSON, missing model
+    │   ├── InvalidRequest          400  malformed JSON, missing model, a field of the wrong type
+    │   │   └── BatchTooLarge            more prompts x choices than the key allows
     │   ├── ModelNotFound           404  no such model here
     │   ├── PermissionDenied        403  the caller may not use this model
     │   ├── PayloadTooLarge         413
@@ -66,6 +67,10 @@ class MethodNotAllowed(RequestError):
 class InvalidRequest(RequestError):
     status = 400
     code = "invalid_request"
+
+
+class BatchTooLarge(InvalidRequest):
+    code = "batch_too_large"
 
 
 class ModelNotFound(RequestError):

@@ -29,12 +29,14 @@ LIMIT_FLAGS = {
     "tpm": "tokens_per_minute",
     "concurrency": "concurrent_requests",
     "max_tokens": "max_tokens",
+    "max_batch": "max_batch",
 }
 LIMIT_HELP = {
     "rpm": "requests per minute",
     "tpm": "tokens per minute",
     "concurrency": "concurrent requests",
     "max-tokens": "max_tokens per request",
+    "max-batch": "sequences per request (prompts x n, or embedding inputs)",
 }
 # FIELD of --model-limit MODEL:FIELD=VALUE -> field of a model's rates; max_tokens is key-wide.
 MODEL_LIMIT_FIELDS = {flag: LIMIT_FLAGS[flag] for flag in ("rpm", "tpm", "concurrency")}

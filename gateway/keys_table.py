@@ -121,6 +121,7 @@ def limits_text(limits: KeyLimits | ModelRates) -> str:
     ]
     if isinstance(limits, KeyLimits):
         parts.append(("max tokens", limits.max_tokens))
+        parts.append(("max batch", limits.max_batch))
     text = ", ".join(f"{label} {value}" for label, value in parts if value is not None)
     return text or "none"
 

@@ -81,6 +81,13 @@ class Metrics:
             ["model", "tenant"],
             registry=r,
         )
+        self.usage_estimated = Counter(
+            "gateway_usage_estimated",
+            "Answered requests whose usage never arrived (a client that left mid-stream, a "
+            "replica that reported none): charged and recorded at their token reservation.",
+            ["model"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "gateway_requests_in_flight",
             "Requests being handled.",

@@ -205,6 +205,7 @@ class LimitsSettings(_Strict):
     tokens_per_minute: int | None = Field(default=None, ge=0)
     concurrent_requests: int | None = Field(default=None, ge=0)
     max_tokens: int | None = Field(default=None, ge=1)
+    max_batch: int | None = Field(default=None, ge=1)
 
 
 class RatesSettings(_Strict):
@@ -218,6 +219,8 @@ class TenantLimitsSettings(RatesSettings):
     per-model rates on top of the tenant-wide ones."""
 
     models: dict[str, RatesSettings] = Field(default_factory=dict)
+    # Sequences one request of the tenant's keys may ask for, unless a key says otherwise.
+    max_batch: int | None = Field(default=None, ge=1)
 
 
 class RateLimitSettings(_Strict):
@@ -237,6 +240,9 @@ class RateLimitSettings(_Strict):
     max_tokens_policy: Literal["clamp", "refuse"] = "clamp"
     # Completion tokens reserved for a request that names no max_tokens under no cap.
     default_completion_reserve: int = Field(default=1024, ge=1)
+    # Sequences one request may ask for (prompts x max(n, best_of), or embedding inputs),
+    # unless the key or its tenant says otherwise; OpenAI's own bound on embedding inputs.
+    max_batch: int = Field(default=2048, ge=1)
     tenants: dict[str, TenantLimitsSettings] = Field(default_factory=dict)
 
 

@@ -26,7 +26,13 @@ PEPPER = b"a-test-pepper-of-32-bytes-length"
 TOKEN = "admin-token-for-the-usage-tests"
 NOW = datetime(2030, 1, 5, 12, tzinfo=UTC)
 DAY1, DAY2, DAY3 = date(2030, 1, 1), date(2030, 1, 2), date(2030, 1, 3)
-ZERO = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+ZERO = {
+    "requests": 0,
+    "prompt_tokens": 0,
+    "completion_tokens": 0,
+    "total_tokens": 0,
+    "estimated_requests": 0,
+}
 Json = Any
 
 
@@ -67,12 +73,13 @@ def counts(requests: int, prompt: int = 0, completion: int = 0) -> UsageCounts:
     return UsageCounts(requests, prompt, completion)
 
 
-def totals(requests: int, prompt: int, completion: int) -> Json:
+def totals(requests: int, prompt: int, completion: int, estimated: int = 0) -> Json:
     return {
         "requests": requests,
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "estimated_requests": estimated,
     }
 
 
@@ -87,7 +94,8 @@ async def fill(store: UsageStore, key_id: str, other_key: str) -> None:
             UsageKey(other_key, "globex", "llama", DAY2): counts(9, 900, 90),
         }
     )
-    await store.add({UsageKey(key_id, "acme", "llama", DAY2): counts(1)})  # no usage reported
+    # No usage reported: charged its reservation, marked estimated.
+    await store.add({UsageKey(key_id, "acme", "llama", DAY2): UsageCounts(1, 8, 16, 1)})
 
 
 def test_key_usage_per_model_and_in_total_over_days() -> None:
@@ -104,16 +112,16 @@ def test_key_usage_per_model_and_in_total_over_days() -> None:
                 "last_used_at": "2030-01-05T12:00:00Z",
                 "since": None,
                 "until": None,
-                "models": {"llama": totals(6, 400, 40), "qwen": totals(1, 5, 0)},
-                "total": totals(7, 405, 40),
+                "models": {"llama": totals(6, 408, 56, 1), "qwen": totals(1, 5, 0)},
+                "total": totals(7, 413, 56, 1),
             }
             day2 = await admin.get(f"/keys/{key_id}/usage?since=2030-01-02&until=2030-01-02")
             assert (day2["since"], day2["until"]) == ("2030-01-02", "2030-01-02")
-            assert day2["models"] == {"llama": totals(4, 300, 30)}
+            assert day2["models"] == {"llama": totals(4, 308, 46, 1)}
             later = await admin.get(f"/keys/{key_id}/usage?since=2030-01-02")
-            assert later["total"] == totals(5, 305, 30)
+            assert later["total"] == totals(5, 313, 46, 1)
             earlier = await admin.get(f"/keys/{key_id}/usage?until=2030-01-02")
-            assert earlier["models"] == {"llama": totals(6, 400, 40)}
+            assert earlier["models"] == {"llama": totals(6, 408, 56, 1)}
             for query in ("since=2030-02-01", "since=2030-01-03&until=2030-01-01"):
                 none = await admin.get(f"/keys/{key_id}/usage?{query}")
                 assert (none["models"], none["total"]) == ({}, ZERO)  # nothing, or no days
@@ -134,11 +142,11 @@ def test_tenant_usage_counts_every_key_and_jwt_subject_of_the_tenant() -> None:
                 "tenant": "acme",
                 "since": None,
                 "until": None,
-                "models": {"llama": totals(10, 440, 44), "qwen": totals(1, 5, 0)},
-                "total": totals(11, 445, 44),
+                "models": {"llama": totals(10, 448, 60, 1), "qwen": totals(1, 5, 0)},
+                "total": totals(11, 453, 60, 1),
             }
             day2 = await admin.get("/tenants/acme/usage?since=2030-01-02&until=2030-01-02")
-            assert day2["models"] == {"llama": totals(8, 340, 34)}
+            assert day2["models"] == {"llama": totals(8, 348, 50, 1)}
             globex = await admin.get("/tenants/globex/usage?until=2030-01-01")
             assert (globex["models"], globex["total"]) == ({}, ZERO)
             # A tenant no key was ever made for: nothing counted, not an error.

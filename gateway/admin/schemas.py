@@ -116,7 +116,9 @@ class KeyLimits(BaseModel):
     """Per-key limits; null (or absent) means no limit of that kind.
 
     The rates count all of the key's requests; `models` adds rates per model, counted
-    on that model's requests only. `max_tokens` applies to every request.
+    on that model's requests only. `max_tokens` applies to every request, to each of its
+    sequences; `max_batch` bounds the sequences one request may ask for (prompts x choices,
+    or embedding inputs), and without it the tenant's or the gateway's default applies.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -125,6 +127,7 @@ class KeyLimits(BaseModel):
     tokens_per_minute: Limit | None = None
     concurrent_requests: Limit | None = None
     max_tokens: Limit | None = None
+    max_batch: Limit | None = None
     models: ModelLimits = Field(default_factory=dict)
 
     def to_limits(self) -> Limits:
@@ -133,6 +136,7 @@ class KeyLimits(BaseModel):
             tokens_per_minute=self.tokens_per_minute,
             concurrent_requests=self.concurrent_requests,
             max_tokens=self.max_tokens,
+            max_batch=self.max_batch,
             models={model: rates.to_rates() for model, rates in self.models.items()},
         )
 
@@ -143,6 +147,7 @@ class KeyLimits(BaseModel):
             tokens_per_minute=limits.tokens_per_minute,
             concurrent_requests=limits.concurrent_requests,
             max_tokens=limits.max_tokens,
+            max_batch=limits.max_batch,
             models={model: ModelRates.of(rates) for model, rates in sorted(limits.models.items())},
         )
 
@@ -250,12 +255,16 @@ class KeyPage(BaseModel):
 
 class ModelUsage(BaseModel):
     """Requests and tokens. A request whose usage the replica never reported (its client
-    left mid-stream) counts as a request with no tokens."""
+    left mid-stream) counts its token reservation, and counts in `estimated_requests`."""
 
     requests: int
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    estimated_requests: int = Field(
+        description="Requests whose tokens are the gateway's reservation: the replica "
+        "reported no usage (a client that left mid-stream, say)."
+    )
 
     @classmethod
     def of(cls, counts: UsageCounts) -> ModelUsage:
@@ -264,6 +273,7 @@ class ModelUsage(BaseModel):
             prompt_tokens=counts.prompt_tokens,
             completion_tokens=counts.completion_tokens,
             total_tokens=counts.prompt_tokens + counts.completion_tokens,
+            estimated_requests=counts.estimated_requests,
         )
 
 

@@ -259,4 +259,5 @@ def _limits(claims: Mapping[str, Any], names: ClaimNames, base: Limits) -> Limit
         tokens_per_minute=pick(names.tokens_per_minute, base.tokens_per_minute),
         concurrent_requests=pick(names.concurrent_requests, base.concurrent_requests),
         max_tokens=pick(names.max_tokens, base.max_tokens),
+        max_batch=base.max_batch,
     )

@@ -35,6 +35,8 @@ class Limits:
     tokens_per_minute: int | None = None
     concurrent_requests: int | None = None
     max_tokens: int | None = None
+    # Sequences one request may ask for: prompts x max(n, best_of), or embedding inputs.
+    max_batch: int | None = None
     models: Mapping[str, Rates] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

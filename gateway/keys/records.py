@@ -264,7 +264,7 @@ def record_from_json(text: str | bytes) -> KeyRecord:
 
 
 _RATE_FIELDS = ("requests_per_minute", "tokens_per_minute", "concurrent_requests")
-_LIMIT_FIELDS = (*_RATE_FIELDS, "max_tokens")
+_LIMIT_FIELDS = (*_RATE_FIELDS, "max_tokens", "max_batch")
 
 
 def _limits_doc(limits: Limits) -> dict[str, object]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Protocol
 
@@ -22,6 +23,7 @@ from gateway.limits.admission import Admissions, Ticket
 from gateway.metrics import Metrics, replica_label
 from gateway.middleware.context import RequestContext, context_of
 from gateway.proxy.body import ClientGone, parse_request, read_body
+from gateway.proxy.contract import read_terms
 from gateway.proxy.forward import Exchange, Outcome, StreamMeters, UpstreamRequest, failure_kind
 from gateway.proxy.headers import header_value, upstream_headers
 from gateway.proxy.request_edit import EditedRequest, TokenPolicy, edit_request
@@ -39,7 +41,9 @@ class Authenticate(Protocol):
 
 
 class RecordUsage(Protocol):
-    def record(self, principal: str, tenant: str, model: str, usage: TokenUsage | None) -> None: ...
+    def record(
+        self, principal: str, tenant: str, model: str, usage: TokenUsage, *, estimated: bool
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,10 @@ class ProxyOptions:
     refuse_over_cap: bool = False
     # Completion tokens a request with no max_tokens (under no cap) reserves.
     default_reserve: int = 1024
+    # Sequences (prompts x choices, or embedding inputs) one request may ask for, unless
+    # the principal's own limits or its tenant's say otherwise.
+    max_batch: int | None = None
+    tenant_max_batch: Mapping[str, int] = field(default_factory=dict)
     # Other replicas tried for a request that provably never reached an engine.
     retries: int = 2
     # Consecutive failed requests that eject a replica until a health check passes.
@@ -120,12 +128,9 @@ class ProxyApp:
         context.known_model = True
         if not principal.may_use(model):
             raise PermissionDenied(f"This API key may not use the model '{model}'.", param="model")
+        terms = read_terms(route, payload, len(body))
         self._shed(pool)
-        options = self._options
-        policy = TokenPolicy(
-            principal.limits.max_tokens, options.refuse_over_cap, options.default_reserve
-        )
-        edited = edit_request(route, payload, body, policy)
+        edited = edit_request(route, payload, body, terms, self._policy(principal))
         ticket = await self._limits.admit(principal, model, edited.token_estimate)
         context.outcome = Outcome()
         try:
@@ -133,7 +138,17 @@ class ProxyApp:
                 scope, receive, send, context, pool=pool, edited=edited, ticket=ticket
             )
         finally:
-            await self._account(ticket, context.outcome, principal, model)
+            await self._account(ticket, context.outcome, principal, model, edited)
+
+    def _policy(self, principal: Principal) -> TokenPolicy:
+        options = self._options
+        limits = principal.limits
+        max_batch = limits.max_batch
+        if max_batch is None:
+            max_batch = options.tenant_max_batch.get(principal.tenant, options.max_batch)
+        return TokenPolicy(
+            limits.max_tokens, options.refuse_over_cap, options.default_reserve, max_batch
+        )
 
     async def _attempts(
         self,
@@ -239,21 +254,30 @@ class ProxyApp:
         raise ModelOverloaded(message, headers=headers)
 
     async def _account(
-        self, ticket: Ticket, outcome: Outcome, principal: Principal, model: str
+        self,
+        ticket: Ticket,
+        outcome: Outcome,
+        principal: Principal,
+        model: str,
+        edited: EditedRequest,
     ) -> None:
         """Settle the limits and record the usage, however the request ended.
 
-        Without a reported usage, an answer that started (a client that left
-        mid-stream) keeps its whole token reservation; one that never did costs none.
+        An answer (200) whose usage never arrived (a client that left mid-stream,
+        a replica that sent none) is charged its whole reservation, and recorded
+        as that estimate, marked estimated: never as 0. An answer that never
+        started costs nothing.
         """
         usage = outcome.usage
-        if usage is not None:
-            used: int | None = usage.total_tokens
-        else:
-            used = None if outcome.status == HTTPStatus.OK else 0
-        await self._limits.finish(ticket, used)
-        if outcome.status == HTTPStatus.OK:
-            self._usage.record(principal.id, principal.tenant, model, usage)
+        if outcome.status != HTTPStatus.OK:
+            await self._limits.finish(ticket, 0 if usage is None else usage.total_tokens)
+            return
+        estimated = usage is None
+        if usage is None:
+            usage = TokenUsage(edited.prompt_estimate, edited.completion_reserve)
+            self._metrics.child(self._metrics.usage_estimated, model).inc()
+        await self._limits.finish(ticket, None if estimated else usage.total_tokens)
+        self._usage.record(principal.id, principal.tenant, model, usage, estimated=estimated)
 
     def _card(self, model: str) -> dict[str, object]:
         return {

@@ -8,10 +8,13 @@ partial event until its blank line arrives; every other byte passes as sent.
 
 vLLM puts `system_fingerprint` on the last event before `[DONE]`: without
 `include_usage` on each event that finishes a choice, with it on the usage
-event instead. So in that mode the events from the first finishing one on are
-held until the usage event comes (right after, for one choice), and its
-fingerprint is put back where vLLM would have put it: the client gets the
-bytes it would have had without `include_usage`.
+event instead. So in that mode the finishing events are held until the usage
+event comes (right after, for one choice), and its fingerprint is put back
+where vLLM would have put it. With one choice the client gets the bytes it
+would have had without `include_usage`; with n > 1 the other choices' events
+flow on as they arrive, and each finishing event follows when the usage event
+comes, just before `[DONE]`. At most MAX_HELD bytes are held: past that, a
+finishing event passes at once, without the fingerprint.
 
 A read of whole events costs one `endswith` and one `in`: only an event that
 holds the bytes `"usage"` is parsed. A non-streamed body is parsed whole while
@@ -33,8 +36,12 @@ USAGE_KEY = b'"usage"'
 # A finishing event: its reason is a string (raw quotes inside JSON strings are escaped).
 FINISHED = b'"finish_reason":"'
 FINGERPRINT = b'"system_fingerprint"'
+# In every chunk of a choice (vLLM writes compact JSON); not in `[DONE]`, an error event
+# or the usage event.
+CHOICE = b'"choices":[{'
 # A partial event this long is not vLLM's framing: pass it on rather than hold it.
 MAX_EVENT = 1 << 20
+MAX_HELD = 256 << 10
 BODY_LIMIT = 1 << 20
 BODY_TAIL = 64 << 10
 MAX_USAGE_OBJECT = 4096
@@ -58,8 +65,9 @@ class StreamUsage:
         self._strip = strip
         self._stripped = False
         self._fingerprint: object = None
-        # Strip mode: events held from the first finishing one until the usage event.
+        # Strip mode: finishing events held until the usage event.
         self._held: list[bytes] = []
+        self._held_bytes = 0
         # The bytes after the last complete event: withheld (strip) or kept to scan (observe).
         self._partial = b""
 
@@ -67,7 +75,7 @@ class StreamUsage:
         """The bytes to send to the client now (may be b"")."""
         if not self._partial and chunk.endswith(b"\n\n"):
             # The usual read: whole events, most of them without usage.
-            if USAGE_KEY in chunk or (self._strip and (self._held or FINISHED in chunk)):
+            if USAGE_KEY in chunk or (self._strip and (FINISHED in chunk or self._held)):
                 return self._scan(chunk)
             return chunk
         data = self._partial + chunk
@@ -115,8 +123,19 @@ class StreamUsage:
             if USAGE_KEY in event and self._read(event):
                 out.extend(_stamped(held, self._fingerprint) for held in self._held)
                 self._held = []
-            elif self._held or (not self._stripped and FINISHED in event):
+            elif (
+                not self._stripped
+                and FINISHED in event
+                and self._held_bytes + len(event) <= MAX_HELD
+            ):
                 self._held.append(event)
+                self._held_bytes += len(event)
+            elif self._held and CHOICE not in event:
+                # Not another choice's chunk (`[DONE]`, an error event, ...), and no usage
+                # event came: what was held goes out as it came, before it.
+                out.extend(self._held)
+                out.append(event)
+                self._held = []
             else:
                 out.append(event)
         return out[0] if len(out) == 1 else b"".join(out)

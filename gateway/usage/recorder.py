@@ -52,8 +52,17 @@ class UsageRecorder:
         self._failures = 0
         self._warned_at: float | None = None
 
-    def record(self, principal: str, tenant: str, model: str, usage: TokenUsage | None) -> None:
-        """Count one request and its tokens (none when the replica reported no usage).
+    def record(
+        self,
+        principal: str,
+        tenant: str,
+        model: str,
+        usage: TokenUsage | None,
+        *,
+        estimated: bool = False,
+    ) -> None:
+        """Count one request and its tokens; `estimated`: the tokens are the gateway's
+        reservation, because the replica reported no usage.
 
         Called on the request path: no I/O, no await, nothing that can raise.
         """
@@ -62,6 +71,7 @@ class UsageRecorder:
         if counts is None:
             counts = self._pending[key] = UsageCounts()
         counts.requests += 1
+        counts.estimated_requests += estimated
         if usage is not None:  # a negative count from a confused replica is not taken off
             counts.prompt_tokens += max(usage.prompt_tokens, 0)
             counts.completion_tokens += max(usage.completion_tokens, 0)

@@ -31,14 +31,17 @@ class UsageKey:
 
 @dataclass(slots=True)
 class UsageCounts:
-    """Requests and tokens. Requests whose usage the replica never reported (a client
-    that left mid-stream) count as requests with no tokens."""
+    """Requests and tokens. A request whose usage the replica never reported (a client
+    that left mid-stream) counts its token reservation, and counts in
+    `estimated_requests` too: those tokens are the gateway's estimate, not the engine's."""
 
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    estimated_requests: int = 0
 
     def add(self, other: UsageCounts) -> None:
         self.requests += other.requests
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
+        self.estimated_requests += other.estimated_requests

@@ -3,14 +3,15 @@
     {prefix}:usage:principal:{principal}   hash: the principal's counts
     {prefix}:usage:tenant:{tenant}         hash: the tenant's counts, all principals summed
 
-Each hash holds three integer fields per UTC day and model:
+Each hash holds up to four integer fields per UTC day and model:
 
     {day}|{model}|requests   {day}|{model}|prompt_tokens   {day}|{model}|completion_tokens
+    {day}|{model}|estimated_requests   (only once a request's usage was estimated)
 
 `{day}` is ISO (`2025-01-31`, always ten characters) and the counter name after
 the last `|` never holds one, so a field splits back into day, model and counter
 whatever the model name holds (`|`, `:`, any Unicode). A read is one HGETALL,
-filtered by day here; a hash grows by three fields per model per active day.
+filtered by day here; a hash grows by three or four fields per model per active day.
 
 A batch is one MULTI/EXEC of HINCRBYs into both hashes of every row: Redis runs
 all of it, or none when the connection fails before EXEC. The client sends a
@@ -41,7 +42,7 @@ from gateway.usage.store import (
     totals_per_model,
 )
 
-_COUNTERS = ("requests", "prompt_tokens", "completion_tokens")
+_COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "estimated_requests")
 _DAY_LENGTH = len("2025-01-31")
 
 
@@ -64,8 +65,15 @@ class RedisUsageStore:
             async with self._client.pipeline(transaction=True) as pipe:
                 for key, counts in batch.items():
                     hashes = (self._principal_key(key.principal), self._tenant_key(key.tenant))
-                    values = (counts.requests, counts.prompt_tokens, counts.completion_tokens)
+                    values = (
+                        counts.requests,
+                        counts.prompt_tokens,
+                        counts.completion_tokens,
+                        counts.estimated_requests,
+                    )
                     for counter, value in zip(_COUNTERS, values, strict=True):
+                        if not value and counter == "estimated_requests":
+                            continue
                         field = _field(key.day, key.model, counter)
                         for name in hashes:
                             pipe.hincrby(name, field, value)

@@ -4,7 +4,8 @@ One row per principal, tenant, model and UTC day (ISO text, so it sorts as a
 date). A batch is one `BEGIN IMMEDIATE` transaction of upserts: every row is
 added or, on any error, none. The primary key serves reads by principal, an
 index reads by tenant. The table is created if missing and never touches the
-key store's `user_version`, so either may open a fresh file first.
+key store's `user_version`, so either may open a fresh file first; a table from
+before `estimated_requests` gets the column (0 for the rows it had).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ _SCHEMA = (
         requests INTEGER NOT NULL,
         prompt_tokens INTEGER NOT NULL,
         completion_tokens INTEGER NOT NULL,
+        estimated_requests INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (principal, day, model, tenant)
     ) STRICT, WITHOUT ROWID
     """,
@@ -45,22 +47,26 @@ _SCHEMA = (
 )
 _UPSERT = """
     INSERT INTO token_usage
-        (principal, day, model, tenant, requests, prompt_tokens, completion_tokens)
-    VALUES (?, ?, ?, ?, ?, ?, ?)
+        (principal, day, model, tenant, requests, prompt_tokens, completion_tokens,
+         estimated_requests)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (principal, day, model, tenant) DO UPDATE SET
         requests = requests + excluded.requests,
         prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-        completion_tokens = completion_tokens + excluded.completion_tokens
+        completion_tokens = completion_tokens + excluded.completion_tokens,
+        estimated_requests = estimated_requests + excluded.estimated_requests
 """
+_ADD_ESTIMATED = "ALTER TABLE token_usage ADD COLUMN estimated_requests INTEGER NOT NULL DEFAULT 0"
 # Two fixed queries, so nothing but values is ever formatted into SQL.
 _TOTALS = {
     column: f"""
-    SELECT model, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens)
+    SELECT model, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens),
+        SUM(estimated_requests)
     FROM token_usage WHERE {column} = ? AND day BETWEEN ? AND ? GROUP BY model
     """  # noqa: S608
     for column in ("principal", "tenant")
 }
-_Row = tuple[str, str, str, str, int, int, int]
+_Row = tuple[str, str, str, str, int, int, int, int]
 
 
 class SqliteUsageStore:
@@ -109,7 +115,7 @@ class SqliteUsageStore:
         first, last = day_bounds(since, until)
         values = (value, first.isoformat(), last.isoformat())
 
-        def select(db: sqlite3.Connection) -> list[tuple[str, int, int, int]]:
+        def select(db: sqlite3.Connection) -> list[tuple[str, int, int, int, int]]:
             return db.execute(_TOTALS[column], values).fetchall()
 
         rows = await self._run(f"read usage by {column} from", select)
@@ -130,12 +136,16 @@ def _create_table(db: sqlite3.Connection, read_only: bool) -> None:
     if not read_only:  # a read-only connection reads what exists
         for statement in _SCHEMA:
             db.execute(statement)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(token_usage)")}
+        if "estimated_requests" not in columns:
+            db.execute(_ADD_ESTIMATED)
 
 
 def _row(key: UsageKey, counts: UsageCounts) -> _Row:
     return (
         key.principal, key.day.isoformat(), key.model, key.tenant,
         counts.requests, counts.prompt_tokens, counts.completion_tokens,
+        counts.estimated_requests,
     )  # fmt: skip
 
 
