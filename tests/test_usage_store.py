@@ -427,3 +427,40 @@ def test_open_usage_store_follows_the_key_store_settings(
         await redis_store.close()
 
     asyncio.run(main())
+
+
+def test_estimated_requests_are_kept_apart_and_summed(backend: Backend) -> None:
+    async def scenario(store: UsageStore) -> None:
+        await store.add({key("k1", "llama"): UsageCounts(2, 10, 20, 1)})
+        await store.add({key("k1", "llama"): UsageCounts(1, 5, 5, 0)})
+        await store.add({key("k1", "qwen"): UsageCounts(1, 3, 100, 1)})
+        got = await store.by_principal("k1")
+        assert got["llama"] == UsageCounts(3, 15, 25, 1)
+        assert got["qwen"] == UsageCounts(1, 3, 100, 1)
+        assert (await store.by_tenant("acme"))["qwen"].estimated_requests == 1
+
+    backend.run(scenario)
+
+
+def test_a_usage_table_from_before_estimates_gets_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE token_usage (principal TEXT NOT NULL, day TEXT NOT NULL, "
+            "model TEXT NOT NULL, tenant TEXT NOT NULL, requests INTEGER NOT NULL, "
+            "prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, "
+            "PRIMARY KEY (principal, day, model, tenant)) STRICT, WITHOUT ROWID"
+        )
+        db.execute("INSERT INTO token_usage VALUES ('k1', ?, 'm', 'acme', 4, 40, 4)", [str(DAY)])
+    db.close()
+
+    async def main() -> None:
+        store = await SqliteUsageStore.open(path)
+        try:
+            assert (await store.by_principal("k1"))["m"] == UsageCounts(4, 40, 4, 0)
+            await store.add({key("k1", "m"): UsageCounts(1, 2, 3, 1)})
+            assert (await store.by_principal("k1"))["m"] == UsageCounts(5, 42, 7, 1)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
