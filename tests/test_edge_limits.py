@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 
 from tests.servers import Process, free_port, gateway_config, run_gateway
 
@@ -294,3 +296,23 @@ def _served_once_a_slot_frees(gateway: Process, request: bytes) -> bool:
                 return True
         time.sleep(0.1)
     return False
+
+
+def test_limits_hold_over_https(tmp_path: Path, sim: Process) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "server.pem", tmp_path / "server.key"
+    cert.private_key_and_cert_chain_pem.write_to_path(certfile)
+    cert.private_key_pem.write_to_path(keyfile)
+    config = gateway_config(free_port(), {MODEL: [sim.url]})
+    listen = config["listen"]
+    assert isinstance(listen, dict)
+    listen["tls"] = {"certfile": str(certfile), "keyfile": str(keyfile)}
+    with run_gateway(tmp_path, config) as gateway:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        base = f"https://127.0.0.1:{gateway.port}/v1/models"
+        with httpx.Client(verify=context, headers=gateway.auth) as client:
+            assert client.get(base).status_code == 200
+            assert client.get(base, headers={"X-Big": "b" * 100_000}).status_code == 431
+            assert client.get(f"{base}?q={'u' * 20_000}").status_code == 414
