@@ -203,7 +203,7 @@ class EdgeProtocol(HttpToolsProtocol):
         transport = self.transport
         if transport.is_closing():
             return
-        client = "%s:%d" % self.client if self.client else "unknown client"  # noqa: UP031
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown client"
         logger.info("refused %s with %d: %s", client, error.status, error.message)
         if self.cycle is not None and not self.cycle.response_complete:
             transport.close()
