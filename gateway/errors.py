@@ -8,8 +8,12 @@
     │   │   └── BatchTooLarge            more prompts x choices than the key allows
     │   ├── ModelNotFound           404  no such model here
     │   ├── PermissionDenied        403  the caller may not use this model
+    │   ├── RequestTimeout          408  the request's head or body came too slowly
     │   ├── PayloadTooLarge         413
-    │   └── ModelBusy               429  every replica's queue is full (shedding)
+    │   ├── URITooLong              414  request line over the edge limit
+    │   ├── ModelBusy               429  every replica's queue is full (shedding)
+    │   └── HeadersTooLarge         431  header section over the edge limit
+    ├── TooManyConnections      503  this listener holds its maximum of connections
     └── UpstreamError           5xx: no usable answer from a replica
         ├── UpstreamUnreachable     502  connect error, reset, bad credentials
         │   └── ReplicaConnectFailed     the connection never opened *
@@ -86,6 +90,27 @@ class PermissionDenied(RequestError):
 class PayloadTooLarge(RequestError):
     status = 413
     code = "request_too_large"
+
+
+class RequestTimeout(RequestError):
+    status = 408
+    code = "request_timeout"
+
+
+class URITooLong(RequestError):
+    status = 414
+    code = "url_too_long"
+
+
+class HeadersTooLarge(RequestError):
+    status = 431
+    code = "headers_too_large"
+
+
+class TooManyConnections(GatewayError):
+    status = 503
+    error_type = "overloaded"
+    code = "too_many_connections"
 
 
 class ModelBusy(RequestError):

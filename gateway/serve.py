@@ -20,9 +20,10 @@ from pydantic import SecretStr
 
 from gateway.app import create_app
 from gateway.asgi import ASGIApp
+from gateway.edge import EdgeConfig
 from gateway.embedded import EmbeddedCredentials, embedded_credentials, embedded_simulator
 from gateway.logs import configure_logging
-from gateway.settings import ListenSettings, Settings, SettingsError, load_settings
+from gateway.settings import EdgeSettings, ListenSettings, Settings, SettingsError, load_settings
 from gateway.tls import server_context
 from gateway.upstreams.endpoints import DiscoveryError
 from gateway.workers import WORKER_FDS, Supervisor, inherited_sockets
@@ -65,9 +66,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"vllm-gateway: {exc}", file=sys.stderr)
             return 2
         banner = _banner(settings, credentials) if sockets is None else ""
-        servers = [_Server(uvicorn_config(settings.listen, app), banner, sockets and sockets[:1])]
+        main = uvicorn_config(settings.listen, settings.edge, app)
+        servers = [_Server(main, banner, sockets and sockets[:1])]
         if settings.admin.listen is not None:
-            admin = uvicorn_config(settings.admin.listen, app.admin, lifespan="off")
+            admin = uvicorn_config(settings.admin.listen, settings.edge, app.admin, lifespan="off")
             admin_banner = f"admin API listening on {_base(settings.admin.listen)}"
             servers.append(_Server(admin, admin_banner, sockets and sockets[1:2]))
         uvloop.run(_serve(servers))
@@ -94,15 +96,19 @@ def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
 
 
 def uvicorn_config(
-    listen: ListenSettings, app: ASGIApp, lifespan: Literal["on", "off"] = "on"
+    listen: ListenSettings,
+    edge: EdgeSettings,
+    app: ASGIApp,
+    lifespan: Literal["on", "off"] = "on",
 ) -> uvicorn.Config:
     tls = listen.tls
-    config = uvicorn.Config(
+    # httptools under the gateway's own limits on request heads and connections.
+    config = EdgeConfig(
         app,
+        edge=edge,
         host=listen.host,
         port=listen.port,
         loop="uvloop",
-        http="httptools",
         ws="none",
         interface="asgi3",
         lifespan=lifespan,

@@ -104,6 +104,25 @@ class ListenSettings(_Strict):
     tls: TLSSettings = TLSSettings()
 
 
+class EdgeSettings(_Strict):
+    """HTTP limits on every listener (client and admin), enforced before any routing.
+
+    A request line over `max_url_bytes` is answered 414, a header section over
+    `max_header_bytes` or `max_headers` 431; a head not complete `header_timeout`
+    seconds after the connection opened (or, on a kept-alive one, after its first
+    byte) 408, a body not complete `body_timeout` seconds after it began 408.
+    `max_connections` is per listener in each process; one more is answered 503.
+    """
+
+    max_url_bytes: int = Field(default=8 * 1024, ge=256, le=1024 * 1024)
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024)
+    max_headers: int = Field(default=100, ge=8, le=10_000)
+    header_timeout: float = Field(default=10.0, gt=0, le=600)
+    body_timeout: float = Field(default=60.0, gt=0, le=3600)
+    keep_alive_timeout: int = Field(default=20, ge=1, le=3600)
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+
+
 class TimeoutSettings(_Strict):
     """Seconds. `first_byte` covers a whole non-streamed generation, so it is long."""
 
@@ -318,6 +337,7 @@ class LogSettings(_Strict):
 
 class Settings(_Strict):
     listen: ListenSettings = ListenSettings()
+    edge: EdgeSettings = EdgeSettings()
     timeouts: TimeoutSettings = TimeoutSettings()
     upstream_tls: UpstreamTLSSettings = UpstreamTLSSettings()
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
