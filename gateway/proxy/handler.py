@@ -15,7 +15,6 @@ from gateway.errors import (
     ModelBusy,
     ModelNotFound,
     ModelOverloaded,
-    PermissionDenied,
     UpstreamError,
 )
 from gateway.limits.admission import Admissions, Ticket
@@ -119,7 +118,8 @@ class ProxyApp:
         pool = self._pools.get(model)
         context.known_model = True
         if not principal.may_use(model):
-            raise PermissionDenied(f"This API key may not use the model '{model}'.", param="model")
+            # Exactly a missing model's 404: a 403 would tell which models exist.
+            raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
         self._shed(pool)
         options = self._options
         policy = TokenPolicy(
@@ -212,7 +212,7 @@ class ProxyApp:
             logger.warning(
                 "replica %s ejected after %d failed requests in a row; health checks "
                 "will let it back",
-                replica.url,
+                label,
                 replica.failures,
             )
 
