@@ -10,7 +10,6 @@ from typing import Any
 
 from gateway.settings import LogSettings
 
-
 # Control characters as escapes, so that no value (a path, a model name) can start a
 # line of its own in a text log.
 CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127)} | {
@@ -31,7 +30,7 @@ def text_field(value: object) -> str:
 class TextFormatter(logging.Formatter):
     """Plain lines, each record on one line whatever its arguments hold."""
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+    def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = record.message.translate(CONTROL_ESCAPES)
         return super().formatMessage(record)
 
