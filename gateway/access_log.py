@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from gateway.logs import text_field
 from gateway.settings import LogSettings
 
 FLUSH_INTERVAL = 0.2
@@ -46,7 +47,7 @@ class AccessLog:
             }
             line = orjson.dumps(head | {"message": "request"} | fields).decode()
         else:
-            pairs = " ".join(f"{key}={value}" for key, value in fields.items())
+            pairs = " ".join(f"{key}={text_field(value)}" for key, value in fields.items())
             line = f"{_timestamp(now)} INFO gateway.access: request {pairs}"
         self._lines.append(line)
         if len(self._lines) >= MAX_BUFFERED:

@@ -17,7 +17,7 @@ from gateway.limits.setup import admissions, limiter_backend
 from gateway.metrics import Metrics
 from gateway.middleware.context import RequestContextMiddleware
 from gateway.middleware.errors import ErrorBoundary
-from gateway.probes import METRICS, OK, Probes
+from gateway.probes import METRICS, OK, UNAVAILABLE, Probes, Trust
 from gateway.proxy.handler import ProxyApp, ProxyOptions
 from gateway.proxy.upstream import Timeouts, UpstreamClient
 from gateway.settings import Settings
@@ -54,6 +54,7 @@ class Gateway:
             connect=settings.timeouts.connect,
             first_byte=settings.timeouts.first_byte,
             idle=settings.timeouts.idle,
+            client_write=settings.timeouts.client_write,
         )
         self.upstream = UpstreamClient(
             timeouts, upstream_context(settings.upstream_tls), settings.upstream_max_connections
@@ -113,8 +114,13 @@ class Gateway:
             metrics=self.metrics,
         )
         self._http = build_stack(proxy, self.access_log, self.metrics)
+        token = settings.metrics.token
+        trust = Trust(
+            token.get_secret_value() if token else None,
+            loopback=settings.metrics.trust_loopback,
+        )
         self.probes = Probes(
-            self.metrics, self.readiness, serve_metrics=settings.metrics.listener == "main"
+            self.metrics, self.readiness, trust, serve_metrics=settings.metrics.listener == "main"
         )
         # Built in the lifespan, once the key store is open; nothing at all without admins.
         self._admin: ASGIApp | None = None
@@ -202,19 +208,26 @@ class Gateway:
         )
 
     async def readiness(self) -> dict[str, str]:
-        """What /readyz reports: each store the gateway needs, and each model's replicas."""
+        """What /readyz reports: each store the gateway needs, and each model's replicas.
+
+        States only ("ok", "unavailable"); why a check fails goes to the log, which
+        may name hosts the callers of /readyz must not learn."""
         checks: dict[str, str] = {}
         try:
             await self.auth.store.get(PROBE_KEY_ID)
             checks["key_store"] = OK
         except (KeyStoreError, RuntimeError) as exc:
-            checks["key_store"] = f"unavailable: {exc}"
+            logger.warning("readiness: the key store is unavailable: %s", exc)
+            checks["key_store"] = UNAVAILABLE
         ping = getattr(self.limiter, "ping", None)
         if ping is not None:
-            checks["limits"] = await ping()
+            state = await ping()
+            if state != OK:
+                logger.warning("readiness: the limits backend is %s", state)
+            checks["limits"] = OK if state == OK else UNAVAILABLE
         for pool in self.pools.configured():
             usable = any(replica.usable for replica in pool.replicas)
-            checks[f"model {pool.model}"] = OK if usable else "no usable replica"
+            checks[f"model {pool.model}"] = OK if usable else UNAVAILABLE
         return checks
 
     def record(

@@ -10,6 +10,30 @@ from typing import Any
 
 from gateway.settings import LogSettings
 
+# Control characters as escapes, so that no value (a path, a model name) can start a
+# line of its own in a text log.
+CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127)} | {
+    10: "\\n",
+    13: "\\r",
+    9: "\\t",
+}
+
+
+def text_field(value: object) -> str:
+    """VALUE for a `key=value` text line: quoted and escaped unless it is one plain word."""
+    text = str(value)
+    if text.isprintable() and " " not in text and '"' not in text and text:
+        return text
+    return json.dumps(text)
+
+
+class TextFormatter(logging.Formatter):
+    """Plain lines, each record on one line whatever its arguments hold."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.translate(CONTROL_ESCAPES)
+        return super().formatMessage(record)
+
 
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -30,7 +54,7 @@ def configure_logging(settings: LogSettings) -> None:
     handler.setFormatter(
         JSONFormatter()
         if settings.format == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

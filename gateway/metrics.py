@@ -146,6 +146,12 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.client_stalls = Counter(
+            "gateway_client_stalls",
+            "Requests ended because the client stopped reading (timeouts.client_write).",
+            ["model"],
+            registry=r,
+        )
         self.overhead = Histogram(
             "gateway_overhead_seconds",
             "Time spent in the gateway before the request went to a replica.",

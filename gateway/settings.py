@@ -129,6 +129,9 @@ class TimeoutSettings(_Strict):
     connect: float = Field(default=5.0, gt=0)
     first_byte: float = Field(default=300.0, gt=0)
     idle: float = Field(default=120.0, gt=0)
+    # A client that stops reading: how long one write to it may wait before the
+    # gateway ends the request (never blamed on the replica).
+    client_write: float = Field(default=30.0, gt=0)
 
 
 class UpstreamTLSSettings(_Strict):
@@ -323,9 +326,17 @@ class AdminSettings(_Strict):
 
 
 class MetricsSettings(_Strict):
-    """`/metrics`: on the client listener (`main`) or only on the admin one (`admin`)."""
+    """`/metrics`: on the client listener (`main`) or only on the admin one (`admin`).
+
+    On the client listener it (and /readyz's per-model checks) is served to
+    loopback peers and to `Bearer <token>` only; anyone else gets the 404 of an
+    unknown route.
+    """
 
     listener: Literal["main", "admin"] = "main"
+    token: Secret = None
+    # Off when a proxy on this host forwards outside clients: they would be loopback peers.
+    trust_loopback: bool = True
     # A key-id label on gateway_requests_total: one series per key, so off by default.
     key_label: bool = False
 

@@ -46,7 +46,9 @@ def test_json_access_log(tmp_path: Path, sim: Process) -> None:
     assert streamed.status_code == 200
     assert missing.status_code == 404
     first, second = (json.loads(line) for line in lines[:2])
-    assert first["request_id"] == "log-check-1"
+    # The client's id is logged beside the gateway's own, which the replica got.
+    assert first["client_request_id"] == "log-check-1"
+    assert len(first["request_id"]) == 32 and first["request_id"] != "log-check-1"
     assert first["status"] == 200
     assert first["model"] == "sim-model"
     assert first["replica"] == sim.url
@@ -76,7 +78,8 @@ def test_text_access_log_and_level(tmp_path: Path, sim: Process, level: str) -> 
     log = gateway.log()  # read after the gateway stopped and flushed everything
     if level == "info":
         assert len(lines) == 1
-        assert "INFO gateway.access: request request_id=text-log" in lines[0]
+        assert "INFO gateway.access: request request_id=" in lines[0]
+        assert " client_request_id=text-log " in lines[0]
         assert "status=200" in lines[0]
     else:
         assert access_lines(log) == []

@@ -174,7 +174,12 @@ def test_the_gateway_gets_valid_settings_from_the_stack(tmp_path: Path) -> None:
     assert flag(services["vllm-sim"]["command"], "--api-key") == SECRETS["VLLM_API_KEY"]
     assert (settings.auth.key_store.backend, settings.limits.backend) == ("redis", "redis")
     assert settings.limits_redis_url == "redis://redis:6379/0"
-    assert (settings.listen.host, settings.metrics.listener) == ("0.0.0.0", "main")
+    assert (settings.listen.host, settings.metrics.listener) == ("0.0.0.0", "admin")
+    # The admin listener (with /metrics) stays on the stack's network.
+    assert settings.admin.listen is not None
+    admin_port = settings.admin.listen.port
+    assert gateway["environment"]["VLLM_GATEWAY_URL"] == f"http://127.0.0.1:{admin_port}"
+    assert all(port["target"] != admin_port for port in gateway["ports"])
     assert gateway["ports"][0]["target"] == settings.listen.port == exposed_port()
     # The file holds no secret: they all come from the environment.
     assert not SECRET_NAME.search(re.sub(r"(?m)#.*$", "", STACK_SETTINGS.read_text()))
@@ -193,7 +198,9 @@ def test_every_mount_and_scrape_target_exists(tmp_path: Path) -> None:
                 assert source in config["volumes"], f"{name}: {source}"
         if "build" in service:
             assert (Path(service["build"]["context"]) / "Dockerfile").is_file()
-    listens = {"gateway": exposed_port(), "vllm": 8000, "prometheus": 9090}
+    stack = yaml.safe_load(STACK_SETTINGS.read_text())
+    assert stack["metrics"]["listener"] == "admin"
+    listens = {"gateway": stack["admin"]["listen"]["port"], "vllm": 8000, "prometheus": 9090}
     prometheus = services["prometheus"]
     scrape = yaml.safe_load(host_path(prometheus, "/etc/prometheus/prometheus.yml").read_text())
     targets = {
@@ -202,7 +209,7 @@ def test_every_mount_and_scrape_target_exists(tmp_path: Path) -> None:
         for static in job["static_configs"]
         for target in static["targets"]
     }
-    assert targets == {"gateway:8080", "vllm:8000"}
+    assert targets == {f"gateway:{listens['gateway']}", "vllm:8000"}
     for target in targets:
         host, port = target.split(":")
         assert listens[host] == int(port), target
@@ -377,7 +384,7 @@ def rehearsal(module_tmp: Path) -> Iterator[Rehearsal]:
     services = resolved(module_tmp, "sim")["services"]
     redis = RedisServer(module_tmp)
     redis.start()
-    sim_port, port = free_port(), free_port()
+    sim_port, port, admin_port = free_port(), free_port(), free_port()
     sim_command = on_loopback(services["vllm-sim"]["command"], sim_port)
     gateway = services["gateway"]
     command = list(gateway["command"])
@@ -389,7 +396,9 @@ def rehearsal(module_tmp: Path) -> Iterator[Rehearsal]:
         "VGW_AUTH__KEY_STORE__REDIS_URL": redis.url,
         "VGW_LISTEN__HOST": "127.0.0.1",
         "VGW_LISTEN__PORT": str(port),
-        "VLLM_GATEWAY_URL": url,
+        "VGW_ADMIN__LISTEN__HOST": "127.0.0.1",
+        "VGW_ADMIN__LISTEN__PORT": str(admin_port),
+        "VLLM_GATEWAY_URL": f"http://127.0.0.1:{admin_port}",
         "HEALTHCHECK_URL": f"{url}/healthz",
     }
     try:

@@ -66,9 +66,10 @@ def test_a_key_limited_to_one_model(two_model_gateway: tuple[Process, str]) -> N
         assert [model.id for model in client.models.list()] == ["open"]
         answer = client.completions.create(model="open", prompt="hi", max_tokens=2)
         assert answer.usage is not None
-        with pytest.raises(openai.PermissionDeniedError) as denied:
+        # A model the key may not use is as missing as one that does not exist.
+        with pytest.raises(openai.NotFoundError) as denied:
             client.completions.create(model="secret", prompt="hi", max_tokens=2)
-        assert denied.value.status_code == 403
+        assert denied.value.status_code == 404
         with pytest.raises(openai.NotFoundError):
             client.models.retrieve("secret")
 

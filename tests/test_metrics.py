@@ -60,7 +60,7 @@ def test_probes(gateway: Process, dead_url: str) -> None:
     assert checks == {
         "key_store": "ok",
         f"model {MODEL}": "ok",
-        "model down-model": "no usable replica",
+        "model down-model": "unavailable",
     }
 
 

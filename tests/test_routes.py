@@ -146,15 +146,17 @@ def test_client_credential_is_replaced_by_the_replica_key(keyed_gateway: Process
     assert REPLICA_KEY not in response.text
 
 
-def test_request_id_is_kept_sent_upstream_and_returned(keyed_gateway: Process) -> None:
+def test_request_id_is_returned_but_never_sent_upstream(keyed_gateway: Process) -> None:
     response = httpx.post(
         f"{keyed_gateway.url}/v1/chat/completions",
         json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
         headers={"X-Request-Id": "trace-abc-123", **keyed_gateway.auth},
     )
     assert response.headers["x-request-id"] == "trace-abc-123"
-    # vLLM (and the simulator) build the completion id from the request id they received.
-    assert response.json()["id"] == "chatcmpl-trace-abc-123"
+    # vLLM (and the simulator) build the completion id from the request id they received:
+    # the gateway's own, never one a client chose.
+    completion_id = response.json()["id"]
+    assert completion_id.startswith("chatcmpl-") and "trace-abc-123" not in completion_id
 
 
 def test_unusable_request_id_is_replaced(keyed_gateway: Process) -> None:
@@ -217,6 +219,9 @@ def test_replica_refusing_the_gateway_key_is_a_502(module_tmp: Path, keyed_sim: 
         log = gateway.log()
     assert response.status_code == 502
     error = response.json()["error"]
-    assert "refused the gateway's credentials" in error["message"]
+    # The client learns it is the gateway's problem; the operator's log says which replica.
+    assert "The gateway could not use a server for this model" in error["message"]
+    assert keyed_sim.url not in response.text
+    assert f"replica {keyed_sim.url} refused the gateway's API key" in log
     assert "not-the-replica-key" not in response.text
     assert "not-the-replica-key" not in log

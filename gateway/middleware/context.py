@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from gateway.access_log import AccessLog
 from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
 from gateway.auth.principal import Principal
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, replica_label
 from gateway.proxy.forward import Outcome
 from gateway.proxy.headers import REQUEST_ID, header_value, valid_request_id
 from gateway.proxy.routes import Route
@@ -29,8 +29,11 @@ ROUTE_LABELS = {route.value: route.value for route in Route if route is not Rout
 
 @dataclass(slots=True)
 class RequestContext:
+    # Minted by the gateway for every request: the id the replica and the log see.
     request_id: str
     started: float
+    # The client's own X-Request-Id, if it sent a valid one: echoed back and logged.
+    client_request_id: str | None = None
     status: int = 0
     route: str | None = None
     model: str | None = None
@@ -58,12 +61,13 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         given = header_value(scope["headers"], REQUEST_ID)
-        request_id = (
-            given.decode("ascii") if given and valid_request_id(given) else os.urandom(16).hex()
-        )
+        echoed = given if given and valid_request_id(given) else None
+        request_id = os.urandom(16).hex()
         context = RequestContext(request_id, time.perf_counter())
+        if echoed is not None:
+            context.client_request_id = echoed.decode("ascii")
         scope[SCOPE_KEY] = context
-        id_header = (REQUEST_ID, request_id.encode())
+        id_header = (REQUEST_ID, echoed or request_id.encode())
 
         async def send_with_context(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -101,6 +105,8 @@ def record_request(metrics: Metrics, context: RequestContext, now: float) -> Non
         child(metrics.client_disconnects, model).inc()
     if outcome is None:
         return
+    if outcome.client_stalled:
+        child(metrics.client_stalls, model).inc()
     if outcome.first_byte_at:
         child(metrics.ttft, model).observe(outcome.first_byte_at - context.started)
     if outcome.upstream_sent_at:
@@ -117,12 +123,13 @@ def _access_fields(scope: Scope, context: RequestContext) -> dict[str, object]:
     outcome = context.outcome
     return {
         "request_id": context.request_id,
+        "client_request_id": context.client_request_id,
         "method": scope["method"],
         "principal": context.principal.id if context.principal else None,
         "tenant": context.principal.tenant if context.principal else None,
         "path": scope["path"],
         "model": context.model,
-        "replica": context.replica,
+        "replica": replica_label(context.replica) if context.replica else None,
         "status": context.status,
         "duration_ms": round((time.perf_counter() - context.started) * 1000, 3),
         "ttft_ms": round((outcome.first_byte_at - context.started) * 1000, 3)
@@ -133,5 +140,6 @@ def _access_fields(scope: Scope, context: RequestContext) -> dict[str, object]:
         "completion_tokens": outcome.usage.completion_tokens if outcome and outcome.usage else None,
         "client_disconnected": context.client_disconnected
         or bool(outcome and outcome.client_disconnected),
+        "client_stalled": bool(outcome and outcome.client_stalled),
         "stream_error": outcome.stream_error if outcome else None,
     }

@@ -32,6 +32,7 @@ from gateway.errors import (
     UpstreamUnreachable,
     stream_error_event,
 )
+from gateway.metrics import replica_label
 from gateway.proxy.headers import client_headers
 from gateway.proxy.upstream import Timeouts, map_upstream_errors
 from gateway.proxy.usage_scan import BodyUsage, StreamUsage
@@ -42,7 +43,11 @@ logger = logging.getLogger("gateway.proxy")
 EVENT_STREAM = b"text/event-stream"
 DISCONNECT = "client disconnected"
 TIMEOUT = "upstream timeout"
+CLIENT_STALL = "client stopped reading"
 WATCH_AFTER = 0.05
+# What a client is told about a replica failure after its response started.
+LOST = "the connection to the model server was lost"
+QUIET = "the model server stopped sending"
 # In vLLM's 503s for a full queue (QueueOverflowError, MaxQueuedTokensError) and only there:
 # the request was refused before the engine saw it.
 QUEUE_FULL = b"try again later or on a different instance"
@@ -55,6 +60,8 @@ class Outcome:
     status: int = 0
     bytes_sent: int = 0
     client_disconnected: bool = False
+    # The client stopped reading for longer than the write timeout: the gateway ended it.
+    client_stalled: bool = False
     stream_error: str | None = None
     usage: TokenUsage | None = None
     # time.perf_counter() readings: request sent upstream, its first byte back, first byte
@@ -77,15 +84,20 @@ class StreamMeters:
 
 
 class Interrupter:
-    """Cancels the forwarding task when the client leaves or the replica goes quiet.
+    """Cancels the forwarding task when the client leaves, stops reading, or the replica
+    goes quiet.
 
-    One timer checks the time of the last read, so a chunk costs a timestamp,
-    not a timer. The task that waits for `http.disconnect` starts only once a
-    request has run for WATCH_AFTER seconds: quick answers never pay for it,
-    and a client that leaves is still noticed within that delay.
+    One timer checks two timestamps the relay keeps: the end of the last write
+    (`last`) and the start of the write being awaited (`writing_since`, 0.0
+    when none is). A chunk costs two attribute stores, not a timer. While a
+    write is pending the replica's silence is not its fault (the gateway is not
+    reading), so only the client's write limit applies then. The task that waits
+    for `http.disconnect` starts only once a request has run for WATCH_AFTER
+    seconds: quick answers never pay for it, and a client that leaves is still
+    noticed within that delay. Times are `time.perf_counter()` readings.
     """
 
-    def __init__(self, receive: Receive, limit: float) -> None:
+    def __init__(self, receive: Receive, limit: float, write_limit: float) -> None:
         self._loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
@@ -94,27 +106,32 @@ class Interrupter:
         self._watcher: asyncio.Task[None] | None = None
         self.reason: str | None = None
         self.limit = limit
-        self.last = self._loop.time()
-        self._timer = self._loop.call_at(self.last + min(limit, WATCH_AFTER), self._check)
+        self.write_limit = write_limit
+        self.last = time.perf_counter()
+        self.writing_since = 0.0
+        self._timer = self._loop.call_later(min(limit, WATCH_AFTER), self._check)
 
     def set_limit(self, limit: float) -> None:
         self.limit = limit
-        self.last = self._loop.time()
+        self.last = time.perf_counter()
         self._timer.cancel()
         first_check = limit if self._watcher is not None else min(limit, WATCH_AFTER)
-        self._timer = self._loop.call_at(self.last + first_check, self._check)
-
-    def touch(self) -> None:
-        self.last = self._loop.time()
+        self._timer = self._loop.call_later(first_check, self._check)
 
     def _check(self) -> None:
         if self._watcher is None and self.reason is None:
             self._watcher = self._loop.create_task(self._watch())
-        due = self.last + self.limit
-        if self._loop.time() < due:
-            self._timer = self._loop.call_at(due, self._check)
+        now = time.perf_counter()
+        since = self.writing_since
+        if since:
+            due, reason, other = since + self.write_limit, CLIENT_STALL, now + self.limit
         else:
-            self._fire(TIMEOUT)
+            due, reason, other = self.last + self.limit, TIMEOUT, now + self.write_limit
+        if now < due:
+            # The other limit may start to apply before DUE: look again by then.
+            self._timer = self._loop.call_later(min(due, other) - now, self._check)
+        else:
+            self._fire(reason)
 
     async def _watch(self) -> None:
         while (await self._receive())["type"] != "http.disconnect":
@@ -127,7 +144,7 @@ class Interrupter:
             self._task.cancel()
 
     def stop(self) -> None:
-        """Called before the last message, so nothing can fire once the response is done."""
+        """Called once the last message is sent, so nothing can fire after the response."""
         self.reason = self.reason or "stopped"
         self._timer.cancel()
         if self._watcher is not None:
@@ -135,7 +152,7 @@ class Interrupter:
 
     def claim(self) -> str | None:
         """After a CancelledError: the reason if we caused it (and the task goes on)."""
-        if self.reason in (DISCONNECT, TIMEOUT):
+        if self.reason in (DISCONNECT, TIMEOUT, CLIENT_STALL):
             self._task.uncancel()
             return self.reason
         return None
@@ -181,40 +198,27 @@ class Exchange:
         self.outcome = Outcome()
 
     async def run(self, receive: Receive, send: Send, request: UpstreamRequest) -> None:
-        replica_name = request.replica
-        interrupter = Interrupter(receive, self._timeouts.first_byte)
+        timeouts = self._timeouts
+        interrupter = Interrupter(receive, timeouts.first_byte, timeouts.client_write)
         response: aiohttp.ClientResponse | None = None
         started = False
         try:
-            with map_upstream_errors(replica_name):
-                self.outcome.upstream_sent_at = time.perf_counter()
-                response = await self._client.post(
-                    request.url, data=request.body, headers=request.headers
-                )
-                if response.status == HTTPStatus.UNAUTHORIZED:
-                    raise _credentials_refused(replica_name)
-                first = await response.content.readany()
-                self.outcome.upstream_first_byte_at = time.perf_counter()
-                if response.status == HTTPStatus.SERVICE_UNAVAILABLE and self._refuse_busy:
-                    first += await response.content.read()
-                    if QUEUE_FULL in first:
-                        raise ReplicaBusy(f"Replica {replica_name} is at its queue limit.")
-            interrupter.set_limit(self._timeouts.idle)
-            await self._start(send, response, request.request_id)
+            response, first = await self._open(request)
+            interrupter.set_limit(timeouts.idle)
+            interrupter.writing_since = time.perf_counter()
+            await self._start(send, response)
+            interrupter.writing_since = 0.0
             started = True
             await self._stream(send, response, first, interrupter)
         except asyncio.CancelledError:
             reason = interrupter.claim()
             if reason is None:
                 raise
-            await self._interrupted(send, reason, replica_name, started, response)
+            await self._interrupted(send, reason, request, started, response)
         except aiohttp.ClientError as exc:
             if not started:
-                raise UpstreamUnreachable(
-                    f"Replica {replica_name} closed the connection before answering."
-                ) from exc
-            lost = f"the connection to replica {replica_name} was lost"
-            await self._broken(send, response, UpstreamUnreachable(lost))
+                raise _unreachable(request, "closed the connection before answering") from exc
+            await self._broken(send, request, response, UpstreamUnreachable(LOST), "was lost")
         finally:
             interrupter.stop()
             if response is not None:
@@ -222,9 +226,31 @@ class Exchange:
                 # drops the connection, which is what makes vLLM abort.
                 response.close()
 
-    async def _start(self, send: Send, response: aiohttp.ClientResponse, request_id: bytes) -> None:
+    async def _open(self, request: UpstreamRequest) -> tuple[aiohttp.ClientResponse, bytes]:
+        """Send the request; its response and the first bytes of its body."""
+        with map_upstream_errors(request.replica, request.request_id.decode()):
+            self.outcome.upstream_sent_at = time.perf_counter()
+            response = await self._client.post(
+                request.url, data=request.body, headers=request.headers
+            )
+            try:
+                if response.status == HTTPStatus.UNAUTHORIZED:
+                    raise _credentials_refused(request)
+                first = await response.content.readany()
+                self.outcome.upstream_first_byte_at = time.perf_counter()
+                if response.status == HTTPStatus.SERVICE_UNAVAILABLE and self._refuse_busy:
+                    first += await response.content.read()
+                    if QUEUE_FULL in first:
+                        logger.info("replica %s is at its queue limit", _shown(request))
+                        raise ReplicaBusy("A server for this model is at its queue limit.")
+            except BaseException:
+                response.close()
+                raise
+        return response, first
+
+    async def _start(self, send: Send, response: aiohttp.ClientResponse) -> None:
         self.outcome.status = response.status
-        headers = client_headers(list(response.raw_headers), request_id)
+        headers = client_headers(list(response.raw_headers))
         if self._headers:
             headers.extend(self._headers)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -251,6 +277,8 @@ class Exchange:
         elif body is not None:
             outcome.usage = body.usage()
         outcome.bytes_sent += len(last)
+        # Still watched: the last write can wait on a client that stopped reading too.
+        interrupter.writing_since = time.perf_counter()
         await send({"type": "http.response.body", "body": last, "more_body": False})
 
     async def _relay(
@@ -281,52 +309,100 @@ class Exchange:
                     observe_gap(began - previous)
                 previous = began
                 outcome.bytes_sent += len(chunk)
+                interrupter.writing_since = began
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                ended = perf()
+                interrupter.writing_since = 0.0
                 outcome.chunks += 1
-                outcome.chunk_seconds += perf() - began
-            interrupter.touch()
+                outcome.chunk_seconds += ended - began
+                began = ended
+            interrupter.last = began
             chunk = await content.readany()
-        interrupter.stop()
 
     async def _interrupted(
         self,
         send: Send,
         reason: str,
-        replica_name: str,
+        request: UpstreamRequest,
         started: bool,
         response: aiohttp.ClientResponse | None,
     ) -> None:
+        outcome, request_id = self.outcome, request.request_id.decode()
         if reason == DISCONNECT:
-            self.outcome.client_disconnected = True
+            outcome.client_disconnected = True
+            return
+        if reason == CLIENT_STALL:
+            # Nothing more can be written; returning unfinished makes the server close the
+            # connection, and closing the response makes the replica abort.
+            outcome.client_stalled = True
+            limit = self._timeouts.client_write
+            logger.warning("client stopped reading for %g s; request %s ended", limit, request_id)
             return
         if not started:
-            raise UpstreamTimeout(
-                f"Replica {replica_name} sent no answer within {self._timeouts.first_byte:g} s."
+            logger.warning(
+                "replica %s sent no answer within %g s (request %s)",
+                _shown(request),
+                self._timeouts.first_byte,
+                request_id,
             )
-        quiet = f"replica {replica_name} sent nothing for {self._timeouts.idle:g} s"
-        await self._broken(send, response, UpstreamTimeout(quiet))
+            raise UpstreamTimeout(
+                f"The model server sent no answer in time (request {request_id})."
+            )
+        await self._broken(send, request, response, UpstreamTimeout(QUIET), "went quiet")
 
     async def _broken(
-        self, send: Send, response: aiohttp.ClientResponse | None, error: GatewayError
+        self,
+        send: Send,
+        request: UpstreamRequest,
+        response: aiohttp.ClientResponse | None,
+        error: GatewayError,
+        what: str,
     ) -> None:
         """The response already started and the replica failed: end it as honestly as we can."""
+        request_id = request.request_id.decode()
         self.outcome.stream_error = error.message
-        logger.warning("upstream failed mid-response: %s", error.message)
+        logger.warning("replica %s %s mid-response (request %s)", _shown(request), what, request_id)
         content_type = b"" if response is None else _content_type(response)
         if content_type.startswith(EVENT_STREAM):
-            error.message = f"The stream was interrupted: {error.message}."
+            error.message = f"The stream was interrupted: {error.message} (request {request_id})."
             error_event = stream_error_event(error)
             self.outcome.bytes_sent += len(error_event)
-            await send({"type": "http.response.body", "body": error_event, "more_body": False})
+            # A client that stopped reading too must not hold the request open.
+            try:
+                async with asyncio.timeout(self._timeouts.client_write):
+                    await send(
+                        {"type": "http.response.body", "body": error_event, "more_body": False}
+                    )
+            except TimeoutError:
+                self.outcome.client_stalled = True
         # Any other body is left incomplete: the server closes the connection.
 
 
-def _credentials_refused(replica_name: str) -> UpstreamUnreachable:
-    """A replica's 401 is about the gateway's key for it, never the client's: say so."""
-    logger.error("replica %s refused the gateway's API key for it", replica_name)
+def _shown(request: UpstreamRequest) -> str:
+    """The replica as the log shows it: without credentials in its URL."""
+    return replica_label(request.replica)
+
+
+def _unreachable(request: UpstreamRequest, what: str) -> UpstreamUnreachable:
+    request_id = request.request_id.decode()
+    logger.warning("replica %s %s (request %s)", _shown(request), what, request_id)
     return UpstreamUnreachable(
-        f"Replica {replica_name} refused the gateway's credentials; "
-        "the operator must check the replica's api_key in the gateway settings."
+        f"The model server closed the connection before answering (request {request_id})."
+    )
+
+
+def _credentials_refused(request: UpstreamRequest) -> UpstreamUnreachable:
+    """A replica's 401 is about the gateway's key for it, never the client's: the operator's
+    to fix, so the details go to the log only."""
+    request_id = request.request_id.decode()
+    logger.error(
+        "replica %s refused the gateway's API key for it; check the replica's api_key in "
+        "the gateway settings (request %s)",
+        _shown(request),
+        request_id,
+    )
+    return UpstreamUnreachable(
+        f"The gateway could not use a server for this model (request {request_id})."
     )
 
 

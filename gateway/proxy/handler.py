@@ -16,7 +16,6 @@ from gateway.errors import (
     ModelBusy,
     ModelNotFound,
     ModelOverloaded,
-    PermissionDenied,
     UpstreamError,
 )
 from gateway.limits.admission import Admissions, Ticket
@@ -130,7 +129,8 @@ class ProxyApp:
         pool = self._pools.get(model)
         context.known_model = True
         if not principal.may_use(model):
-            raise PermissionDenied(f"This API key may not use the model '{model}'.", param="model")
+            # Exactly a missing model's 404: a 403 would tell which models exist.
+            raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
         terms = read_terms(route, payload, len(body))
         self._shed(pool)
         edited = edit_request(route, payload, body, terms, self._policy(principal))
@@ -230,7 +230,7 @@ class ProxyApp:
             logger.warning(
                 "replica %s ejected after %d failed requests in a row; health checks "
                 "will let it back",
-                replica.url,
+                label,
                 replica.failures,
             )
 

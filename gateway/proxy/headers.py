@@ -2,8 +2,10 @@
 
 To the replica: the client's credentials never leave the gateway (the
 replica's own key is sent instead), hop-by-hop headers are dropped, and the
-request id is set. To the client: hop-by-hop headers and the replica's
-identity (`server`, `date`) are dropped; everything else passes unchanged.
+request id is the gateway's own (a client's id would become the engine's
+request id, which other tenants' requests share). To the client: hop-by-hop
+headers and the replica's identity (`server`, `date`) are dropped; everything
+else passes unchanged.
 """
 
 from __future__ import annotations
@@ -50,12 +52,14 @@ def upstream_headers(
     return headers
 
 
-def client_headers(upstream: list[tuple[bytes, bytes]], request_id: bytes) -> RawHeaders:
-    """Headers for the client response, built from the replica's raw headers."""
+def client_headers(upstream: list[tuple[bytes, bytes]]) -> RawHeaders:
+    """Headers for the client response, built from the replica's raw headers.
+
+    The replica's `x-request-id` is the gateway's own id: the request context adds
+    the one the client knows (its own, or the gateway's when it sent none).
+    """
     headers = [(name.lower(), value) for name, value in upstream]
-    headers = [(name, value) for name, value in headers if name not in DROP_TO_CLIENT]
-    headers.append((REQUEST_ID, request_id))
-    return headers
+    return [(name, value) for name, value in headers if name not in DROP_TO_CLIENT]
 
 
 def header_value(headers: RawHeaders, name: bytes) -> bytes | None:

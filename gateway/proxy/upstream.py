@@ -7,6 +7,7 @@ there; nothing creates a client per request.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,16 +15,27 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from gateway.errors import ReplicaConnectFailed, ReplicaConnectTimeout, UpstreamUnreachable
+from gateway.errors import (
+    ReplicaConnectFailed,
+    ReplicaConnectTimeout,
+    UpstreamError,
+    UpstreamUnreachable,
+)
+from gateway.metrics import replica_label
+
+logger = logging.getLogger("gateway.proxy")
 
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds: to connect, to the first body byte, and between two reads after that."""
+    """Seconds: to connect, to the first body byte, between two reads after that, and
+    for one write to the client."""
 
     connect: float
     first_byte: float
     idle: float
+    # To write one message to the client (who may have stopped reading).
+    client_write: float = 30.0
 
 
 class UpstreamClient:
@@ -67,17 +79,37 @@ class UpstreamClient:
 
 
 @contextmanager
-def map_upstream_errors(replica: str) -> Iterator[None]:
-    """Translate aiohttp's errors before the response started into gateway errors."""
+def map_upstream_errors(replica: str, request_id: str) -> Iterator[None]:
+    """Translate aiohttp's errors before the response started into gateway errors.
+
+    The client learns what happened, never which replica: its address goes to the log.
+    """
     try:
         yield
     except aiohttp.ClientSSLError as exc:
-        raise ReplicaConnectFailed(f"TLS handshake with replica {replica} failed.") from exc
+        raise _logged(ReplicaConnectFailed, "TLS handshake failed", replica, request_id) from exc
     except aiohttp.ClientConnectorError as exc:
-        raise ReplicaConnectFailed(f"Cannot connect to replica {replica}.") from exc
+        raise _logged(ReplicaConnectFailed, "could not connect", replica, request_id) from exc
     except aiohttp.ConnectionTimeoutError as exc:
-        raise ReplicaConnectTimeout(f"Connecting to replica {replica} timed out.") from exc
+        raise _logged(ReplicaConnectTimeout, "connect timed out", replica, request_id) from exc
     except aiohttp.ClientError as exc:
-        raise UpstreamUnreachable(
-            f"Replica {replica} closed the connection before answering."
+        raise _logged(
+            UpstreamUnreachable, "closed the connection before answering", replica, request_id
         ) from exc
+
+
+CLIENT_MESSAGES = {
+    ReplicaConnectFailed: "Could not reach a server for this model",
+    ReplicaConnectTimeout: "Could not reach a server for this model in time",
+    UpstreamUnreachable: "The model server closed the connection before answering",
+}
+
+
+def _logged(
+    kind: type[UpstreamUnreachable] | type[ReplicaConnectTimeout],
+    what: str,
+    replica: str,
+    request_id: str,
+) -> UpstreamError:
+    logger.warning("replica %s: %s (request %s)", replica_label(replica), what, request_id)
+    return kind(f"{CLIENT_MESSAGES[kind]} (request {request_id}).")

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from gateway.metrics import replica_label
 from gateway.upstreams.endpoints import DiscoveryError, EndpointSource
 from gateway.upstreams.pool import Pools, Replica
 
@@ -80,7 +81,10 @@ class Discovery:
                 new = [replica for replica in pool.replicas if id(replica) not in known]
                 for replica in new:
                     logger.info(
-                        "%s: found replica %s for %s", entry.source.name, replica.url, model
+                        "%s: found replica %s for %s",
+                        entry.source.name,
+                        replica_label(replica.url),
+                        model,
                     )
                 if new:
                     await self._joined(new)

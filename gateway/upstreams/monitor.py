@@ -146,9 +146,11 @@ class ReplicaMonitor:
             ok = False
         now = self._clock()
         if ok and replica.check_passed(health.healthy_threshold, now):
-            logger.info("replica %s is up (%s)", replica.url, replica.source)
+            logger.info("replica %s is up (%s)", replica_label(replica.url), replica.source)
         elif not ok and replica.check_failed(health.unhealthy_threshold, now):
-            logger.warning("replica %s is down: its /health checks fail", replica.url)
+            logger.warning(
+                "replica %s is down: its /health checks fail", replica_label(replica.url)
+            )
 
     async def scrape(self, replica: Replica) -> None:
         try:
