@@ -121,7 +121,7 @@ def parse_chat(
     prompt_text = "\n".join(_message_text(message) for message in messages)
     tokens = count_tokens(prompt_text)
     request = _generation(payload, prompt_text, tokens, limit, stream=stream, config=config)
-    return _fan_out(payload, (request,), n, temperature)
+    return _fan_out((request,), n, temperature)
 
 
 def parse_completion(
@@ -143,7 +143,7 @@ def parse_completion(
         _generation(payload, text, tokens, limit, stream=stream, config=config)
         for text, tokens in parsed
     )
-    return _fan_out(payload, requests, n, temperature)
+    return _fan_out(requests, n, temperature)
 
 
 def _choices(payload: dict[str, object], *, nullable: bool) -> int:
@@ -176,7 +176,6 @@ def _prompt_items(prompt: object) -> list[object]:
 
 
 def _fan_out(
-    payload: dict[str, object],
     requests: tuple[GenerationRequest, ...],
     n: int,
     temperature: float | None,
