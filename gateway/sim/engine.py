@@ -19,57 +19,72 @@ QUEUE_OVERFLOW = (
 
 
 class Scheduler:
-    """vLLM's `--max-num-seqs`: at most N sequences run; the rest wait, first come first served."""
+    """vLLM's `--max-num-seqs`: at most N sequences run; the rest wait, first come first served.
+
+    A request with several sequences (n > 1, a batched prompt) takes its slots
+    all at once, so two such requests can never each hold half of what the
+    other waits for.
+    """
 
     def __init__(
         self, max_num_seqs: int, metrics: SimMetrics, max_queued: int | None = None
     ) -> None:
-        self._capacity = max_num_seqs
+        self.capacity = max_num_seqs
         self._max_queued = max_queued
         self._metrics = metrics
         self._running = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[tuple[asyncio.Future[None], int]] = deque()
 
     def check_queue(self) -> None:
         """vLLM's QueueOverflowError: refused before the engine sees the request."""
-        if self._max_queued is None or self._running < self._capacity:
+        if self._max_queued is None or self._running < self.capacity:
             return
         if len(self._waiters) >= self._max_queued:
             raise SimError(HTTPStatus.SERVICE_UNAVAILABLE, QUEUE_OVERFLOW)
 
-    async def acquire(self) -> None:
-        if self._running < self._capacity and not self._waiters:
-            self._running += 1
+    async def acquire(self, slots: int = 1) -> None:
+        if self._running + slots <= self.capacity and not self._waiters:
+            self._running += slots
             self._publish()
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        entry = (waiter, slots)
+        self._waiters.append(entry)
         self._publish()
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                # The slot was handed over just as the request was cancelled: pass it on.
-                self.release()
-            elif waiter in self._waiters:
-                self._waiters.remove(waiter)
-                self._publish()
+                # The slots were handed over just as the request was cancelled: pass them on.
+                self.release(slots)
+            elif entry in self._waiters:
+                self._waiters.remove(entry)
+                # The head of the queue may have been what held the others back.
+                self._grant()
             raise
 
-    def release(self) -> None:
-        """Hand the slot to the oldest live waiter, or free it."""
+    def release(self, slots: int = 1) -> None:
+        """Free SLOTS and hand them to the oldest live waiters that now fit."""
+        self._running -= slots
+        self._grant()
+
+    def _grant(self) -> None:
         while self._waiters:
-            waiter = self._waiters.popleft()
+            waiter, slots = self._waiters[0]
             # A waiter cancelled since it queued has not yet removed itself: skip it.
-            if not waiter.done():
-                waiter.set_result(None)
-                self._publish()
-                return
-        self._running -= 1
+            if waiter.done():
+                self._waiters.popleft()
+                continue
+            if self._running + slots > self.capacity:
+                break
+            self._waiters.popleft()
+            self._running += slots
+            waiter.set_result(None)
         self._publish()
 
     def _publish(self) -> None:
-        self._metrics.set_load(self._running, len(self._waiters), self._capacity)
+        waiting = sum(slots for _, slots in self._waiters)
+        self._metrics.set_load(self._running, waiting, self.capacity)
 
 
 class Sequence:
@@ -98,11 +113,9 @@ class Sequence:
         try:
             await self._engine.scheduler.acquire()
         except asyncio.CancelledError:
-            # vLLM counts a request aborted while it waited, too.
-            self._engine.metrics.finished["abort"].inc()
+            self.abort_waiting()
             raise
-        self._engine.metrics.prompt_tokens.inc(self._prompt_tokens)
-        self._due = time.perf_counter()
+        self.admit()
         return self
 
     async def __aexit__(
@@ -112,6 +125,19 @@ class Sequence:
         traceback: TracebackType | None,
     ) -> None:
         self._engine.scheduler.release()
+        self.record()
+
+    def abort_waiting(self) -> None:
+        # vLLM counts a request aborted while it waited, too.
+        self._engine.metrics.finished["abort"].inc()
+
+    def admit(self) -> None:
+        """The sequence got its slot: its prompt is prefilled now."""
+        self._engine.metrics.prompt_tokens.inc(self._prompt_tokens)
+        self._due = time.perf_counter()
+
+    def record(self) -> None:
+        """Count the sequence's tokens and how it ended, once its slot is freed."""
         metrics = self._engine.metrics
         if self.generated:
             metrics.generation_tokens.inc(self.generated)
@@ -151,6 +177,45 @@ class Sequence:
         self._crashed = True
 
 
+class SequenceGroup:
+    """The sequences of one request with n > 1 or a batched prompt, admitted together.
+
+    vLLM runs each as an engine request of its own (a batched prompt is one
+    request per prompt; n > 1 is a parent request fanned out into n child
+    requests), and its metrics count each of them: prompt tokens once per
+    sequence, every generated token, one finished request per sequence. The
+    group holds one slot per sequence, at most the whole batch: a request with
+    more sequences than `--max-num-seqs` runs them all on the full batch,
+    where vLLM would run them in waves.
+    """
+
+    def __init__(self, engine: Engine, sequences: list[Sequence]) -> None:
+        self._engine = engine
+        self.sequences = sequences
+        self._slots = min(len(sequences), engine.scheduler.capacity)
+
+    async def __aenter__(self) -> list[Sequence]:
+        try:
+            await self._engine.scheduler.acquire(self._slots)
+        except asyncio.CancelledError:
+            for sequence in self.sequences:
+                sequence.abort_waiting()
+            raise
+        for sequence in self.sequences:
+            sequence.admit()
+        return self.sequences
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._engine.scheduler.release(self._slots)
+        for sequence in self.sequences:
+            sequence.record()
+
+
 class Engine:
     def __init__(
         self, max_num_seqs: int, metrics: SimMetrics, max_queued: int | None = None
@@ -165,3 +230,13 @@ class Engine:
         SimError (503) when the queue is full."""
         self.scheduler.check_queue()
         return Sequence(self, prompt_tokens, ttft_ms / 1000, itl_ms / 1000, arrival)
+
+    def group(
+        self, prompt_tokens: list[int], ttft_ms: float, itl_ms: float, arrival: float
+    ) -> SequenceGroup:
+        """One sequence per entry of PROMPT_TOKENS (its prompt's length), admitted
+        together; SimError (503) when the queue is full."""
+        self.scheduler.check_queue()
+        ttft_s, itl_s = ttft_ms / 1000, itl_ms / 1000
+        sequences = [Sequence(self, tokens, ttft_s, itl_s, arrival) for tokens in prompt_tokens]
+        return SequenceGroup(self, sequences)

@@ -57,6 +57,20 @@ def optional_int(payload: dict[str, object], name: str) -> int | None:
     raise field_error("int_type", loc, "Input should be a valid integer", value)
 
 
+def optional_float(payload: dict[str, object], name: str) -> float | None:
+    value = payload.get(name)
+    loc = f"body.{name}"
+    if value is None or isinstance(value, int | float):
+        return None if value is None else float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            msg = "Input should be a valid number, unable to parse string as a number"
+            raise field_error("float_parsing", loc, msg, value) from None
+    raise field_error("float_type", loc, "Input should be a valid number", value)
+
+
 def optional_bool(payload: dict[str, object], name: str) -> bool:
     value = payload.get(name)
     loc = f"body.{name}"

@@ -11,9 +11,11 @@ from gateway.sim.embeddings import embed
 from gateway.sim.engine import Engine, Sequence
 from gateway.sim.exchange import Exchange
 from gateway.sim.knobs import Knobs
+from gateway.sim.parallel import ParallelAnswer, ParallelGenerator
 from gateway.sim.protocol import Identity, chat_body, completion_body, embedding_body
 from gateway.sim.requests import (
     GenerationRequest,
+    ParallelRequest,
     parse_chat,
     parse_completion,
     parse_embedding,
@@ -40,11 +42,14 @@ class Generator:
     def __init__(self, config: SimConfig, engine: Engine) -> None:
         self._config = config
         self._engine = engine
+        self._fan_out = ParallelGenerator(engine)
 
     async def chat(self, call: Call, payload: dict[str, object]) -> None:
         request = parse_chat(payload, self._config)
         ident = self._identity("chatcmpl", call)
-        if request.stream:
+        if isinstance(request, ParallelRequest):
+            await self._parallel(call, request, ident, chat=True)
+        elif request.stream:
             await self._stream(call, request, ident, chat=True)
         else:
             await self._respond(call, request, ident, chat_body)
@@ -52,7 +57,9 @@ class Generator:
     async def completion(self, call: Call, payload: dict[str, object]) -> None:
         request = parse_completion(payload, self._config)
         ident = self._identity("cmpl", call)
-        if request.stream:
+        if isinstance(request, ParallelRequest):
+            await self._parallel(call, request, ident, chat=False)
+        elif request.stream:
             await self._stream(call, request, ident, chat=False)
         else:
             await self._respond(call, request, ident, completion_body)
@@ -112,6 +119,13 @@ class Generator:
             if request.include_usage:
                 await exchange.send_event(frames.usage(request.completion_tokens))
             await exchange.end_stream(DONE)
+
+    async def _parallel(
+        self, call: Call, request: ParallelRequest, ident: Identity, chat: bool
+    ) -> None:
+        # Several sequences (n > 1, a batched prompt): kept off the single-sequence fast path.
+        answer = ParallelAnswer(request, ident, chat)
+        await self._fan_out.answer(call.exchange, call.knobs, call.arrival, answer)
 
     def _identity(self, prefix: str, call: Call) -> Identity:
         config = self._config

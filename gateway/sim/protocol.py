@@ -94,30 +94,23 @@ def models_body(model: str, created: int, max_model_len: int) -> bytes:
 _TAIL = {"kv_transfer_params": None, "ec_transfer_params": None, "metrics": None}
 
 
+# One choice of a non-streamed body: (text, finish_reason).
+Choice = tuple[str, str]
+
+
 def chat_body(
     ident: Identity, text: str, prompt_tokens: int, completion_tokens: int, finish_reason: str
 ) -> bytes:
-    message: dict[str, object] = {
-        "role": "assistant",
-        "content": text,
-        "refusal": None,
-        "annotations": None,
-        "audio": None,
-        "function_call": None,
-        "reasoning": None,
-    }
-    choice = {
-        "index": 0,
-        "message": message,
-        "logprobs": None,
-        "finish_reason": finish_reason,
-        "stop_reason": None,
-        "token_ids": None,
-        "routed_experts": None,
-    }
+    return chat_choices_body(ident, [(text, finish_reason)], prompt_tokens, completion_tokens)
+
+
+def chat_choices_body(
+    ident: Identity, choices: list[Choice], prompt_tokens: int, completion_tokens: int
+) -> bytes:
+    """A chat completion with one choice per entry of CHOICES, indexed in order."""
     return dumps(
         {
-            **_head(ident, "chat.completion", choice),
+            **_head(ident, "chat.completion", [_chat_choice(i, *c) for i, c in enumerate(choices)]),
             "usage": full_usage(prompt_tokens, completion_tokens),
             "prompt_logprobs": None,
             "prompt_token_ids": None,
@@ -127,11 +120,50 @@ def chat_body(
     )
 
 
+def _chat_choice(index: int, text: str, finish_reason: str) -> dict[str, object]:
+    message: dict[str, object] = {
+        "role": "assistant",
+        "content": text,
+        "refusal": None,
+        "annotations": None,
+        "audio": None,
+        "function_call": None,
+        "reasoning": None,
+    }
+    return {
+        "index": index,
+        "message": message,
+        "logprobs": None,
+        "finish_reason": finish_reason,
+        "stop_reason": None,
+        "token_ids": None,
+        "routed_experts": None,
+    }
+
+
 def completion_body(
     ident: Identity, text: str, prompt_tokens: int, completion_tokens: int, finish_reason: str
 ) -> bytes:
-    choice = {
-        "index": 0,
+    return completion_choices_body(ident, [(text, finish_reason)], prompt_tokens, completion_tokens)
+
+
+def completion_choices_body(
+    ident: Identity, choices: list[Choice], prompt_tokens: int, completion_tokens: int
+) -> bytes:
+    """A text completion with one choice per entry of CHOICES, indexed in order."""
+    listed = [_completion_choice(i, *choice) for i, choice in enumerate(choices)]
+    return dumps(
+        {
+            **_head(ident, "text_completion", listed),
+            "usage": full_usage(prompt_tokens, completion_tokens),
+            **_TAIL,
+        }
+    )
+
+
+def _completion_choice(index: int, text: str, finish_reason: str) -> dict[str, object]:
+    return {
+        "index": index,
         "text": text,
         "logprobs": None,
         "finish_reason": finish_reason,
@@ -141,22 +173,15 @@ def completion_body(
         "prompt_token_ids": None,
         "routed_experts": None,
     }
-    return dumps(
-        {
-            **_head(ident, "text_completion", choice),
-            "usage": full_usage(prompt_tokens, completion_tokens),
-            **_TAIL,
-        }
-    )
 
 
-def _head(ident: Identity, kind: str, choice: dict[str, object]) -> dict[str, object]:
+def _head(ident: Identity, kind: str, choices: list[dict[str, object]]) -> dict[str, object]:
     return {
         "id": ident.id,
         "object": kind,
         "created": ident.created,
         "model": ident.model,
-        "choices": [choice],
+        "choices": choices,
         "service_tier": None,
         "system_fingerprint": SYSTEM_FINGERPRINT,
     }

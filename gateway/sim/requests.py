@@ -2,18 +2,36 @@
 
 The order of checks is vLLM's: FastAPI's field validation ("Bad Request"),
 then the served model (404), then vLLM's own checks ("BadRequestError").
+
+What vLLM 0.32 does with several prompts, several choices and `best_of`
+(read in vllm/entrypoints/openai/completion/{protocol,serving}.py,
+chat_completion/{protocol,serving}.py and vllm/sampling_params.py):
+
+- `prompt` is `list[int] | list[list[int]] | str | list[str]`: a string or
+  one token-id list is one prompt; a list of either is a batch (at most
+  VLLM_MAX_COMPLETION_PROMPTS = 1024), each prompt its own engine request
+  with its own max_tokens default (what is left of its context).
+- `n` is `int = 1` on completions (null refused) and `int | None = 1` on
+  chat (null means 1); SamplingParams refuses n < 1, n > VLLM_MAX_N_SEQUENCES
+  (16384) and, with greedy sampling (temperature < 1e-5), any n > 1.
+- `best_of` is not a field of either request model in 0.32, nor of
+  SamplingParams: like any unknown field it is accepted with any value and
+  ignored (only a debug log line). One sequence per choice is generated and
+  billed; nothing more.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TypeGuard
 
 from gateway.sim.config import SimConfig
-from gateway.sim.errors import BadRequest, ModelNotFound
+from gateway.sim.errors import BadRequest, ModelNotFound, field_error
 from gateway.sim.fields import (
     list_field,
     optional_bool,
+    optional_float,
     optional_int,
     required,
     unsupported_media_type,
@@ -43,6 +61,29 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ParallelRequest:
+    """A request for several sequences: n > 1, or a batched completions prompt.
+
+    `prompts` holds one reply plan per prompt (chat has one); each prompt is
+    answered `n` times, choice `c` of prompt `p` at index `p * n + c`.
+    """
+
+    prompts: tuple[GenerationRequest, ...]
+    n: int
+
+    @property
+    def stream(self) -> bool:
+        return self.prompts[0].stream
+
+
+# vLLM's VLLM_MAX_COMPLETION_PROMPTS and VLLM_MAX_N_SEQUENCES defaults.
+MAX_PROMPTS = 1024
+MAX_N = 16384
+# Below this temperature vLLM samples greedily (sampling_params._SAMPLING_EPS).
+_SAMPLING_EPS = 1e-5
+
+
+@dataclass(frozen=True, slots=True)
 class EmbeddingRequest:
     texts: tuple[str, ...]
     prompt_tokens: int
@@ -62,11 +103,15 @@ def check_model(payload: dict[str, object], served: str, listed: bool = True) ->
         raise ModelNotFound(str(model), served if listed else None)
 
 
-def parse_chat(payload: dict[str, object], config: SimConfig) -> GenerationRequest:
+def parse_chat(
+    payload: dict[str, object], config: SimConfig
+) -> GenerationRequest | ParallelRequest:
     messages = list_field(payload, "messages")
     limit = optional_int(payload, "max_completion_tokens")
     if limit is None:
         limit = optional_int(payload, "max_tokens")
+    n = _choices(payload, nullable=True)
+    temperature = optional_float(payload, "temperature")
     stream = optional_bool(payload, "stream")
     check_model(payload, config.model)
     if not messages:
@@ -75,11 +120,16 @@ def parse_chat(payload: dict[str, object], config: SimConfig) -> GenerationReque
         )
     prompt_text = "\n".join(_message_text(message) for message in messages)
     tokens = count_tokens(prompt_text)
-    return _generation(payload, prompt_text, tokens, limit, stream=stream, config=config)
+    request = _generation(payload, prompt_text, tokens, limit, stream=stream, config=config)
+    return _fan_out((request,), n, temperature)
 
 
-def parse_completion(payload: dict[str, object], config: SimConfig) -> GenerationRequest:
+def parse_completion(
+    payload: dict[str, object], config: SimConfig
+) -> GenerationRequest | ParallelRequest:
     limit = optional_int(payload, "max_tokens")
+    n = _choices(payload, nullable=False)
+    temperature = optional_float(payload, "temperature")
     stream = optional_bool(payload, "stream")
     check_model(payload, config.model)
     prompt = payload.get("prompt")
@@ -87,12 +137,85 @@ def parse_completion(payload: dict[str, object], config: SimConfig) -> Generatio
         raise BadRequest(
             "Either prompt or prompt_embeds must be provided and non-empty.", param="prompt"
         )
-    if isinstance(prompt, list) and not _is_token_ids(prompt):
-        if len(prompt) != 1:
-            raise BadRequest("The simulator does not support batched prompts")
-        prompt = prompt[0]
-    prompt_text, prompt_tokens = _input_text(prompt, "prompt")
-    return _generation(payload, prompt_text, prompt_tokens, limit, stream=stream, config=config)
+    items = _prompt_items(prompt)
+    parsed = [_input_text(item, "prompt") for item in items]
+    requests = tuple(
+        _generation(payload, text, tokens, limit, stream=stream, config=config)
+        for text, tokens in parsed
+    )
+    return _fan_out(requests, n, temperature)
+
+
+def _choices(payload: dict[str, object], *, nullable: bool) -> int:
+    """`n` read leniently; chat's is `int | None` (null is 1), completions' a plain `int`."""
+    if payload.get("n", 1) is None and not nullable:
+        raise field_error("int_type", "body.n", "Input should be a valid integer", None)
+    n = optional_int(payload, "n")
+    return 1 if n is None else n
+
+
+def _prompt_items(prompt: object) -> list[object]:
+    """The prompts of a completions request: one, or a batch of strings or of token lists."""
+    if isinstance(prompt, str) or _is_token_ids(prompt):
+        return [prompt]
+    if not isinstance(prompt, list):
+        raise BadRequest("`prompt` must be a string or a list of token ids")
+    if len(prompt) > MAX_PROMPTS:
+        raise BadRequest(
+            f"prompt list length {len(prompt)} exceeds the maximum allowed count of "
+            f"{MAX_PROMPTS}. To increase this limit, set the VLLM_MAX_COMPLETION_PROMPTS "
+            "environment variable.",
+            param="prompt",
+        )
+    # pydantic takes a list as all strings or all token lists, never a mix of the two.
+    if all(isinstance(item, str) for item in prompt) or all(map(_is_token_ids, prompt)):
+        return prompt
+    raise field_error(
+        "list_type", "body.prompt", "Input should be a list of strings or of token-id lists", prompt
+    )
+
+
+def _fan_out(
+    requests: tuple[GenerationRequest, ...],
+    n: int,
+    temperature: float | None,
+) -> GenerationRequest | ParallelRequest:
+    """The single-sequence request as it was, or the several sequences vLLM would run.
+
+    vLLM checks `n` when it builds the sampling parameters, after the
+    prompts' length and max_tokens checks.
+    """
+    _check_sampling(n, temperature)
+    if n == 1 and len(requests) == 1:
+        return requests[0]
+    return ParallelRequest(requests, n)
+
+
+def _check_sampling(n: int, temperature: float | None) -> None:
+    """SamplingParams' checks of n and temperature, in its order and words."""
+    if n < 1:
+        raise BadRequest(f"n must be at least 1, got {n}.")
+    if n > MAX_N:
+        raise BadRequest(
+            f"n must be at most {MAX_N}, got {n}. To increase this limit, set the "
+            "VLLM_MAX_N_SEQUENCES environment variable."
+        )
+    if temperature is None:
+        return
+    if not math.isfinite(temperature):
+        raise BadRequest(
+            f"temperature must be a finite number, got {temperature}.",
+            param="temperature",
+            value=temperature,
+        )
+    if temperature < 0:
+        raise BadRequest(
+            f"temperature must be non-negative, got {temperature}.",
+            param="temperature",
+            value=temperature,
+        )
+    if temperature < _SAMPLING_EPS and n > 1:
+        raise BadRequest(f"n must be 1 when using greedy sampling, got {n}.")
 
 
 def parse_embedding(payload: dict[str, object], config: SimConfig) -> EmbeddingRequest:
@@ -129,9 +252,6 @@ def _generation(
     stream: bool,
     config: SimConfig,
 ) -> GenerationRequest:
-    n = payload.get("n")
-    if n is not None and n != 1:
-        raise BadRequest("The simulator supports only n=1")
     options = payload.get("stream_options")
     if options is not None and not stream:
         raise BadRequest(

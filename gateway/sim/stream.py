@@ -18,7 +18,7 @@ import json
 
 from gateway.sim.protocol import SYSTEM_FINGERPRINT, Identity, dumps, usage
 from gateway.sim.requests import GenerationRequest
-from gateway.sim.text import WORD_JSON, WORDS, seed_of, word_index
+from gateway.sim.text import WORD_JSON, WORDS, choice_seed, word_index
 
 DONE = b"data: [DONE]\n\n"
 _HOLE = "\x00token\x00"
@@ -29,11 +29,24 @@ def event(payload: dict[str, object]) -> bytes:
 
 
 class SseFrames:
-    """The events of one streamed response, chat (`chat=True`) or completions."""
+    """The events of one streamed choice, chat (`chat=True`) or completions.
 
-    def __init__(self, ident: Identity, chat: bool, request: GenerationRequest) -> None:
+    A response with several choices has one `SseFrames` per choice: INDEX is
+    the choice's `index` in the response, CHOICE its number among the
+    choices of its prompt, which picks its text (see `text.choice_seed`).
+    """
+
+    def __init__(
+        self,
+        ident: Identity,
+        chat: bool,
+        request: GenerationRequest,
+        index: int = 0,
+        choice: int = 0,
+    ) -> None:
         self._chat = chat
-        self._seed = seed_of(request.prompt_text)
+        self._index = index
+        self._seed = choice_seed(request.prompt_text, choice)
         self._prompt_tokens = request.prompt_tokens
         self._continuous_usage = request.continuous_usage
         self._finish_reason = request.finish_reason
@@ -53,7 +66,7 @@ class SseFrames:
     def role(self) -> bytes:
         """The chat stream's first event: the assistant role with empty content."""
         delta = {"role": "assistant", "content": ""}
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+        choice = {"index": self._index, "delta": delta, "logprobs": None, "finish_reason": None}
         payload: dict[str, object] = {**self._head, "choices": [choice]}
         if self._continuous_usage:
             payload["usage"] = self._running_usage(0)
@@ -71,22 +84,24 @@ class SseFrames:
         text = " " + WORDS[word_index(self._seed, position)] if position < self._words else ""
         return self._chunk(text, self._finish_reason, completion_tokens=position + 1)
 
-    def usage(self, completion_tokens: int) -> bytes:
-        """The usage-only event that `stream_options.include_usage` asks for."""
-        totals = usage(self._prompt_tokens, completion_tokens)
+    def usage(self, completion_tokens: int, prompt_tokens: int | None = None) -> bytes:
+        """The usage-only event that `stream_options.include_usage` asks for: the whole
+        response's, PROMPT_TOKENS (default: this choice's prompt) and all choices' tokens."""
+        prompt = self._prompt_tokens if prompt_tokens is None else prompt_tokens
+        totals = usage(prompt, completion_tokens)
         payload: dict[str, object] = {**self._head, "choices": [], "usage": totals}
         return event({**payload, "system_fingerprint": SYSTEM_FINGERPRINT})
 
     def _chunk(self, token: str, finish_reason: str | None, completion_tokens: int | None) -> bytes:
         if self._chat:
-            choice: dict[str, object] = {"index": 0, "delta": {"content": token}}
+            choice: dict[str, object] = {"index": self._index, "delta": {"content": token}}
             choice.update(logprobs=None, finish_reason=finish_reason)
             # Chat chunks name stop_reason only once the choice has finished.
             if finish_reason is not None:
                 choice["stop_reason"] = None
             choice["token_ids"] = None
         else:
-            choice = {"index": 0, "text": token, "logprobs": None}
+            choice = {"index": self._index, "text": token, "logprobs": None}
             choice.update(finish_reason=finish_reason, stop_reason=None)
             choice.update(prompt_token_ids=None, token_ids=None)
         payload: dict[str, object] = {**self._head, "choices": [choice]}

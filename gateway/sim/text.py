@@ -2,8 +2,9 @@
 
 A "token" is a whitespace-separated word: a prompt of N words is N prompt
 tokens (at least 1), and a list of token ids is as many tokens as ids. The
-output is deterministic: token i of a reply is `WORDS[(crc32(prompt) + i) % len(WORDS)]`,
-rendered with a leading space, so the same prompt always yields the same text.
+output is deterministic: token i of choice c of a reply is
+`WORDS[(crc32(prompt) + c + i) % len(WORDS)]`, rendered with a leading space,
+so the same prompt always yields the same text, and its choices differ.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ def count_tokens(text: str) -> int:
 
 def seed_of(prompt_text: str) -> int:
     return zlib.crc32(prompt_text.encode("utf-8", "surrogatepass"))
+
+
+def choice_seed(prompt_text: str, choice: int) -> int:
+    """The seed of choice CHOICE of a prompt: choices of one prompt never share a text
+    (up to 40 of them), and a prompt in a batch answers as it would alone."""
+    return seed_of(prompt_text) + choice
 
 
 def word_index(seed: int, position: int) -> int:
