@@ -24,7 +24,7 @@ from tests.servers import Process, free_port, gateway_config, metric, run_gatewa
 
 ADMIN_TOKEN = "admin-token-for-contract-tests-0123456789"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-MODEL, SLOW = "sim-model", "slow-model"
+MODEL, SLOW, SHORT = "sim-model", "slow-model", "short-model"
 CAP = 32
 GLOBAL_BATCH = 64
 
@@ -36,8 +36,19 @@ def slow_sim(module_tmp: Path) -> Iterator[Process]:
 
 
 @pytest.fixture(scope="module")
-def gateway(module_tmp: Path, sim: Process, slow_sim: Process) -> Iterator[Process]:
-    config = gateway_config(free_port(), {MODEL: [sim.url], SLOW: [slow_sim.url]})
+def short_sim(module_tmp: Path) -> Iterator[Process]:
+    """A short context, so a long prompt in a batch finishes long before a short one."""
+    args = ("--itl-ms", "100", "--max-model-len", "64", "--default-max-tokens", "16")
+    with run_simulator(module_tmp, *args, model=SHORT) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    module_tmp: Path, sim: Process, slow_sim: Process, short_sim: Process
+) -> Iterator[Process]:
+    models = {MODEL: [sim.url], SLOW: [slow_sim.url], SHORT: [short_sim.url]}
+    config = gateway_config(free_port(), models)
     config["admin"] = {"tokens": [ADMIN_TOKEN]}
     config["limits"] = {"max_batch": GLOBAL_BATCH, "tenants": {"small": {"max_batch": 2}}}
     with run_gateway(module_tmp, config) as process:
@@ -162,6 +173,58 @@ def test_a_zero_max_completion_tokens_cannot_fall_back_to_an_uncapped_max_tokens
     )
     assert_refused(refused, "max_completion_tokens")
     assert engine_tokens(sim)[1] - before[1] <= CAP
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_prompt_and_choice_of_a_batch_is_capped_and_charged(
+    gateway: Process, sim: Process, stream: bool
+) -> None:
+    key, key_id = new_key(gateway, max_tokens=CAP)
+    body = {
+        "model": MODEL,
+        "prompt": ["one", "two two", "three three three"],
+        "n": 2,
+        "temperature": 1,
+        "max_tokens": 4000,
+        "stream": stream,
+    }
+    before = engine_tokens(sim)
+    response = post(gateway, key, "/v1/completions", json.dumps(body))
+    assert response.status_code == 200, response.text
+    generated = engine_tokens(sim)[1] - before[1]
+    assert generated == 6 * CAP  # each of the 6 sequences stops at the cap
+    usage = settled_usage(gateway, key_id, 1)
+    assert (usage["completion_tokens"], usage["estimated_requests"]) == (generated, 0)
+
+
+def test_n_streams_flow_while_only_a_finishing_event_waits(
+    gateway: Process, short_sim: Process
+) -> None:
+    """Prompt 0 fills the context after 4 tokens, prompt 1 runs on to 16: prompt 1's
+    tokens reach the client while the engine still generates them; only the finishing
+    events wait for the fingerprint, and come last, stamped."""
+    key, _ = new_key(gateway)
+    body = {"model": SHORT, "prompt": [list(range(1, 61)), [1, 2, 3, 4]], "stream": True}
+    headers = {"Authorization": f"Bearer {key}"}
+    seen_running = False
+    events: list[dict[str, object]] = []
+    with httpx.stream(
+        "POST", f"{gateway.url}/v1/completions", json=body, headers=headers, timeout=30
+    ) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            events.append(json.loads(line.removeprefix("data: ")))
+            second = [e for e in events if e["choices"][0]["index"] == 1]  # type: ignore[index]
+            if len(second) == 8 and not seen_running:
+                seen_running = metric(short_sim.url, "vllm:num_requests_running") > 0
+    assert seen_running  # prompt 1's 8th token arrived before the engine was done
+    finishing = [e for e in events if e["choices"][0]["finish_reason"]]  # type: ignore[index]
+    assert [e["choices"][0]["index"] for e in finishing] == [0, 1]  # type: ignore[index]
+    assert all("system_fingerprint" in e for e in finishing)
+    assert events[-2:] == finishing
+    assert all("usage" not in e or e["usage"] is None for e in events)
 
 
 def test_the_reservation_counts_every_prompt_and_choice(gateway: Process) -> None:
