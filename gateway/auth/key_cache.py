@@ -75,6 +75,7 @@ class CachePolicy:
 class _Entry:
     record: KeyRecord | None  # None: the store has no such key
     read_at: float  # when the read that produced it started
+    suspect: bool = False  # a notice may have been missed: refresh on next use
 
 
 class KeyCache:
@@ -91,7 +92,7 @@ class KeyCache:
         self._clock = clock
         self._records: dict[str, _Entry] = {}
         self._misses: dict[str, _Entry] = {}
-        self._reads: dict[str, asyncio.Task[KeyRecord | None]] = {}
+        self._reads: dict[str, asyncio.Task[_Entry]] = {}
         self._generation = 0
         self._failed_at: float | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -106,7 +107,7 @@ class KeyCache:
             if entry.record is None:
                 if 0 <= age < self._policy.miss_ttl_s:
                     return None
-            elif 0 <= age < self._policy.refresh_after_s:
+            elif 0 <= age < self._policy.refresh_after_s and not entry.suspect:
                 return entry.record
             elif 0 <= age < self._policy.max_stale_s:
                 if not self._backing_off():
@@ -133,7 +134,7 @@ class KeyCache:
             self._misses.pop(key_id, None)
             self._reads.pop(key_id, None)
 
-    def _read(self, key_id: str) -> asyncio.Task[KeyRecord | None]:
+    def _read(self, key_id: str) -> asyncio.Task[_Entry]:
         """The one store read of this key in flight, started if there is none."""
         task = self._reads.get(key_id)
         if task is None:
@@ -142,13 +143,13 @@ class KeyCache:
             task.add_done_callback(lambda done: self._read_done(key_id, done))
         return task
 
-    def _read_done(self, key_id: str, task: asyncio.Task[KeyRecord | None]) -> None:
+    def _read_done(self, key_id: str, task: asyncio.Task[_Entry]) -> None:
         if self._reads.get(key_id) is task:
             del self._reads[key_id]
         if not task.cancelled():
             task.exception()  # retrieved: a background read's failure is logged in _load
 
-    async def _load(self, key_id: str) -> KeyRecord | None:
+    async def _load(self, key_id: str) -> _Entry:
         generation, started = self._generation, self._clock()
         try:
             record = await self._store.get(key_id)
@@ -160,9 +161,10 @@ class KeyCache:
         if self._failed_at is not None:
             logger.warning("the key store can be read again")
             self._failed_at = None
+        entry = _Entry(record, started)
         if generation == self._generation:
-            self._remember(key_id, _Entry(record, started))
-        return record
+            self._remember(key_id, entry)
+        return entry
 
     def _remember(self, key_id: str, entry: _Entry) -> None:
         if entry.record is not None:
@@ -174,19 +176,20 @@ class KeyCache:
             self._misses.clear()
         self._misses[key_id] = entry
 
-    async def _wait(self, task: asyncio.Task[KeyRecord | None]) -> KeyRecord | None:
+    async def _wait(self, task: asyncio.Task[_Entry]) -> KeyRecord | None:
         try:
             # Shielded: a caller that gives up leaves the read to finish for the next one.
-            return await asyncio.wait_for(asyncio.shield(task), self._policy.read_wait_s)
+            entry = await asyncio.wait_for(asyncio.shield(task), self._policy.read_wait_s)
         except (TimeoutError, KeyStoreUnavailable) as exc:
             raise _unavailable() from exc
+        if not 0 <= self._clock() - entry.read_at < self._policy.max_stale_s:
+            raise _unavailable()  # an answer that took this long may predate a revocation
+        return entry.record
 
     def _distrust(self) -> None:
         """Refresh every record on its next use: notices may have been missed."""
-        oldest = self._clock() - self._policy.refresh_after_s
         for key_id, entry in list(self._records.items()):
-            if entry.read_at > oldest:
-                self._records[key_id] = _Entry(entry.record, oldest)
+            self._records[key_id] = _Entry(entry.record, entry.read_at, suspect=True)
         self._misses.clear()
 
     def note_use(self, key_id: str, when: datetime) -> None:
