@@ -125,6 +125,22 @@ def test_a_lost_notice_is_overtaken_by_the_records_lifetime() -> None:
     asyncio.run(main())
 
 
+def test_a_hot_key_costs_one_store_read_per_refresh_interval() -> None:
+    """Thousands of requests a second for one key: about one store read a second."""
+
+    async def main() -> None:
+        store, clock = GatedStore(), Clock()
+        cache = KeyCache(store, CachePolicy(refresh_after_s=1.0, max_stale_s=2.0), clock)
+        _, record = await stored_key(store)
+        for _ in range(20_000):  # 5,000 requests a second for 4 seconds
+            assert await cache.get(record.id) == record
+            clock.now += 0.0002
+            await asyncio.sleep(0)  # lets a background read finish, as real traffic would
+        assert 4 <= store.reads <= 6
+
+    asyncio.run(main())
+
+
 def test_an_unreachable_store_ends_serving_at_the_staleness_bound() -> None:
     async def main() -> None:
         store, clock = GatedStore(), Clock()
