@@ -33,8 +33,7 @@ async def open_key_store(settings: KeyStoreSettings) -> KeyStore:
         return RedisKeyStore.connect(
             settings.redis_url.get_secret_value(), ping_interval_s=settings.redis_ping_interval
         )
-    settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    return await SqliteKeyStore.open(settings.sqlite_path)
+    return await SqliteKeyStore.open(settings.sqlite_path)  # creates its directory, 0700
 
 
 def _issuers(settings: AuthSettings) -> list[IssuerConfig]:
