@@ -14,7 +14,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +25,9 @@ import pytest
 from gateway.auth.credentials import Authenticator, CredentialStoreUnavailable, InvalidApiKey
 from gateway.auth.key_cache import CachePolicy, KeyCache
 from gateway.keys.records import KeyChanges, KeyRecord, new_key
+from gateway.keys.redis_store import RedisKeyStore
 from gateway.keys.store import KeyStoreUnavailable, MemoryKeyStore
+from gateway.settings import KeyCacheSettings
 from tests.servers import Process, RedisServer, free_port, gateway_config, run_gateway
 
 PEPPER = b"revocation-faults-pepper-0123456789"
@@ -284,6 +286,8 @@ class FaultProxy:
 
 def _reset(writer: asyncio.StreamWriter) -> None:
     """Close with a TCP RST, as a crashed middlebox would."""
+    if writer.is_closing():
+        return
     sock = writer.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -378,3 +382,55 @@ def test_a_key_revoked_during_a_fault_stops_working_within_the_bound(
     assert any(when >= revoked_at + BOUND_S for when, _ in answers)
     assert after_heal == [401] * 5
     assert key not in logs and other not in logs
+
+
+# The change feed notices what redis-py would not tell ----------------------------------------
+
+
+async def feed_error(store: RedisKeyStore, fault: Callable[[], None]) -> str:
+    """Subscribe, apply FAULT, and return the error the feed raises."""
+    async with store.changes() as changes:
+        fault()
+        with pytest.raises(KeyStoreUnavailable) as caught:
+            async with asyncio.timeout(15):
+                async for _ in changes:
+                    pass
+    return str(caught.value)
+
+
+def test_a_half_open_feed_is_declared_lost_within_a_few_pings(proxy: FaultProxy) -> None:
+    async def main() -> str:
+        store = RedisKeyStore.connect(proxy.url, ping_interval_s=0.2)
+        started = time.monotonic()
+        try:
+            error = await feed_error(store, proxy.freeze)
+        finally:
+            proxy.heal()
+            await store.close()
+        assert time.monotonic() - started < 10
+        return error
+
+    assert "stopped answering" in asyncio.run(main())
+
+
+def test_a_feed_that_reconnects_behind_the_scenes_is_reported(proxy: FaultProxy) -> None:
+    def blip() -> None:
+        proxy.drop()
+        proxy.heal()  # redis-py reconnects and subscribes again at once, without a word
+
+    async def main() -> str:
+        store = RedisKeyStore.connect(proxy.url, ping_interval_s=0.2)
+        try:
+            return await feed_error(store, blip)
+        finally:
+            await store.close()
+
+    error = asyncio.run(main())
+    assert "reconnected" in error or "receive key changes" in error, error
+
+
+def test_key_cache_settings_refuse_a_bound_below_the_refresh() -> None:
+    with pytest.raises(ValueError, match="max_stale"):
+        KeyCacheSettings(refresh_after=2, max_stale=1)
+    defaults = KeyCacheSettings()
+    assert defaults.refresh_after <= 1 and defaults.max_stale < BOUND_S
