@@ -23,6 +23,7 @@ import httpx
 
 from gateway.keys.records import KeyRecord, new_key
 from gateway.keys.sqlite import SqliteKeyStore
+from gateway.private_files import private_directory, tighten, write_private
 from gateway.settings import ModelSettings, ReplicaSettings
 
 logger = logging.getLogger("gateway.embedded")
@@ -90,22 +91,23 @@ class EmbeddedCredentials:
 
 def _read_or_create(path: Path, make: Callable[[], str]) -> tuple[str, bool]:
     if path.exists():
+        tighten(path)
         return path.read_text().strip(), False
     value = make()
-    path.touch(mode=0o600)
-    path.write_text(value + "\n")
+    write_private(path, value + "\n")
     return value, True
 
 
 def embedded_credentials(key_db: Path) -> EmbeddedCredentials:
     """Create (first start) or read the embedded default's secrets, each in a 0600 file
-    beside the SQLite key store."""
+    beside the SQLite key store, in a directory made 0700 if the gateway creates it."""
     data_dir = key_db.parent
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_directory(data_dir)
     pepper, _ = _read_or_create(data_dir / "pepper", lambda: secrets.token_urlsafe(48))
     admin, _ = _read_or_create(data_dir / "admin-token", lambda: secrets.token_urlsafe(32))
     demo_file = data_dir / "demo-key"
     demo_key = None
+    tighten(demo_file)
     if not demo_file.exists():
         key, record = new_key(
             pepper.encode(), tenant="demo", name="demo", created_at=datetime.now(UTC)

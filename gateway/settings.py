@@ -274,6 +274,9 @@ class KeyStoreSettings(_Strict):
     backend: Literal["sqlite", "redis"] = "sqlite"
     sqlite_path: Path = Path("data/keys.db")
     redis_url: Secret = None
+    # Seconds between PINGs on the Redis change feed; three unanswered ones mean the
+    # connection is dead (even half-open): the cache is distrusted and the feed reopened.
+    redis_ping_interval: float = Field(default=1.0, gt=0, le=60)
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> KeyStoreSettings:
@@ -296,12 +299,36 @@ class JWTIssuerSettings(_Strict):
     default_tenant: str = "default"
     default_models: list[str] | None = None
     tenant_defaults: dict[str, LimitsSettings] = Field(default_factory=dict)
+    # The JWKS is refetched after jwks_ttl_s, and at once for a token naming an unknown
+    # `kid` (a rotated-in key), but never twice within jwks_min_refresh_interval_s.
+    jwks_ttl_s: float = Field(default=300.0, gt=0, le=86400)
+    jwks_min_refresh_interval_s: float = Field(default=2.0, ge=0, le=3600)
+
+
+class KeyCacheSettings(_Strict):
+    """How long a gateway process trusts a cached API-key record, in seconds.
+
+    A record is used without a store read for `refresh_after`, then re-read in the
+    background. While the store cannot be read it is served until `max_stale`, then
+    the key is refused with 503: the longest a revocation can go unseen by a replica
+    cut off from the store. Larger rides out longer outages; smaller revokes sooner.
+    """
+
+    refresh_after: float = Field(default=1.0, gt=0, le=60)
+    max_stale: float = Field(default=2.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _stale_after_refresh(self) -> KeyCacheSettings:
+        if self.max_stale < self.refresh_after:
+            raise ValueError("max_stale must be at least refresh_after")
+        return self
 
 
 class AuthSettings(_Strict):
     # HMAC key for API-key secrets: losing or changing it invalidates every key.
     pepper: Secret = None
     key_store: KeyStoreSettings = KeyStoreSettings()
+    key_cache: KeyCacheSettings = KeyCacheSettings()
     jwt_issuers: list[JWTIssuerSettings] = Field(default_factory=list)
 
 

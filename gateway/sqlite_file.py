@@ -1,9 +1,11 @@
 """One SQLite connection, used from worker threads: the plumbing both SQLite stores share.
 
-The gateway's SQLite files (API keys, the admin audit log) are opened in WAL
-mode with full syncs, and every statement runs in a worker thread so the
-event loop never waits on the disk. A thread lock, not an asyncio one, guards
-the connection: a cancelled await must not free it while the thread still runs.
+The gateway's SQLite files (API keys, usage, the admin audit log) are opened in
+WAL mode with full syncs, and every statement runs in a worker thread so the
+event loop never waits on the disk. They hold tenants' data: the file, its
+`-wal` and `-shm` are 0600 and a directory the gateway creates is 0700. A
+thread lock, not an asyncio one, guards the connection: a cancelled await must
+not free it while the thread still runs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+from gateway.private_files import create_private, private_directory, tighten
+
 T = TypeVar("T")
 BUSY_TIMEOUT_S = 5.0
 
@@ -24,6 +28,10 @@ def connect(
     path: Path, read_only: bool, prepare: Callable[[sqlite3.Connection, bool], None]
 ) -> sqlite3.Connection:
     """Open PATH (WAL, synchronous=FULL); PREPARE(connection, read_only) sees to the schema."""
+    if not read_only:
+        private_directory(path.parent)
+        # Created here, 0600, so SQLite opens our file and gives -wal and -shm its mode.
+        create_private(path)
     target = path.resolve().as_uri() + ("?mode=ro" if read_only else "")
     connection = sqlite3.connect(
         target, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
@@ -33,6 +41,9 @@ def connect(
             connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA synchronous = FULL")
         prepare(connection, read_only)
+        if not read_only:
+            for suffix in ("-wal", "-shm"):  # left by an older gateway with a wider mode
+                tighten(path.with_name(path.name + suffix))
     except BaseException:
         connection.close()
         raise
@@ -43,8 +54,8 @@ def connect(
 def mapped_errors(
     action: str, unavailable: type[Exception], failed: type[Exception]
 ) -> Iterator[None]:
-    """sqlite3's errors as the caller's: OperationalError (read-only, full, locked) is
-    UNAVAILABLE, anything else FAILED; the message says what was being done."""
+    """sqlite3's errors as the caller's: OperationalError (read-only, full, locked) and
+    OSError are UNAVAILABLE, anything else FAILED; the message says what was being done."""
     try:
         yield
     except sqlite3.OperationalError as exc:
@@ -54,6 +65,8 @@ def mapped_errors(
         raise unavailable(f"could not {action}: {exc}{hint}") from exc
     except sqlite3.Error as exc:
         raise failed(f"could not {action}: {exc}") from exc
+    except OSError as exc:  # creating the file or its directory
+        raise unavailable(f"could not {action}: {exc}") from exc
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -34,7 +35,10 @@ from gateway.auth.jwt import (
     UnknownKey,
 )
 from gateway.auth.jwt_config import ClaimNames, IssuerConfig, JWKSPolicy
+from gateway.auth.jwt_settings import issuer_config
 from gateway.auth.principal import Limits, Principal
+from gateway.settings import JWTIssuerSettings
+from tests.servers import TEST_PEPPER, Process, free_port, gateway_config, run_gateway
 
 ISS = "https://idp.test"
 SECRET = "x" * 64
@@ -615,3 +619,59 @@ def test_each_issuer_uses_only_its_own_key_and_algorithms(keys: Keys) -> None:
     assert verify(issuers, mint(SECRET, "HS256")).id == "alice"
     refused(issuers, mint(SECRET, "HS256", iss="rs"), InvalidToken, "bad_algorithm")
     refused(issuers, mint(keys.rsa1, "RS256"), InvalidToken, "bad_algorithm")
+
+
+def test_a_gateway_accepts_a_rotated_in_kid_within_its_refresh_interval(
+    keys: Keys, jwks_server: JWKSServer, sim: Process, tmp_path: Path
+) -> None:
+    """A real gateway, a real JWKS server: a new `kid` costs at most the configured
+    minimum interval, and a flood of made-up `kid`s at most one fetch per interval."""
+    interval = 1.0
+    issuer = {
+        "issuer": ISS,
+        "algorithms": ["RS256"],
+        "jwks_url": jwks_server.url,
+        "jwks_min_refresh_interval_s": interval,
+    }
+    config = gateway_config(free_port(), {"sim-model": [sim.url]})
+    config["auth"] = {
+        "pepper": TEST_PEPPER,
+        "key_store": {"sqlite_path": str(tmp_path / "keys.db")},
+        "jwt_issuers": [issuer],
+    }
+    jwks_server.keys = [jwk(keys.rsa1, "k1")]
+    now = time.time()
+
+    def status(key: PrivateKey, kid: str) -> int:
+        token = mint(key, "RS256", kid=kid, exp=now + 3600, iat=now)
+        headers = {"Authorization": f"Bearer {token}"}
+        return httpx.get(f"{gateway.url}/v1/models", headers=headers, timeout=10).status_code
+
+    with run_gateway(tmp_path, config) as gateway:
+        assert status(keys.rsa1, "k1") == 200
+        jwks_server.keys = [jwk(keys.rsa1, "k1"), jwk(keys.rsa2, "k2")]  # the IdP rotates
+        rotated_at = time.monotonic()
+        while status(keys.rsa2, "k2") != 200:
+            assert time.monotonic() - rotated_at < interval + 3.0, "the new kid is still refused"
+            time.sleep(0.05)
+        hits_before, flood_started, sent = jwks_server.hits, time.monotonic(), 0
+        while time.monotonic() - flood_started < 3.0:
+            assert status(keys.rsa2, f"made-up-{random.random()}") == 401
+            sent += 1
+        flood_s = time.monotonic() - flood_started
+        fetches = jwks_server.hits - hits_before
+    assert sent > 20
+    assert fetches <= flood_s / interval + 1, (fetches, flood_s)
+
+
+def test_jwks_refresh_settings_reach_the_cache_policy() -> None:
+    settings = JWTIssuerSettings(
+        issuer=ISS,
+        algorithms=["RS256"],
+        jwks_url="https://idp.test/jwks.json",
+        jwks_ttl_s=120,
+        jwks_min_refresh_interval_s=7,
+    )
+    assert issuer_config(settings).jwks == JWKSPolicy(ttl_s=120, min_refresh_interval_s=7)
+    default = JWTIssuerSettings(issuer=ISS, algorithms=["RS256"], jwks_url="https://idp.test/j")
+    assert 2 <= issuer_config(default).jwks.min_refresh_interval_s <= 5

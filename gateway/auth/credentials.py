@@ -5,37 +5,34 @@
     └── InvalidApiKey                 unknown, wrong secret, revoked or expired key
     CredentialStoreUnavailable        503: the key store cannot be read
 
-Key records are cached per process and dropped when the store announces a
-change (Redis pub/sub reaches every replica), so a known key costs no store
-round trip, and a revocation still takes effect everywhere within a second.
-Unknown ids are cached briefly too, so a flood of made-up keys cannot turn
-into a flood of store reads.
+Key records come from a per-process `KeyCache` (key_cache.py): a known key
+costs no store round trip on most requests, a revocation reaches every replica
+within a second through the store's change feed, and within the cache's
+staleness bound even when that feed is cut. Unknown ids are cached briefly too,
+so a flood of made-up keys cannot turn into a flood of store reads.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
 from gateway.auth.errors import AuthError
+from gateway.auth.key_cache import CredentialStoreUnavailable, KeyCache
 from gateway.auth.principal import Principal
-from gateway.errors import GatewayError
 from gateway.keys.format import PREFIX, MalformedKey, parse
-from gateway.keys.records import KeyRecord
-from gateway.keys.store import KeyStore, KeyStoreUnavailable
 
-logger = logging.getLogger("gateway.auth")
+__all__ = [
+    "Authenticator",
+    "CredentialStoreUnavailable",
+    "InvalidApiKey",
+    "KeyCache",
+    "MissingCredentials",
+    "bearer_token",
+]
 
 MAX_HEADER_BYTES = 4096
-MISS_TTL_S = 1.0
-# last_used_at is written at most this often per key, off the request path.
-USE_RECORD_INTERVAL_S = 60.0
-RESUBSCRIBE_DELAY_S = 1.0
 
 
 class MissingCredentials(AuthError):
@@ -46,12 +43,6 @@ class MissingCredentials(AuthError):
 class InvalidApiKey(AuthError):
     code = "invalid_api_key"
     default_reason = "invalid_key"
-
-
-class CredentialStoreUnavailable(GatewayError):
-    status = 503
-    error_type = "server_error"
-    code = "auth_unavailable"
 
 
 class TokenVerifier(Protocol):
@@ -77,90 +68,6 @@ def bearer_token(header: bytes | None) -> str:
             "Use the Authorization header with the Bearer scheme.", reason="malformed"
         )
     return token
-
-
-class KeyCache:
-    """Key records by id, kept until the store says the key changed."""
-
-    def __init__(self, store: KeyStore, clock: Callable[[], float] = time.monotonic) -> None:
-        self._store = store
-        self._clock = clock
-        self._records: dict[str, KeyRecord] = {}
-        self._misses: dict[str, float] = {}
-        self._listener: asyncio.Task[None] | None = None
-        self._recorded: dict[str, float] = {}
-        self._writes: set[asyncio.Task[None]] = set()
-
-    def note_use(self, key_id: str, when: datetime) -> None:
-        """Move the key's last_used_at forward, in the background, once a minute at most."""
-        now = self._clock()
-        last = self._recorded.get(key_id)
-        if last is not None and now - last < USE_RECORD_INTERVAL_S:
-            return
-        self._recorded[key_id] = now
-        task = asyncio.get_running_loop().create_task(self._record_use(key_id, when))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-
-    async def _record_use(self, key_id: str, when: datetime) -> None:
-        try:
-            await self._store.record_use(key_id, when)
-        except KeyStoreUnavailable as exc:
-            self._recorded.pop(key_id, None)  # try again on the next use
-            logger.warning("could not record the use of key %s: %s", key_id, exc)
-
-    async def get(self, key_id: str) -> KeyRecord | None:
-        record = self._records.get(key_id)
-        if record is not None:
-            return record
-        missed = self._misses.get(key_id)
-        if missed is not None and self._clock() - missed < MISS_TTL_S:
-            return None
-        try:
-            record = await self._store.get(key_id)
-        except KeyStoreUnavailable as exc:
-            raise CredentialStoreUnavailable(
-                "API keys cannot be checked right now; retry shortly.", headers={"retry-after": "1"}
-            ) from exc
-        if record is None:
-            self._misses[key_id] = self._clock()
-            if len(self._misses) > 100_000:
-                self._misses.clear()
-        else:
-            self._records[key_id] = record
-        return record
-
-    def forget(self, key_id: str | None = None) -> None:
-        if key_id is None:
-            self._records.clear()
-            self._misses.clear()
-        else:
-            self._records.pop(key_id, None)
-            self._misses.pop(key_id, None)
-
-    def start(self) -> None:
-        self._listener = asyncio.get_running_loop().create_task(self._listen())
-
-    async def stop(self) -> None:
-        if self._writes:
-            await asyncio.wait(set(self._writes), timeout=2.0)
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-
-    async def _listen(self) -> None:
-        while True:
-            try:
-                async with self._store.changes() as changes:
-                    # Anything cached before the subscription was live may be stale.
-                    self.forget()
-                    async for key_id in changes:
-                        self.forget(key_id)
-            except KeyStoreUnavailable as exc:
-                logger.warning("key change feed lost (%s); retrying", exc)
-            self.forget()
-            await asyncio.sleep(RESUBSCRIBE_DELAY_S)
 
 
 class Authenticator:

@@ -88,13 +88,15 @@ class ClaimNames:
 class JWKSPolicy:
     """How a JWKS is cached and refreshed.
 
-    Keys are refetched after `ttl_s`, or sooner when a token names an unknown
-    `kid`, but never more often than once per `min_refresh_interval_s`: a flood
-    of tokens with made-up `kid`s costs the identity provider one request.
+    Keys are refetched after `ttl_s`, or as soon as a token names an unknown
+    `kid` (an identity provider rotating in a new key), but never more often than
+    once per `min_refresh_interval_s`: a flood of tokens with made-up `kid`s costs
+    the identity provider one request per interval, and a token signed with a key
+    just published is refused for at most that long.
     """
 
     ttl_s: float = 300.0
-    min_refresh_interval_s: float = 30.0
+    min_refresh_interval_s: float = 2.0
     timeout_s: float = 5.0
     max_bytes: int = 1_000_000
 

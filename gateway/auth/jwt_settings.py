@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.auth.jwt_config import ClaimNames, IssuerConfig
+from gateway.auth.jwt_config import ClaimNames, IssuerConfig, JWKSPolicy
 from gateway.auth.principal import Limits
 from gateway.settings import JWTIssuerSettings, LimitsSettings
 
@@ -26,4 +26,7 @@ def issuer_config(settings: JWTIssuerSettings) -> IssuerConfig:
         if settings.default_models is None
         else frozenset(settings.default_models),
         tenant_defaults={name: limits(value) for name, value in settings.tenant_defaults.items()},
+        jwks=JWKSPolicy(
+            ttl_s=settings.jwks_ttl_s, min_refresh_interval_s=settings.jwks_min_refresh_interval_s
+        ),
     )

@@ -12,6 +12,7 @@ import httpx
 
 from gateway.auth.credentials import Authenticator, KeyCache
 from gateway.auth.errors import AuthError
+from gateway.auth.key_cache import CachePolicy
 from gateway.auth.principal import Principal
 from gateway.keys.sqlite import SqliteKeyStore
 from gateway.keys.store import KeyStore
@@ -29,9 +30,10 @@ async def open_key_store(settings: KeyStoreSettings) -> KeyStore:
         from gateway.keys.redis_store import RedisKeyStore  # noqa: PLC0415 (optional backend)
 
         assert settings.redis_url is not None  # checked by the settings
-        return RedisKeyStore.connect(settings.redis_url.get_secret_value())
-    settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    return await SqliteKeyStore.open(settings.sqlite_path)
+        return RedisKeyStore.connect(
+            settings.redis_url.get_secret_value(), ping_interval_s=settings.redis_ping_interval
+        )
+    return await SqliteKeyStore.open(settings.sqlite_path)  # creates its directory, 0700
 
 
 def _issuers(settings: AuthSettings) -> list[IssuerConfig]:
@@ -58,7 +60,9 @@ class AuthService:
 
     async def open(self) -> None:
         self._store = await open_key_store(self._settings.key_store)
-        self._cache = KeyCache(self._store)
+        cache = self._settings.key_cache
+        policy = CachePolicy(refresh_after_s=cache.refresh_after, max_stale_s=cache.max_stale)
+        self._cache = KeyCache(self._store, policy)
         self._cache.start()
         if self._issuers:
             from gateway.auth.jwt import JWTVerifier  # noqa: PLC0415 (optional feature)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import replace
@@ -50,6 +52,9 @@ T = TypeVar("T")
 
 WATCH_ATTEMPTS = 16
 SUBSCRIBE_TIMEOUT_S = 5.0
+PING_INTERVAL_S = 1.0
+# The feed is declared dead after this many ping intervals without a word from Redis.
+SILENT_PINGS = 3
 
 # Moves last_used_at forward only, and never creates a hash for an unknown key.
 _TOUCH = """
@@ -68,24 +73,42 @@ class RedisKeyStore:
     closes only a client the store owns.
     """
 
-    def __init__(self, client: Redis, *, prefix: str = "vgw", owns_client: bool = False) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str = "vgw",
+        owns_client: bool = False,
+        ping_interval_s: float = PING_INTERVAL_S,
+    ) -> None:
         self._client = client
         self._prefix = prefix
         self._owns_client = owns_client
+        self._ping_interval_s = ping_interval_s
         self._touch = client.register_script(_TOUCH)
         self.channel = f"{prefix}:key-changes"
 
     @classmethod
-    def connect(cls, url: str, *, prefix: str = "vgw", timeout_s: float = 2.0) -> RedisKeyStore:
+    def connect(
+        cls,
+        url: str,
+        *,
+        prefix: str = "vgw",
+        timeout_s: float = 2.0,
+        ping_interval_s: float = PING_INTERVAL_S,
+    ) -> RedisKeyStore:
         """A store with its own client: bounded timeouts and few retries, so an outage
-        reaches the admin as an error within seconds instead of a hang."""
+        reaches the admin as an error within seconds instead of a hang; TCP keepalive
+        so the kernel, too, notices a peer that vanished."""
         client = Redis.from_url(
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
+            socket_keepalive=True,
+            socket_keepalive_options=_keepalive_options(),
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
         )
-        return cls(client, prefix=prefix, owns_client=True)
+        return cls(client, prefix=prefix, owns_client=True, ping_interval_s=ping_interval_s)
 
     async def create(self, record: KeyRecord) -> None:
         key = self._key(record.id)
@@ -147,8 +170,9 @@ class RedisKeyStore:
 
     def changes(self) -> AbstractAsyncContextManager[AsyncIterator[str]]:
         """Key ids published by any replica. Redis pub/sub does not queue for an absent
-        subscriber, and the client may reconnect within its retry policy without a
-        word: a cache built on this should also give its entries a short lifetime."""
+        subscriber: the feed raises `KeyStoreUnavailable` when redis-py re-subscribed
+        after a reconnect, or when Redis answered no PING for a few intervals (a
+        half-open connection). A cache should still give its entries a short lifetime."""
         return self._subscribe()
 
     async def close(self) -> None:
@@ -165,7 +189,7 @@ class RedisKeyStore:
                 confirmed = await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT_S)
             if confirmed is None:
                 raise KeyStoreUnavailable("Redis did not confirm the key-changes subscription")
-            yield _feed(pubsub)
+            yield _feed(pubsub, self._ping_interval_s)
 
     async def _watched(self, action: str, key: str, step: Callable[[Pipeline], Awaitable[T]]) -> T:
         """Run `step` with `key` watched, again if another client wrote it meanwhile."""
@@ -188,12 +212,32 @@ class RedisKeyStore:
         return f"{self._prefix}:tenant:{tenant}"
 
 
-async def _feed(pubsub: PubSub) -> AsyncIterator[str]:
+async def _feed(pubsub: PubSub, ping_interval_s: float) -> AsyncIterator[str]:
+    """The published ids; PINGs Redis every interval, so silence means a dead connection."""
+    heard = pinged = time.monotonic()
     while True:
         with _mapped("receive key changes"):
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-        if message is not None and message.get("type") == "message":
+            message = await pubsub.get_message(timeout=ping_interval_s)
+            now = time.monotonic()
+            if now - pinged >= ping_interval_s:
+                await pubsub.ping()
+                pinged = now
+        if message is None:
+            if now - heard > ping_interval_s * SILENT_PINGS:
+                raise KeyStoreUnavailable("Redis stopped answering on the key-changes feed")
+            continue
+        heard = now
+        kind = message.get("type")
+        if kind == "message":
             yield _text(message["data"])
+        elif kind == "subscribe":
+            # redis-py reconnected and subscribed again: notices sent meanwhile are lost.
+            raise KeyStoreUnavailable("the key-changes feed reconnected")
+
+
+def _keepalive_options() -> dict[int, int]:
+    wanted = {"TCP_KEEPIDLE": 5, "TCP_KEEPINTVL": 2, "TCP_KEEPCNT": 3}
+    return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
 
 
 @contextmanager

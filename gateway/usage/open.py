@@ -14,5 +14,4 @@ async def open_usage_store(settings: KeyStoreSettings) -> UsageStore:
 
         assert settings.redis_url is not None  # checked by the settings
         return connect(settings.redis_url.get_secret_value())
-    settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    return await SqliteUsageStore.open(settings.sqlite_path)
+    return await SqliteUsageStore.open(settings.sqlite_path)  # creates its directory, 0700
