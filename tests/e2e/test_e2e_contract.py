@@ -48,11 +48,15 @@ def test_a_string_max_tokens_vllm_would_honour_is_refused(
     capped: tuple[Process, str, str], vllm_chat: Server
 ) -> None:
     gateway, key, _ = capped
-    raw = json.dumps({"model": CHAT_MODEL, "prompt": "Count:", "max_tokens": "40"})
-    direct = httpx.post(
-        f"{vllm_chat.url}/v1/completions", content=raw, headers=vllm_chat.headers, timeout=120
+    raw = json.dumps(
+        {"model": CHAT_MODEL, "prompt": "Count:", "max_tokens": "40", "ignore_eos": True}
     )
-    assert direct.status_code == 200  # vLLM coerces the string
+    headers = {**vllm_chat.headers, "Content-Type": "application/json"}
+    direct = httpx.post(
+        f"{vllm_chat.url}/v1/completions", content=raw, headers=headers, timeout=120
+    )
+    assert direct.status_code == 200, direct.text  # vLLM coerces the string
+    assert direct.json()["usage"]["completion_tokens"] > CAP
     refused = post(gateway, key, raw)
     assert refused.status_code == 400
     assert refused.json()["error"]["param"] == "max_tokens"
