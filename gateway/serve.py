@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import socket
 import sys
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"vllm-gateway: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log)
+    _raise_open_file_limit()
     if settings.workers > 1 and args.worker_fds is None:
         supervisor = Supervisor(settings, args.config)
         print(f"{_banner(settings, None)}\n({settings.workers} worker processes)", flush=True)
@@ -89,6 +91,14 @@ def _with_credentials(settings: Settings, credentials: EmbeddedCredentials) -> S
     auth = settings.auth.model_copy(update={"pepper": SecretStr(credentials.pepper)})
     admin = settings.admin.model_copy(update={"tokens": [SecretStr(credentials.admin_token)]})
     return settings.model_copy(update={"auth": auth, "admin": admin})
+
+
+def _raise_open_file_limit() -> None:
+    """Each proxied stream holds two sockets: the usual soft limit of 1,024 open files
+    would refuse connections long before `edge.max_connections`."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:

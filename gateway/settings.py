@@ -120,7 +120,7 @@ class EdgeSettings(_Strict):
     header_timeout: float = Field(default=10.0, gt=0, le=600)
     body_timeout: float = Field(default=60.0, gt=0, le=3600)
     keep_alive_timeout: int = Field(default=20, ge=1, le=3600)
-    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+    max_connections: int = Field(default=10_000, ge=1, le=1_000_000)
 
 
 class TimeoutSettings(_Strict):
