@@ -159,8 +159,12 @@ def test_https_upstream_with_ca_bundle(
 def test_https_upstream_without_trust_is_502(module_tmp: Path, https_gateway: Process) -> None:
     with run_gateway(module_tmp, upstream_https_config(https_gateway)) as front:
         response = httpx.post(f"{front.url}/v1/chat/completions", json=CHAT, headers=front.auth)
+        request_id = response.headers["x-request-id"]
     assert response.status_code == 502
-    assert "TLS" in response.json()["error"]["message"]
+    message = response.json()["error"]["message"]
+    # The client is told what happened and its request id; the log says why, and where.
+    assert request_id in message and "TLS" not in message
+    assert f"TLS handshake failed (request {request_id})" in front.log()
 
 
 def test_check_command_over_https(https_gateway: Process, server_files: dict[str, Path]) -> None:
