@@ -93,22 +93,25 @@ def test_rate_headers_on_success_and_refusal(gateway: Process) -> None:
 
 def test_the_sdk_raises_rate_limit_error(gateway: Process) -> None:
     key, _ = new_key(gateway, requests_per_minute=1)
-    client = sdk(gateway, key)
-    client.chat.completions.create(model=FAST, messages=PROMPT, max_tokens=2)  # type: ignore[arg-type]
-    with pytest.raises(openai.RateLimitError) as refused:
+    with sdk(gateway, key) as client:
         client.chat.completions.create(model=FAST, messages=PROMPT, max_tokens=2)  # type: ignore[arg-type]
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.chat.completions.create(model=FAST, messages=PROMPT, max_tokens=2)  # type: ignore[arg-type]
     assert refused.value.status_code == 429
     assert refused.value.response.headers["retry-after"]
 
 
 def hold_a_stream(gateway: Process, key: str, started: threading.Event) -> threading.Thread:
     def run() -> None:
-        with sdk(gateway, key).chat.completions.create(
-            model=SLOW,
-            messages=PROMPT,
-            max_tokens=20,
-            stream=True,  # type: ignore[arg-type]
-        ) as stream:
+        with (
+            sdk(gateway, key) as client,
+            client.chat.completions.create(
+                model=SLOW,
+                messages=PROMPT,
+                max_tokens=20,
+                stream=True,  # type: ignore[arg-type]
+            ) as stream,
+        ):
             for _ in stream:
                 started.set()
 
@@ -123,11 +126,12 @@ def test_the_sdk_retry_honours_retry_after_and_succeeds(gateway: Process) -> Non
     refusals = metric(gateway.url, REFUSALS, kind="concurrent_requests")
     holder = hold_a_stream(gateway, key, threading.Event())
     # Refused while the stream holds the one slot; the SDK waits Retry-After and tries again.
-    answer = sdk(gateway, key, retries=5).chat.completions.create(
-        model=FAST,
-        messages=PROMPT,
-        max_tokens=2,  # type: ignore[arg-type]
-    )
+    with sdk(gateway, key, retries=5) as client:
+        answer = client.chat.completions.create(
+            model=FAST,
+            messages=PROMPT,
+            max_tokens=2,  # type: ignore[arg-type]
+        )
     holder.join(10)
     assert answer.choices[0].message.content
     assert metric(gateway.url, REFUSALS, kind="concurrent_requests") > refusals
@@ -195,8 +199,8 @@ def test_max_tokens_over_the_cap_is_refused_when_so_configured(
     config = limited_gateway(module_tmp, sim, slow_sim, max_tokens_policy="refuse")
     with run_gateway(module_tmp, config) as process:
         key, _ = new_key(process, max_tokens=3)
-        with pytest.raises(openai.BadRequestError) as refused:
-            sdk(process, key).chat.completions.create(
+        with sdk(process, key) as client, pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(
                 model=FAST,
                 messages=PROMPT,
                 max_completion_tokens=4,  # type: ignore[arg-type]
@@ -224,22 +228,26 @@ def wait_for_usage(gateway: Process, key_id: str, model: str, requests: int) -> 
 
 def test_usage_is_recorded_exactly_for_streams_and_bodies(gateway: Process, sim: Process) -> None:
     key, key_id = new_key(gateway)
-    client = sdk(gateway, key)
-    plain = client.chat.completions.create(model=FAST, messages=PROMPT, max_tokens=7)  # type: ignore[arg-type]
-    # A stream that did not ask for usage: the gateway asks, counts, and keeps it from the client.
-    chunks = list(
-        client.chat.completions.create(model=FAST, messages=PROMPT, max_tokens=9, stream=True)
-    )  # type: ignore[arg-type]
-    assert all(chunk.usage is None for chunk in chunks)
-    direct = openai.OpenAI(base_url=f"{sim.url}/v1", api_key="unused").chat.completions.create(
-        model=FAST,
-        messages=PROMPT,
-        max_tokens=9,
-        stream=True,
-        stream_options={"include_usage": True},  # type: ignore[arg-type]
-    )
-    stream_usage = [chunk.usage for chunk in direct if chunk.usage][-1]
-    embedded = client.embeddings.create(model=FAST, input=["one", "two three"])
+    with (
+        sdk(gateway, key) as client,
+        openai.OpenAI(base_url=f"{sim.url}/v1", api_key="unused") as direct_client,
+    ):
+        plain = client.chat.completions.create(model=FAST, messages=PROMPT, max_tokens=7)  # type: ignore[arg-type]
+        # A stream that did not ask for usage: the gateway asks, counts, and keeps it from
+        # the client.
+        chunks = list(
+            client.chat.completions.create(model=FAST, messages=PROMPT, max_tokens=9, stream=True)
+        )  # type: ignore[arg-type]
+        assert all(chunk.usage is None for chunk in chunks)
+        direct = direct_client.chat.completions.create(
+            model=FAST,
+            messages=PROMPT,
+            max_tokens=9,
+            stream=True,
+            stream_options={"include_usage": True},  # type: ignore[arg-type]
+        )
+        stream_usage = [chunk.usage for chunk in direct if chunk.usage][-1]
+        embedded = client.embeddings.create(model=FAST, input=["one", "two three"])
     usage = wait_for_usage(gateway, key_id, FAST, 3)
     assert plain.usage is not None
     assert usage["requests"] == 3

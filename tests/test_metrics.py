@@ -79,22 +79,22 @@ def test_counts_match_what_was_done(gateway: Process, sim: Process, dead_url: st
         "sim_generation": metric(sim.url, "vllm:generation_tokens_total"),
         "gaps": metric(gateway.url, "gateway_inter_token_gap_seconds_count", model=MODEL),
     }
-    client = sdk(gateway)
-    answer = client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=5)  # type: ignore[arg-type]
-    chunks = list(
-        client.chat.completions.create(
-            model=MODEL,
-            messages=PROMPT,  # type: ignore[arg-type]
-            max_tokens=7,
-            stream=True,
-            # Tokens 20 ms apart: each arrives in a read of its own.
-            extra_headers={"x-sim-itl-ms": "20"},
-        )
-    )  # type: ignore[arg-type]
-    with pytest.raises(openai.AuthenticationError):
-        sdk(gateway, "vgw_not_a_real_key").models.list()
-    with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="nope", messages=PROMPT)  # type: ignore[arg-type]
+    with sdk(gateway) as client, sdk(gateway, "vgw_not_a_real_key") as stranger:
+        answer = client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=5)  # type: ignore[arg-type]
+        chunks = list(
+            client.chat.completions.create(
+                model=MODEL,
+                messages=PROMPT,  # type: ignore[arg-type]
+                max_tokens=7,
+                stream=True,
+                # Tokens 20 ms apart: each arrives in a read of its own.
+                extra_headers={"x-sim-itl-ms": "20"},
+            )
+        )  # type: ignore[arg-type]
+        with pytest.raises(openai.AuthenticationError):
+            stranger.models.list()
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="nope", messages=PROMPT)  # type: ignore[arg-type]
     assert answer.usage is not None and len(chunks) > 7
     assert requests("200") - before["ok"] == 2
     # The simulator's own counters are the truth for the stream (its usage was kept from us).

@@ -234,18 +234,18 @@ def test_embeddings_float_and_base64_agree(sim: Process) -> None:
 
 def test_openai_sdk_embeddings_and_stream(sim: Process) -> None:
     """The official SDK asks for base64 embeddings by default and parses the SSE stream."""
-    client = openai.OpenAI(base_url=f"{sim.url}/v1", api_key="unused", max_retries=0)
-    embedding = client.embeddings.create(model=MODEL, input="hello world")
-    assert len(embedding.data[0].embedding) == 384
-    chunks = list(
-        client.chat.completions.create(
-            model=MODEL,
-            messages=[{"role": "user", "content": "hi"}],
-            max_tokens=3,
-            stream=True,
-            stream_options={"include_usage": True},
+    with openai.OpenAI(base_url=f"{sim.url}/v1", api_key="unused", max_retries=0) as client:
+        embedding = client.embeddings.create(model=MODEL, input="hello world")
+        assert len(embedding.data[0].embedding) == 384
+        chunks = list(
+            client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=3,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
         )
-    )
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 3
 

@@ -25,8 +25,8 @@ def usage(gateway: Process, path: str) -> dict[str, dict[str, int]]:
 
 
 def send(gateway: Process, key: str) -> tuple[int, int]:
-    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
-    answer = client.completions.create(model=MODEL, prompt="Keep count", max_tokens=4)
+    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0) as client:
+        answer = client.completions.create(model=MODEL, prompt="Keep count", max_tokens=4)
     assert answer.usage is not None
     return answer.usage.prompt_tokens, answer.usage.completion_tokens
 
