@@ -73,7 +73,6 @@ class Gateway:
         upstreams = settings.upstreams
         options = ProxyOptions(
             max_body_bytes=settings.max_body_bytes,
-            body_timeout=settings.edge.body_timeout,
             refuse_over_cap=settings.limits.max_tokens_policy == "refuse",
             default_reserve=settings.limits.default_completion_reserve,
             max_batch=settings.limits.max_batch,

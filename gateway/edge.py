@@ -11,7 +11,12 @@ subclasses it and adds, before any ASGI code runs:
   most one socket read is held beyond the limit;
 - a head not complete `header_timeout` seconds after the connection opened (or,
   on a kept-alive connection, after its first byte) is answered 408; a
-  connection that sent nothing is closed.
+  connection that sent nothing is closed;
+- a body not complete `body_timeout` seconds after its head is answered 408 (the
+  application, waiting for the body, sees the client as gone), on both listeners.
+
+The clocks cost nothing on the usual request, whose head and body arrive in one
+read: one is armed only when a read ends with the head or the body incomplete.
 
 Each refusal is an OpenAI-shaped error with `connection: close`; the connection
 then half-closes and drains what the client still sends for a moment, so the
@@ -47,6 +52,9 @@ logger = logging.getLogger("gateway.edge")
 LINGER_S = 2.0
 # Request-line bytes besides the URL (method, version, CRLFs), allowed in the raw count.
 HEAD_SLACK = 1024
+# uvicorn's own callbacks, called directly: cheaper than super() on every header.
+_on_url = HttpToolsProtocol.on_url
+_on_header = HttpToolsProtocol.on_header
 
 
 class EdgeConfig(uvicorn.Config):
@@ -74,13 +82,16 @@ class EdgeProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.edge = config.edge if isinstance(config, EdgeConfig) else EdgeSettings()
         self._in_head = False
-        self._head_clock: asyncio.TimerHandle | None = None
+        self._in_body = False
+        self._head_started = 0.0
+        # The one clock of the connection: its first head, then whatever is incomplete.
+        self._clock: asyncio.TimerHandle | None = None
         # Raw bytes received while a head was incomplete: bounds what httptools holds
         # of a header value that has not ended yet (it calls on_header only at its end).
         self._raw_head_bytes = 0
         self._url_bytes = 0
-        self._header_bytes = 0
-        self._header_count = 0
+        self._header_bytes_left = self.edge.max_header_bytes
+        self._headers_left = self.edge.max_headers
         self._refusal: GatewayError | None = None
         self._refused = False
 
@@ -97,10 +108,10 @@ class EdgeProtocol(HttpToolsProtocol):
             )
             return
         # The first head is due `header_timeout` after the connection opened.
-        self._start_head_clock()
+        self._clock = self.loop.call_later(self.edge.header_timeout, self._timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_head_clock()
+        self._stop_clock()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -131,14 +142,20 @@ class EdgeProtocol(HttpToolsProtocol):
                 > self.edge.max_url_bytes + self.edge.max_header_bytes + HEAD_SLACK
             ):
                 self._refuse(self._headers_too_large())
+            elif self._clock is None:
+                # The head is due `header_timeout` after its first byte.
+                due = self._head_started + self.edge.header_timeout
+                self._clock = self.loop.call_at(due, self._timed_out)
+        elif self._in_body and self._clock is None:
+            self._clock = self.loop.call_later(self.edge.body_timeout, self._timed_out)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
-        self._raw_head_bytes = self._url_bytes = self._header_bytes = self._header_count = 0
-        # On a kept-alive connection the clock starts with the request's first byte.
-        if self._head_clock is None:
-            self._start_head_clock()
+        self._head_started = self.loop.time()
+        self._raw_head_bytes = self._url_bytes = 0
+        self._header_bytes_left = self.edge.max_header_bytes
+        self._headers_left = self.edge.max_headers
 
     def on_url(self, url: bytes) -> None:
         self._url_bytes += len(url)
@@ -147,23 +164,27 @@ class EdgeProtocol(HttpToolsProtocol):
             self._stop_parsing(
                 URITooLong(f"The request URL is longer than this gateway's limit of {limit} bytes.")
             )
-        super().on_url(url)
+        _on_url(self, url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # As on the wire: name, ": ", value, CRLF.
-        self._header_bytes += len(name) + len(value) + 4
-        self._header_count += 1
-        if (
-            self._header_bytes > self.edge.max_header_bytes
-            or self._header_count > self.edge.max_headers
-        ):
+        # Called for every header of every request: two budgets counted down, one test.
+        # A header costs as on the wire: name, ": ", value, CRLF.
+        self._header_bytes_left -= len(name) + len(value) + 4
+        self._headers_left -= 1
+        if self._header_bytes_left < 0 or self._headers_left < 0:
             self._stop_parsing(self._headers_too_large())
-        super().on_header(name, value)
+        _on_header(self, name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._stop_head_clock()
+        self._in_body = True
+        self._stop_clock()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        self._stop_clock()
+        super().on_message_complete()
 
     def _headers_too_large(self) -> HeadersTooLarge:
         edge = self.edge
@@ -176,36 +197,48 @@ class EdgeProtocol(HttpToolsProtocol):
         self._refusal = error
         raise _Refused(error.message)
 
-    def _start_head_clock(self) -> None:
-        self._head_clock = self.loop.call_later(self.edge.header_timeout, self._head_timed_out)
+    def _stop_clock(self) -> None:
+        if self._clock is not None:
+            self._clock.cancel()
+            self._clock = None
 
-    def _stop_head_clock(self) -> None:
-        if self._head_clock is not None:
-            self._head_clock.cancel()
-            self._head_clock = None
-
-    def _head_timed_out(self) -> None:
-        self._head_clock = None
-        if not self._in_head:
+    def _timed_out(self) -> None:
+        self._clock = None
+        if self._in_head:
+            timeout = self.edge.header_timeout
+            what = "headers"
+        elif self._in_body:
+            timeout = self.edge.body_timeout
+            what = "body"
+        else:
             # Nothing of a request arrived: there is no one to answer.
             self.transport.close()
             return
-        timeout = self.edge.header_timeout
         self._refuse(
-            RequestTimeout(f"The request's headers did not arrive within {timeout:g} seconds.")
+            RequestTimeout(f"The request's {what} did not arrive within {timeout:g} seconds.")
         )
 
     def _refuse(self, error: GatewayError) -> None:
         """Answer `error` and close, unless a response is under way (then only close)."""
         self._refused = True
-        self._stop_head_clock()
+        self._stop_clock()
         self._unset_keepalive_if_required()
         transport = self.transport
         if transport.is_closing():
             return
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown client"
         logger.info("refused %s with %d: %s", client, error.status, error.message)
-        if self.cycle is not None and not self.cycle.response_complete:
+        cycle = self.cycle
+        if self._in_body and cycle is not None:
+            if cycle.response_started:
+                transport.close()
+                return
+            # The application waits for the body: it sees the client as gone, and its own
+            # answer, if any, is not written.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        elif cycle is not None and not cycle.response_complete:
+            # A head refused while the previous request is still answered.
             transport.close()
             return
         transport.write(_response(error, self.server_state.default_headers))

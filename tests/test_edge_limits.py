@@ -242,6 +242,38 @@ def test_a_trickled_body_is_answered_408(gateway: Process) -> None:
         assert answer.error_code() == "request_timeout"
 
 
+def test_the_admin_listener_answers_a_trickled_body_408(gateway: Process, admin_port: int) -> None:
+    head = (
+        f"POST /admin/v1/keys HTTP/1.1\r\nHost: gateway\r\n"
+        f"Authorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000\r\n\r\n{"
+    ).encode()
+    with connect(admin_port) as sock:
+        sock.sendall(head)
+        trickle = Flood(sock, b" ", total=999, pause_s=0.1)
+        answer = read_answer(sock)
+        trickle.stop()
+        assert answer.status == 408
+        assert answer.error_code() == "request_timeout"
+    # The key store is untouched, and the listener still serves.
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    keys = httpx.get(f"http://127.0.0.1:{admin_port}/admin/v1/keys", headers=admin)
+    assert keys.status_code == 200
+
+
+def test_a_kept_alive_connection_s_next_head_has_its_own_clock(gateway: Process) -> None:
+    request = b"GET /v1/models HTTP/1.1\r\nHost: gateway\r\n" + auth_line(gateway) + b"\r\n"
+    with connect(gateway.port) as sock:
+        for _ in range(2):  # answered, and the connection kept, twice
+            sock.sendall(request)
+            assert read_answer(sock).status == 200
+            time.sleep(HEADER_TIMEOUT_S * 0.6)
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: gateway\r\n")
+        answer = read_answer(sock)
+        assert answer.status == 408
+        assert closed_by_server(sock)
+
+
 def test_a_huge_chunked_body_is_refused_413_while_it_is_still_sent(gateway: Process) -> None:
     head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n" + auth_line(gateway)
     total = 256 * 1024 * 1024

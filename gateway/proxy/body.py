@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
 
 from gateway.asgi import Receive
-from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
+from gateway.errors import InvalidRequest, PayloadTooLarge
 
 # The client may still be sending: the connection is not worth keeping.
 _CLOSE = {"connection": "close"}
 
 
-async def read_body(
-    receive: Receive, limit: int, declared_length: int | None, within_s: float
-) -> bytes:
+async def read_body(receive: Receive, limit: int, declared_length: int | None) -> bytes:
     """The whole request body, refusing it as soon as it is known to exceed `limit`
-    (chunked bodies are counted as they arrive) or once `within_s` seconds have passed,
-    so a client trickling its body cannot hold the connection."""
+    (chunked bodies are counted as they arrive). A client trickling its body is cut
+    off by the listener's `edge.body_timeout` (gateway.edge): this then sees it gone."""
     if declared_length is not None and declared_length > limit:
         raise PayloadTooLarge(_too_large(limit), headers=_CLOSE)
-    try:
-        async with asyncio.timeout(within_s):
-            return await _read(receive, limit)
-    except TimeoutError as exc:
-        message = f"The request body did not arrive within {within_s:g} seconds."
-        raise RequestTimeout(message, headers=_CLOSE) from exc
-
-
-async def _read(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:

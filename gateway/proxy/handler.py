@@ -48,8 +48,6 @@ class RecordUsage(Protocol):
 @dataclass(frozen=True, slots=True)
 class ProxyOptions:
     max_body_bytes: int
-    # Seconds the whole request body may take to arrive.
-    body_timeout: float = 60.0
     refuse_over_cap: bool = False
     # Completion tokens a request with no max_tokens (under no cap) reserves.
     default_reserve: int = 1024
@@ -122,7 +120,6 @@ class ProxyApp:
             receive,
             self._options.max_body_bytes,
             int(declared) if declared and declared.isdigit() else None,
-            self._options.body_timeout,
         )
         payload, model = parse_request(body)
         context.model = model
