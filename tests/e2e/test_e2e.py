@@ -119,12 +119,19 @@ def test_vllm_not_found_passes_through(client: openai.OpenAI) -> None:
 
 
 def test_vllm_bad_request_passes_through(client: openai.OpenAI) -> None:
+    # Well-formed for the gateway's request contract, too long for vLLM's context.
     with pytest.raises(openai.BadRequestError) as caught:
-        client.completions.create(model=CHAT_MODEL, prompt="x", max_tokens=-1)
+        client.completions.create(model=CHAT_MODEL, prompt="x", max_tokens=100_000)
     body = caught.value.body
     assert isinstance(body, dict)
     assert body["type"] == "BadRequestError"
     assert body["param"] == "max_tokens"
+    # A value the contract refuses never reaches vLLM: the gateway's own 400.
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model=CHAT_MODEL, prompt="x", max_tokens=-1)
+    assert isinstance(refused.value.body, dict)
+    assert refused.value.body["type"] == "invalid_request_error"
+    assert refused.value.body["param"] == "max_tokens"
 
 
 def test_client_disconnect_aborts_vllm_generation(e2e_gateway: Process, vllm_chat: Server) -> None:
