@@ -350,11 +350,11 @@ def test_the_build_context_is_only_the_package() -> None:
     rules = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     for path in (".git", ".venv/bin/python", ".venv-sky", ".env", "data/keys.db", "tests"):
         assert ignored(path, rules), path
-    for path in (".pytest_cache", ".mypy_cache", "gateway/__pycache__/cli.cpython-311.pyc"):
+    for path in (".pytest_cache", ".mypy_cache", "gateway/cli/__pycache__/serve.cpython-311.pyc"):
         assert ignored(path, rules), path
     sources = [word for kw, args in dockerfile() if kw == "COPY" for word in args.split()[:-1]]
     assert sources == ["pyproject.toml", "README.md", "gateway"]
-    for source in [*sources, "gateway/cli.py", "gateway/limits/__init__.py"]:
+    for source in [*sources, "gateway/cli/__init__.py", "gateway/limits/__init__.py"]:
         assert not ignored(source, rules), source
         assert (REPO / source).exists(), source
 

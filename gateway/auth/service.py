@@ -14,26 +14,15 @@ from gateway.auth.credentials import Authenticator, KeyCache
 from gateway.auth.errors import AuthError
 from gateway.auth.key_cache import CachePolicy
 from gateway.auth.principal import Principal
-from gateway.keys.sqlite import SqliteKeyStore
+from gateway.keys.open import open_key_store
 from gateway.keys.store import KeyStore
-from gateway.settings import AuthSettings, KeyStoreSettings
+from gateway.settings import AuthSettings
 
 if TYPE_CHECKING:
     from gateway.auth.jwt import JWTVerifier
     from gateway.auth.jwt_config import IssuerConfig
 
 JWKS_TIMEOUT_S = 5.0
-
-
-async def open_key_store(settings: KeyStoreSettings) -> KeyStore:
-    if settings.backend == "redis":
-        from gateway.keys.redis_store import RedisKeyStore  # noqa: PLC0415 (optional backend)
-
-        assert settings.redis_url is not None  # checked by the settings
-        return RedisKeyStore.connect(
-            settings.redis_url.get_secret_value(), ping_interval_s=settings.redis_ping_interval
-        )
-    return await SqliteKeyStore.open(settings.sqlite_path)  # creates its directory, 0700
 
 
 def _issuers(settings: AuthSettings) -> list[IssuerConfig]:

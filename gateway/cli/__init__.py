@@ -6,7 +6,8 @@ import argparse
 from collections.abc import Sequence
 
 import gateway.sim.cli as sim_cli
-from gateway import __version__, check, keys_cli, serve, upstreams_cli
+from gateway import __version__
+from gateway.cli import check, keys, serve, upstreams
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,18 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     check_parser.set_defaults(handler=check.run)
 
     keys_parser = commands.add_parser("keys", help="manage API keys through the admin API")
-    keys_cli.add_arguments(keys_parser)
-    keys_parser.set_defaults(handler=keys_cli.run)
+    keys.add_arguments(keys_parser)
+    keys_parser.set_defaults(handler=keys.run)
 
     upstreams_parser = commands.add_parser(
         "upstreams",
-        parents=[keys_cli.connection_flags()],
+        parents=[keys.connection_flags()],
         help="show each model's replicas and their health",
-        description=upstreams_cli.DESCRIPTION,
-        epilog=upstreams_cli.EXIT_CODES,
+        description=upstreams.DESCRIPTION,
+        epilog=upstreams.EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    upstreams_parser.set_defaults(handler=upstreams_cli.run)
+    upstreams_parser.set_defaults(handler=upstreams.run)
     return parser
 
 

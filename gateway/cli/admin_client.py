@@ -1,4 +1,5 @@
-"""The admin API as `vllm-gateway keys` uses it: one httpx client, errors as one-liners.
+"""The admin API as `vllm-gateway keys` and `upstreams` use it: one httpx client,
+errors as one-liners.
 
 Every failure leaves this module as a `KeysCliError` whose text is the line to print:
 the gateway's own error message with its HTTP status, or why it could not be reached.
@@ -17,7 +18,7 @@ from typing import Any
 import httpx
 import pydantic
 
-from gateway.check import Output
+from gateway.cli.output import Output
 
 TIMEOUT_S = 30.0
 ADMIN_PREFIX = "/admin/v1"

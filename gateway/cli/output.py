@@ -1,4 +1,6 @@
-"""What `vllm-gateway keys` prints: tables and details for people, the API's JSON with --json.
+"""What the operator commands print: every line through `Output`, which redacts the
+command's secret; for `vllm-gateway keys`, tables and details for people, the API's
+JSON with --json.
 
 The plaintext key of a create or a rotate is printed once, last, followed by the
 warning; with --json the warning goes to stderr so that stdout stays JSON.
@@ -10,14 +12,30 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from gateway.admin.schemas import KeyCreated, KeyLimits, KeyOut, ModelRates
-from gateway.check import Output
 
 STORE_IT_NOW = "Store this key now; it will not be shown again."
 COLUMNS = ("ID", "TENANT", "NAME", "STATUS", "MODELS", "CREATED", "LAST USED", "EXPIRES")
 MAX_CELL = 40
+
+
+@dataclass
+class Output:
+    """Where results go; `secret` never reaches the stream, even if a server echoes it."""
+
+    stream: TextIO
+    secret: str | None
+
+    def write(self, text: str) -> None:
+        if self.secret:
+            text = text.replace(self.secret, "[redacted]")
+        self.stream.write(text)
+        self.stream.flush()
+
+    def line(self, text: str) -> None:
+        self.write(f"{text}\n")
 
 
 @dataclass

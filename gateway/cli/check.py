@@ -12,12 +12,12 @@ import os
 import ssl
 import sys
 import time
-from dataclasses import dataclass
 from typing import TextIO
 
 import httpx
 
-from gateway.check_tests import ALL_TESTS, TESTS, CheckFailed, Probe, dig
+from gateway.cli.check_probes import ALL_TESTS, TESTS, CheckFailed, Probe, dig
+from gateway.cli.output import Output
 
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -74,23 +74,6 @@ def positive_seconds(text: str) -> float:
     if not seconds > 0:
         raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
     return seconds
-
-
-@dataclass
-class Output:
-    """Where results go; `secret` never reaches the stream, even if a server echoes it."""
-
-    stream: TextIO
-    secret: str | None
-
-    def write(self, text: str) -> None:
-        if self.secret:
-            text = text.replace(self.secret, "[redacted]")
-        self.stream.write(text)
-        self.stream.flush()
-
-    def line(self, text: str) -> None:
-        self.write(f"{text}\n")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,8 +13,8 @@ import os
 from collections.abc import Mapping, Sequence
 
 from gateway.admin.schemas import ModelUpstreams, ReplicaOut, UpstreamsOut
-from gateway.check import Output
-from gateway.keys_api import TOKEN_ENV, URL_ENV, AdminApi, run_admin
+from gateway.cli.admin_client import TOKEN_ENV, URL_ENV, AdminApi, run_admin
+from gateway.cli.output import Output
 
 DESCRIPTION = """\
 Show each model the gateway serves and its replicas: their state, the requests

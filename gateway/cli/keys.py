@@ -16,9 +16,8 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from gateway.admin.schemas import KEY_ID_PATTERN, KeyPage
-from gateway.check import Output
-from gateway.keys_api import TOKEN_ENV, URL_ENV, AdminApi, Json, UsageError, run_admin
-from gateway.keys_table import Printer
+from gateway.cli.admin_client import TOKEN_ENV, URL_ENV, AdminApi, Json, UsageError, run_admin
+from gateway.cli.output import Output, Printer
 
 PAGE_SIZE = 100
 _DURATION = re.compile(r"^(\d+)([smhdw]?)$")
