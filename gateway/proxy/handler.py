@@ -11,7 +11,6 @@ from http import HTTPStatus
 from typing import Protocol
 
 from gateway.asgi import Receive, Scope, Send, send_bytes
-from gateway.auth.principal import Principal
 from gateway.errors import (
     ModelBusy,
     ModelNotFound,
@@ -20,14 +19,15 @@ from gateway.errors import (
 )
 from gateway.limits.admission import Admissions, Ticket
 from gateway.metrics import Metrics, replica_label
-from gateway.middleware.context import RequestContext, context_of
+from gateway.principal import Principal
 from gateway.proxy.body import ClientGone, parse_request, read_body
 from gateway.proxy.contract import read_terms
-from gateway.proxy.forward import Exchange, Outcome, StreamMeters, UpstreamRequest, failure_kind
+from gateway.proxy.forward import Exchange, StreamMeters, UpstreamRequest, failure_kind
 from gateway.proxy.headers import header_value, upstream_headers
 from gateway.proxy.request_edit import EditedRequest, TokenPolicy, edit_request
 from gateway.proxy.routes import Route, match_route
 from gateway.proxy.upstream import UpstreamClient
+from gateway.request_record import Outcome, RequestContext, context_of
 from gateway.upstreams.pool import Pool, Pools, Replica
 from gateway.usage.records import TokenUsage
 
