@@ -27,9 +27,9 @@ import httpx
 import uvloop
 import yaml
 
-from gateway.auth.principal import Limits
 from gateway.keys.records import KeyRecord, new_key
 from gateway.keys.sqlite import SqliteKeyStore
+from gateway.principal import Limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -13,7 +13,6 @@ mean thousands of series.
 from __future__ import annotations
 
 import functools
-import os
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -34,9 +33,15 @@ class Metrics:
     """Every gateway metric, registered in one registry (a private one per app)."""
 
     def __init__(
-        self, registry: CollectorRegistry | None = None, *, key_label: bool = False
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        key_label: bool = False,
+        multiprocess: bool = False,
     ) -> None:
-        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        # Decided at the serve edge (a worker started by the supervisor): `render` then
+        # adds up every worker's files instead of reading this process's registry.
+        self.multiprocess = multiprocess
         self.registry = registry or CollectorRegistry()
         self.key_label = key_label
         self._children: dict[tuple[int, tuple[str, ...]], object] = {}

@@ -18,11 +18,11 @@ from gateway.auth.credentials import (
     bearer_token,
 )
 from gateway.auth.jwt import AuthError
-from gateway.auth.principal import Limits, Principal
 from gateway.keys.records import KeyChanges, new_key, new_secret
 from gateway.keys.redis_store import RedisKeyStore
 from gateway.keys.sqlite import SqliteKeyStore
 from gateway.keys.store import KeyStore, MemoryKeyStore
+from gateway.principal import Limits, Principal
 from tests.servers import RedisServer
 
 PEPPER = b"credentials-test-pepper-32-bytes"

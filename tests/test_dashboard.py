@@ -25,9 +25,9 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.auth.principal import Limits
 from gateway.keys.format import generate
 from gateway.metrics import Metrics
+from gateway.principal import Limits
 from tests import promql
 from tests.promql import Prometheus, PromQLError
 from tests.servers import (

@@ -36,7 +36,7 @@ from gateway.auth.jwt import (
 )
 from gateway.auth.jwt_config import ClaimNames, IssuerConfig, JWKSPolicy
 from gateway.auth.jwt_settings import issuer_config
-from gateway.auth.principal import Limits, Principal
+from gateway.principal import Limits, Principal
 from gateway.settings import JWTIssuerSettings
 from tests.servers import TEST_PEPPER, Process, free_port, gateway_config, run_gateway
 

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.auth.principal import Limits, Principal
 from gateway.keys.format import (
     KEY_LENGTH,
     PREFIX,
@@ -20,6 +19,7 @@ from gateway.keys.format import (
     verify,
 )
 from gateway.keys.records import KeyChanges, new_key, new_secret, record_from_json, record_to_json
+from gateway.principal import Limits, Principal
 
 PEPPER = b"a-test-pepper-of-32-bytes-length"
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from gateway.auth.principal import Limits, Rates
 from gateway.keys.format import ApiKey, generate, hash_secret
 from gateway.keys.records import (
     KeyChanges,
@@ -33,6 +32,7 @@ from gateway.keys.store import (
     KeyStoreUnavailable,
     MemoryKeyStore,
 )
+from gateway.principal import Limits, Rates
 from tests.servers import RedisServer
 
 PEPPER = b"a-test-pepper-of-32-bytes-length"

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from gateway.auth.principal import Rates
 from gateway.limits.limiter import (
     Bucket,
     Demand,
@@ -20,6 +19,7 @@ from gateway.limits.limiter import (
 )
 from gateway.limits.memory import MemoryRateLimiter
 from gateway.limits.redis_limiter import RedisRateLimiter
+from gateway.principal import Rates
 from tests.servers import RedisServer
 
 pytestmark = pytest.mark.anyio

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from gateway.admin.app import create_admin_app
 from gateway.admin.audit import AuditLog, SqliteAuditLog
 from gateway.admin.auth import AdminAuthorizer
+from gateway.auth.service import AuthService
 from gateway.keys.store import KeyStore
 from gateway.settings import KeyStoreSettings
 from gateway.upstreams.pool import Pools
@@ -43,3 +44,16 @@ def admin_app(
     and `pools`, which the admin API only reads."""
     authorizer = AdminAuthorizer(tokens, jwt_check=jwt_check)
     return create_admin_app(store, audit, pepper, authorizer, usage=usage, pools=pools)
+
+
+def admin_jwt_check(
+    auth: AuthService, claim: str | None
+) -> Callable[[str], Awaitable[str | None]] | None:
+    """The admin API's JWT check: a valid token whose CLAIM is true names an admin."""
+    if claim is None:
+        return None
+
+    async def check(token: str) -> str | None:
+        return await auth.admin_subject(token, claim)
+
+    return check

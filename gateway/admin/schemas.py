@@ -24,8 +24,8 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from gateway.admin.audit import AuditEntry
-from gateway.auth.principal import Limits, Rates
 from gateway.keys.records import KeyRecord
+from gateway.principal import Limits, Rates
 from gateway.usage.records import UsageCounts
 
 MAX_GRACE_SECONDS = 30 * 24 * 3600

@@ -20,8 +20,8 @@ from typing import Protocol
 
 from gateway.auth.errors import AuthError
 from gateway.auth.key_cache import CredentialStoreUnavailable, KeyCache
-from gateway.auth.principal import Principal
 from gateway.keys.format import PREFIX, MalformedKey, parse
+from gateway.principal import Principal
 
 __all__ = [
     "Authenticator",

@@ -33,7 +33,7 @@ from gateway.auth.jwt_config import (
     key_fits,
     load_public_key,
 )
-from gateway.auth.principal import Limits, Principal
+from gateway.principal import Limits, Principal
 
 # Compact JWS only: three non-empty base64url segments (an unsigned token has an empty third).
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")

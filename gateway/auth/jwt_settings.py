@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.auth.jwt_config import ClaimNames, IssuerConfig, JWKSPolicy
-from gateway.auth.principal import Limits
+from gateway.principal import Limits
 from gateway.settings import JWTIssuerSettings, LimitsSettings
 
 

@@ -13,9 +13,9 @@ import httpx
 from gateway.auth.credentials import Authenticator, KeyCache
 from gateway.auth.errors import AuthError
 from gateway.auth.key_cache import CachePolicy
-from gateway.auth.principal import Principal
 from gateway.keys.open import open_key_store
 from gateway.keys.store import KeyStore
+from gateway.principal import Principal
 from gateway.settings import AuthSettings
 
 if TYPE_CHECKING:

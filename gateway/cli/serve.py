@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import signal
 import socket
@@ -24,6 +25,7 @@ from gateway.asgi import ASGIApp
 from gateway.edge import EdgeConfig
 from gateway.embedded import EmbeddedCredentials, embedded_credentials, embedded_simulator
 from gateway.logs import configure_logging
+from gateway.metrics import MULTIPROC_ENV
 from gateway.settings import EdgeSettings, ListenSettings, Settings, SettingsError, load_settings
 from gateway.tls import server_context
 from gateway.upstreams.endpoints import DiscoveryError
@@ -63,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
                 credentials = embedded_credentials(settings.auth.key_store.sqlite_path)
                 settings = _with_credentials(settings, credentials)
         try:
-            app = create_app(settings)
+            # A worker's metrics live in the directory the supervisor gave it.
+            multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+            app = create_app(settings, metrics_multiprocess=multiprocess)
         except DiscoveryError as exc:
             print(f"vllm-gateway: {exc}", file=sys.stderr)
             return 2

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TypeVar, overload
 
-from gateway.auth.principal import Limits, Principal, Rates
 from gateway.keys.format import ApiKey, generate, hash_secret, is_key_id, verify
+from gateway.principal import Limits, Principal, Rates
 
 T = TypeVar("T")
 

@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from gateway.auth.principal import Limits, Principal
 from gateway.errors import GatewayError, error_body
 from gateway.limits.limiter import (
     Bucket,
@@ -31,6 +30,7 @@ from gateway.limits.limiter import (
     Refusal,
 )
 from gateway.metrics import Metrics
+from gateway.principal import Limits, Principal
 
 logger = logging.getLogger("gateway.limits")
 LOG_EVERY_S = 30.0

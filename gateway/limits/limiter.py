@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.auth.principal import Rates
+from gateway.principal import Rates
 
 WINDOW_S = 60
 

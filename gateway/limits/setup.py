@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from gateway.auth.principal import Limits, Rates
 from gateway.limits.admission import Admissions
 from gateway.limits.limiter import RateLimiter
 from gateway.limits.memory import MemoryRateLimiter
 from gateway.metrics import Metrics
+from gateway.principal import Limits, Rates
 from gateway.settings import RatesSettings, Settings
 
 

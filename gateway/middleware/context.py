@@ -8,46 +8,20 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 
 from gateway.access_log import AccessLog
 from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
-from gateway.auth.principal import Principal
 from gateway.metrics import Metrics, replica_label
-from gateway.proxy.forward import Outcome
 from gateway.proxy.headers import REQUEST_ID, header_value, valid_request_id
 from gateway.proxy.routes import Route
+from gateway.request_record import SCOPE_KEY, RequestContext
 
-SCOPE_KEY = "vgw.context"
 # Paths as metric labels: the routes clients may use; anything else is "other".
 ROUTE_LABELS = {route.value: route.value for route in Route if route is not Route.MODEL} | {
     "/healthz": "/healthz",
     "/readyz": "/readyz",
     "/metrics": "/metrics",
 }
-
-
-@dataclass(slots=True)
-class RequestContext:
-    # Minted by the gateway for every request: the id the replica and the log see.
-    request_id: str
-    started: float
-    # The client's own X-Request-Id, if it sent a valid one: echoed back and logged.
-    client_request_id: str | None = None
-    status: int = 0
-    route: str | None = None
-    model: str | None = None
-    # The model is one the gateway serves: only then is it a metrics label.
-    known_model: bool = False
-    replica: str | None = None
-    client_disconnected: bool = False
-    outcome: Outcome | None = None
-    principal: Principal | None = None
-
-
-def context_of(scope: Scope) -> RequestContext:
-    context: RequestContext = scope[SCOPE_KEY]
-    return context
 
 
 class RequestContextMiddleware:

@@ -8,7 +8,7 @@ from gateway.asgi import ASGIApp, Receive, Scope, Send, send_bytes
 from gateway.auth.errors import AuthError
 from gateway.errors import GatewayError, error_body
 from gateway.metrics import Metrics
-from gateway.middleware.context import context_of
+from gateway.request_record import context_of
 
 logger = logging.getLogger("gateway.errors")
 

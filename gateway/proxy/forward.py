@@ -36,7 +36,7 @@ from gateway.metrics import replica_label
 from gateway.proxy.headers import client_headers
 from gateway.proxy.upstream import Timeouts, map_upstream_errors
 from gateway.proxy.usage_scan import BodyUsage, StreamUsage
-from gateway.usage.records import TokenUsage
+from gateway.request_record import Outcome
 
 logger = logging.getLogger("gateway.proxy")
 
@@ -51,27 +51,6 @@ QUIET = "the model server stopped sending"
 # In vLLM's 503s for a full queue (QueueOverflowError, MaxQueuedTokensError) and only there:
 # the request was refused before the engine saw it.
 QUEUE_FULL = b"try again later or on a different instance"
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What happened to one forwarded request, for logs and metrics."""
-
-    status: int = 0
-    bytes_sent: int = 0
-    client_disconnected: bool = False
-    # The client stopped reading for longer than the write timeout: the gateway ended it.
-    client_stalled: bool = False
-    stream_error: str | None = None
-    usage: TokenUsage | None = None
-    # time.perf_counter() readings: request sent upstream, its first byte back, first byte
-    # sent to the client.
-    upstream_sent_at: float = 0.0
-    upstream_first_byte_at: float = 0.0
-    first_byte_at: float = 0.0
-    # Streamed chunks sent, and the gateway's own time spent on them.
-    chunks: int = 0
-    chunk_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ from http import HTTPStatus
 from typing import Protocol
 
 from gateway.asgi import Receive, Scope, Send, send_bytes
-from gateway.auth.principal import Principal
 from gateway.errors import (
     ModelBusy,
     ModelNotFound,
@@ -20,14 +19,15 @@ from gateway.errors import (
 )
 from gateway.limits.admission import Admissions, Ticket
 from gateway.metrics import Metrics, replica_label
-from gateway.middleware.context import RequestContext, context_of
+from gateway.principal import Principal
 from gateway.proxy.body import ClientGone, parse_request, read_body
 from gateway.proxy.contract import read_terms
-from gateway.proxy.forward import Exchange, Outcome, StreamMeters, UpstreamRequest, failure_kind
+from gateway.proxy.forward import Exchange, StreamMeters, UpstreamRequest, failure_kind
 from gateway.proxy.headers import header_value, upstream_headers
 from gateway.proxy.request_edit import EditedRequest, TokenPolicy, edit_request
 from gateway.proxy.routes import Route, match_route
 from gateway.proxy.upstream import UpstreamClient
+from gateway.request_record import Outcome, RequestContext, context_of
 from gateway.upstreams.pool import Pool, Pools, Replica
 from gateway.usage.records import TokenUsage
 
@@ -132,13 +132,15 @@ class ProxyApp:
         self._shed(pool)
         edited = edit_request(route, payload, body, terms, self._policy(principal))
         ticket = await self._limits.admit(principal, model, edited.token_estimate)
-        context.outcome = Outcome()
+        # What is settled if no attempt ends with an answer (an error raised before one
+        # started): nothing was sent, so nothing is charged.
+        outcome = context.outcome = Outcome()
         try:
-            await self._attempts(
+            outcome = await self._attempts(
                 scope, receive, send, context, pool=pool, edited=edited, ticket=ticket
             )
         finally:
-            await self._account(ticket, context.outcome, principal, model, edited)
+            await self._account(ticket, outcome, principal, model, edited)
 
     def _policy(self, principal: Principal) -> TokenPolicy:
         options = self._options
@@ -160,10 +162,11 @@ class ProxyApp:
         pool: Pool,
         edited: EditedRequest,
         ticket: Ticket,
-    ) -> None:
+    ) -> Outcome:
         """Forward to one replica; to another only if the request provably never reached
-        an engine and nothing was sent to the client."""
+        an engine and nothing was sent to the client. The last attempt's outcome."""
         tried: list[Replica] = []
+        outcome = Outcome()
         for attempt in range(1 + self._options.retries):
             replica = pool.pick(exclude=tried)
             tried.append(replica)
@@ -176,20 +179,23 @@ class ProxyApp:
                 refuse_busy=not last,
                 meters=self._stream_meters(pool.model),
             )
-            context.outcome, context.replica = exchange.outcome, replica.url
+            outcome = exchange.outcome
+            # The record the access log and the request metrics read at the end.
+            context.outcome, context.replica = outcome, replica.url
             with replica.lease():
                 try:
                     await exchange.run(
                         receive, send, self._request(scope, context, replica, edited)
                     )
                 except UpstreamError as exc:
-                    self._judge(pool, replica, exchange.outcome, exc)
+                    self._count_attempt(pool, replica, outcome, exc)
                     if exc.never_reached and not last:
                         logger.info("retrying on another replica: %s", exc.message)
                         continue
                     raise
-            self._judge(pool, replica, exchange.outcome, None)
-            return
+            self._count_attempt(pool, replica, outcome, None)
+            return outcome
+        return outcome
 
     def _request(
         self, scope: Scope, context: RequestContext, replica: Replica, edited: EditedRequest
@@ -203,10 +209,11 @@ class ProxyApp:
             context.request_id.encode(),
         )
 
-    def _judge(
+    def _count_attempt(
         self, pool: Pool, replica: Replica, outcome: Outcome, error: UpstreamError | None
     ) -> None:
-        """Count the attempt, and eject a replica after enough failed requests in a row."""
+        """Count the attempt in the upstream metrics, and tell the pool how it went (the
+        pool ejects a replica after enough failed requests in a row)."""
         kind = failure_kind(outcome, error)
         label = replica_label(replica.url)
         metrics = self._metrics
@@ -222,8 +229,7 @@ class ProxyApp:
                 child(metrics.upstream_errors, pool.model, label, kind).inc()
             return
         child(metrics.upstream_errors, pool.model, label, kind).inc()
-        others = pool.has_usable(exclude=[replica])
-        if replica.request_failed(self._options.eject_after, may_eject=others):
+        if pool.request_failed(replica, self._options.eject_after):
             logger.warning(
                 "replica %s ejected after %d failed requests in a row; health checks "
                 "will let it back",

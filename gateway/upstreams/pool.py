@@ -149,6 +149,11 @@ class Pool:
         now = self.policy.clock()
         return min(rotated, key=lambda replica: self._score(replica, now))
 
+    def request_failed(self, replica: Replica, eject_after: int) -> bool:
+        """A failed request of REPLICA; True when it ejects the replica. Never the last
+        usable one: ejecting it would turn its errors into refusals for every request."""
+        return replica.request_failed(eject_after, may_eject=self.has_usable(exclude=[replica]))
+
     def has_usable(self, exclude: Iterable[Replica]) -> bool:
         excluded = set(exclude)
         return any(r.usable and r not in excluded for r in self.replicas)

@@ -37,7 +37,7 @@ class UsageRecorder:
 
     def __init__(
         self,
-        store: UsageStore,
+        store: UsageStore | None = None,
         *,
         interval_s: float = 1.0,
         clock: Callable[[], date] | None = None,
@@ -81,10 +81,13 @@ class UsageRecorder:
         """Rows waiting to be written; they grow while the store is down."""
         return len(self._pending)
 
-    def start(self) -> None:
-        """Start writing every `interval_s`; call from a running event loop."""
+    def start(self, store: UsageStore | None = None) -> None:
+        """Start writing every `interval_s`; call from a running event loop. STORE, when
+        given, is where to write: a recorder may be built before its store is open."""
         if self._task is not None:
             raise RuntimeError("the usage recorder is already started")
+        if store is not None:
+            self._store = store
         self._stopping.clear()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-recorder")
 
@@ -95,6 +98,9 @@ class UsageRecorder:
             batch, self._pending = self._pending, {}
             if not batch:
                 return
+            if self._store is None:
+                self._merge(batch)
+                raise UsageStoreError("the usage store is not open")
             try:
                 await self._store.add(batch)
             except Exception:

@@ -1,0 +1,41 @@
+"""The proxy of a gateway process, built from its settings."""
+
+from __future__ import annotations
+
+from gateway.proxy.handler import ProxyOptions
+from gateway.proxy.upstream import Timeouts, UpstreamClient
+from gateway.settings import Settings
+from gateway.tls import upstream_context
+
+
+def upstream_client(settings: Settings) -> UpstreamClient:
+    """The one upstream session of the process; opened and closed by the lifespan."""
+    timeouts = Timeouts(
+        connect=settings.timeouts.connect,
+        first_byte=settings.timeouts.first_byte,
+        idle=settings.timeouts.idle,
+        client_write=settings.timeouts.client_write,
+    )
+    return UpstreamClient(
+        timeouts, upstream_context(settings.upstream_tls), settings.upstream_max_connections
+    )
+
+
+def proxy_options(settings: Settings) -> ProxyOptions:
+    upstreams, limits = settings.upstreams, settings.limits
+    return ProxyOptions(
+        max_body_bytes=settings.max_body_bytes,
+        refuse_over_cap=limits.max_tokens_policy == "refuse",
+        default_reserve=limits.default_completion_reserve,
+        max_batch=limits.max_batch,
+        tenant_max_batch={
+            tenant: given.max_batch
+            for tenant, given in limits.tenants.items()
+            if given.max_batch is not None
+        },
+        retries=upstreams.retries,
+        eject_after=upstreams.health.eject_after,
+        shed_waiting_above=upstreams.load.shed_waiting_above,
+        shed_status=upstreams.load.shed_status,
+        shed_retry_after=upstreams.load.shed_retry_after,
+    )
