@@ -132,13 +132,17 @@ class ProxyApp:
         self._shed(pool)
         edited = edit_request(route, payload, body, terms, self._policy(principal))
         ticket = await self._limits.admit(principal, model, edited.token_estimate)
-        # What is settled if no attempt ends with an answer (an error raised before one
-        # started): nothing was sent, so nothing is charged.
-        outcome = context.outcome = Outcome()
+        context.outcome = Outcome()
         try:
             outcome = await self._attempts(
                 scope, receive, send, context, pool=pool, edited=edited, ticket=ticket
             )
+        except BaseException:
+            # The attempt under way left its outcome on the record: an answer that had
+            # started (cancelled from outside, say) is still charged; one that had not
+            # (an error before any byte) costs nothing.
+            outcome = context.outcome
+            raise
         finally:
             await self._account(ticket, outcome, principal, model, edited)
 
