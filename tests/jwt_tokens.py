@@ -13,12 +13,9 @@ import hashlib
 import hmac
 import json
 import ssl
-import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
 import httpx
@@ -28,12 +25,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from gateway.auth.jwt import (
-    AuthError,
-    JWTVerifier,
-)
+from gateway.auth.errors import AuthError
+from gateway.auth.jwt import JWTVerifier
 from gateway.auth.jwt_config import IssuerConfig, JWKSPolicy
 from gateway.principal import Principal
+from tests.in_process import run_server
 
 ISS = "https://idp.test"
 SECRET = "x" * 64
@@ -53,46 +49,54 @@ class Clock:
 
 
 class JWKSServer:
-    """A real HTTP server on loopback serving one JWKS document; counts its GETs."""
+    """What one test's JWKS endpoint answers, changed by the test between fetches; counts GETs."""
 
-    def __init__(self) -> None:
+    def __init__(self, url: str) -> None:
+        self.url = url
         self.keys: list[dict[str, Any]] = []
         self.status = 200
         self.body: bytes | None = None  # overrides the JSON document when set
         self.delay_s = 0.0
         self.hits = 0
-        self._lock = threading.Lock()
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                with server._lock:
-                    server.hits += 1
-                time.sleep(server.delay_s)
-                body = server.body or json.dumps({"keys": server.keys}).encode()
-                self.send_response(server.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+class JWKSApp:
+    """An ASGI app answering every GET with the current test's JWKSServer, whatever the path.
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/.well-known/jwks.json"
+    One is served for the whole session (tests/in_process.py), each test getting a fresh
+    JWKSServer: starting and stopping a server per test would cost a fifth of a second each.
+    A request still in flight from an earlier test counts against that test's object only.
+    """
+
+    PATH = "/.well-known/jwks.json"
+
+    def __init__(self) -> None:
+        self.serving = JWKSServer("")
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http", scope["type"]
+        serving = self.serving
+        serving.hits += 1  # only the server's one event loop writes it
+        await asyncio.sleep(serving.delay_s)
+        body = serving.body or json.dumps({"keys": serving.keys}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": serving.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture(scope="session")
+def jwks_app() -> Iterator[JWKSApp]:
+    app = JWKSApp()
+    with run_server(app) as url:
+        app.serving.url = url + JWKSApp.PATH
+        yield app
 
 
 @pytest.fixture
-def jwks_server() -> Iterator[JWKSServer]:
-    server = JWKSServer()
-    thread = threading.Thread(target=server.httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
-    thread.join(timeout=5)
+def jwks_server(jwks_app: JWKSApp) -> JWKSServer:
+    """A JWKS served over real HTTP on loopback, empty and unvisited at the test's start."""
+    jwks_app.serving = JWKSServer(jwks_app.serving.url)
+    return jwks_app.serving
 
 
 @dataclass(frozen=True)
