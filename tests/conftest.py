@@ -14,6 +14,9 @@ from tests.servers import (
     run_simulator,
 )
 
+# Fixtures shared by several modules whose expensive setup must run once per session.
+pytest_plugins = ["tests.jwt_tokens", "tests.sky_node"]
+
 
 @pytest.fixture(scope="module")
 def module_tmp(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:

@@ -1,6 +1,6 @@
 """Validate SkyPilot YAML files with SkyPilot's own loaders; print one JSON answer.
 
-Run by tests/test_sky_tasks.py with .venv-sky's python (SkyPilot is not in
+Run by tests/sky_node.py with .venv-sky's python (SkyPilot is not in
 .venv), every file in one process, because `import sky` alone takes seconds:
 
     .venv-sky/bin/python tests/sky_validate.py OUT.json [--secret NAME=VALUE ...] FILE...

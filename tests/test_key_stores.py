@@ -6,7 +6,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,51 +33,24 @@ from gateway.keys.store import (
     MemoryKeyStore,
 )
 from gateway.principal import Limits, Rates
+from tests.backends import BACKENDS, Backend, open_backend
 from tests.servers import RedisServer
 
 PEPPER = b"a-test-pepper-of-32-bytes-length"
 NOW = datetime.now(UTC)
 
-Scenario = Callable[[KeyStore], Awaitable[None]]
+KeyBackend = Backend[KeyStore]
 
 
-@dataclass
-class Backend:
-    name: str
-    open: Callable[[], Awaitable[KeyStore]]
-    redis: RedisServer | None = None
-
-    def run(self, scenario: Scenario) -> None:
-        async def main() -> None:
-            store = await self.open()
-            try:
-                await scenario(store)
-            finally:
-                await store.close()
-
-        asyncio.run(main())
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    if request.param == "memory":
-
-        async def open_memory() -> KeyStore:
-            return MemoryKeyStore()
-
-        return Backend("memory", open_memory)
-    if request.param == "sqlite":
-
-        async def open_sqlite() -> KeyStore:
-            return await SqliteKeyStore.open(tmp_path / "keys.db")
-
-        return Backend("sqlite", open_sqlite)
-    server: RedisServer = request.getfixturevalue("redis_server")
-
-    async def open_redis() -> KeyStore:
-        return RedisKeyStore.connect(server.url, timeout_s=1.0)
-
-    return Backend("redis", open_redis, server)
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> KeyBackend:
+    return open_backend(
+        request,
+        tmp_path,
+        memory=MemoryKeyStore,
+        sqlite=SqliteKeyStore.open,
+        redis=lambda url: RedisKeyStore.connect(url, timeout_s=1.0),
+    )
 
 
 def make_record(tenant: str = "acme", key: ApiKey | None = None, **fields: object) -> KeyRecord:
@@ -115,7 +88,7 @@ def full_record(key: ApiKey) -> KeyRecord:
 # The contract, on every store.
 
 
-def test_create_and_get_round_trip_every_field(backend: Backend) -> None:
+def test_create_and_get_round_trip_every_field(backend: KeyBackend) -> None:
     async def scenario(store: KeyStore) -> None:
         record = full_record(generate())
         plain = make_record(tenant="other")
@@ -128,7 +101,7 @@ def test_create_and_get_round_trip_every_field(backend: Backend) -> None:
     backend.run(scenario)
 
 
-def test_per_model_limits_round_trip_and_update(backend: Backend) -> None:
+def test_per_model_limits_round_trip_and_update(backend: KeyBackend) -> None:
     per_model = {
         "llama-3-8b": Rates(requests_per_minute=10, tokens_per_minute=5_000),
         "qwen/2.5 ünïcode": Rates(concurrent_requests=2),
@@ -149,7 +122,7 @@ def test_per_model_limits_round_trip_and_update(backend: Backend) -> None:
     backend.run(scenario)
 
 
-def test_create_refuses_a_taken_id_and_keeps_the_record(backend: Backend) -> None:
+def test_create_refuses_a_taken_id_and_keeps_the_record(backend: KeyBackend) -> None:
     async def scenario(store: KeyStore) -> None:
         record = make_record()
         await store.create(record)
@@ -161,7 +134,7 @@ def test_create_refuses_a_taken_id_and_keeps_the_record(backend: Backend) -> Non
     backend.run(scenario)
 
 
-def test_list_pages_by_cursor_and_filters_by_tenant(backend: Backend) -> None:
+def test_list_pages_by_cursor_and_filters_by_tenant(backend: KeyBackend) -> None:
     async def scenario(store: KeyStore) -> None:
         records = [make_record("acme") for _ in range(7)] + [
             make_record("globex") for _ in range(3)
@@ -191,7 +164,7 @@ def test_list_pages_by_cursor_and_filters_by_tenant(backend: Backend) -> None:
     backend.run(scenario)
 
 
-def test_update_changes_only_what_it_names(backend: Backend) -> None:
+def test_update_changes_only_what_it_names(backend: KeyBackend) -> None:
     async def scenario(store: KeyStore) -> None:
         record = full_record(generate())
         await store.create(record)
@@ -215,7 +188,7 @@ def test_update_changes_only_what_it_names(backend: Backend) -> None:
     backend.run(scenario)
 
 
-def test_revoke(backend: Backend) -> None:
+def test_revoke(backend: KeyBackend) -> None:
     async def scenario(store: KeyStore) -> None:
         key = generate()
         record = make_record(key=key)
@@ -230,7 +203,7 @@ def test_revoke(backend: Backend) -> None:
     backend.run(scenario)
 
 
-def test_rotation_with_grace_keeps_the_old_secret_until_then(backend: Backend) -> None:
+def test_rotation_with_grace_keeps_the_old_secret_until_then(backend: KeyBackend) -> None:
     async def scenario(store: KeyStore) -> None:
         old = generate()
         await store.create(make_record(key=old))
@@ -258,7 +231,7 @@ def test_rotation_with_grace_keeps_the_old_secret_until_then(backend: Backend) -
     backend.run(scenario)
 
 
-def test_record_use_only_moves_forward(backend: Backend) -> None:
+def test_record_use_only_moves_forward(backend: KeyBackend) -> None:
     async def scenario(store: KeyStore) -> None:
         record = make_record()
         await store.create(record)
@@ -275,7 +248,7 @@ def test_record_use_only_moves_forward(backend: Backend) -> None:
     backend.run(scenario)
 
 
-def test_changes_name_each_created_and_updated_key(backend: Backend) -> None:
+def test_changes_name_each_created_and_updated_key(backend: KeyBackend) -> None:
     async def scenario(store: KeyStore) -> None:
         record = make_record()
         async with store.changes() as feed:
@@ -287,7 +260,7 @@ def test_changes_name_each_created_and_updated_key(backend: Backend) -> None:
     backend.run(scenario)
 
 
-def test_plaintext_secret_is_never_stored(backend: Backend, tmp_path: Path) -> None:
+def test_plaintext_secret_is_never_stored(backend: KeyBackend, tmp_path: Path) -> None:
     key = generate()
 
     async def scenario(store: KeyStore) -> None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -29,10 +28,10 @@ from gateway.usage.store import (
     UsageStoreError,
     UsageStoreUnavailable,
 )
+from tests.backends import BACKENDS, Backend, open_backend
 from tests.servers import RedisServer
 
 DAY = date(2025, 1, 30)
-Scenario = Callable[[UsageStore], Awaitable[None]]
 
 
 def counts(requests: int, prompt: int = 0, completion: int = 0) -> UsageCounts:
@@ -43,48 +42,24 @@ def key(principal: str, model: str, *, tenant: str = "acme", day: date = DAY) ->
     return UsageKey(principal, tenant, model, day)
 
 
-@dataclass
-class Backend:
-    name: str
-    open: Callable[[], Awaitable[UsageStore]]
-
-    def run(self, scenario: Scenario) -> None:
-        async def main() -> None:
-            store = await self.open()
-            try:
-                await scenario(store)
-            finally:
-                await store.close()
-
-        asyncio.run(main())
+UsageBackend = Backend[UsageStore]
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    if request.param == "memory":
-
-        async def open_memory() -> UsageStore:
-            return MemoryUsageStore()
-
-        return Backend("memory", open_memory)
-    if request.param == "sqlite":
-
-        async def open_sqlite() -> UsageStore:
-            return await SqliteUsageStore.open(tmp_path / "keys.db")
-
-        return Backend("sqlite", open_sqlite)
-    server: RedisServer = request.getfixturevalue("redis_server")
-
-    async def open_redis() -> UsageStore:
-        return connect(server.url, timeout_s=1.0)
-
-    return Backend("redis", open_redis)
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> UsageBackend:
+    return open_backend(
+        request,
+        tmp_path,
+        memory=MemoryUsageStore,
+        sqlite=SqliteUsageStore.open,
+        redis=lambda url: connect(url, timeout_s=1.0),
+    )
 
 
 # The contract, on every store.
 
 
-def test_add_sums_per_model_over_batches(backend: Backend) -> None:
+def test_add_sums_per_model_over_batches(backend: UsageBackend) -> None:
     async def scenario(store: UsageStore) -> None:
         assert await store.by_principal("k1") == {}
         await store.add({})  # nothing to do, and no error
@@ -99,7 +74,7 @@ def test_add_sums_per_model_over_batches(backend: Backend) -> None:
     backend.run(scenario)
 
 
-def test_day_ranges_include_both_ends(backend: Backend) -> None:
+def test_day_ranges_include_both_ends(backend: UsageBackend) -> None:
     days = [DAY + timedelta(days=n) for n in range(5)]
 
     async def scenario(store: UsageStore) -> None:
@@ -116,7 +91,9 @@ def test_day_ranges_include_both_ends(backend: Backend) -> None:
     backend.run(scenario)
 
 
-def test_tenant_reads_sum_principals_and_principal_reads_do_not(backend: Backend) -> None:
+def test_tenant_reads_sum_principals_and_principal_reads_do_not(
+    backend: UsageBackend,
+) -> None:
     async def scenario(store: UsageStore) -> None:
         await store.add(
             {
@@ -138,7 +115,7 @@ def test_tenant_reads_sum_principals_and_principal_reads_do_not(backend: Backend
     backend.run(scenario)
 
 
-def test_names_with_separators_and_unicode_never_collide(backend: Backend) -> None:
+def test_names_with_separators_and_unicode_never_collide(backend: UsageBackend) -> None:
     models = ["a", "a|b", "b", "a|requests", "a:b", "|", ":", "", "2025-01-30|a", "ñandú-模型 🦙"]
     principals = ["p", "p:q", "p|q", "p:", "ключ"]
 
@@ -157,7 +134,7 @@ def test_names_with_separators_and_unicode_never_collide(backend: Backend) -> No
     backend.run(scenario)
 
 
-def test_many_rows_in_one_batch(backend: Backend) -> None:
+def test_many_rows_in_one_batch(backend: UsageBackend) -> None:
     principals = [f"key-{n}" for n in range(20)]
     models = [f"model-{n}" for n in range(10)]
     days = [DAY - timedelta(days=n) for n in range(15)]
@@ -186,7 +163,7 @@ def test_many_rows_in_one_batch(backend: Backend) -> None:
     backend.run(scenario)
 
 
-def test_the_store_keeps_no_reference_to_the_batch(backend: Backend) -> None:
+def test_the_store_keeps_no_reference_to_the_batch(backend: UsageBackend) -> None:
     async def scenario(store: UsageStore) -> None:
         row = counts(1, 2, 3)
         await store.add({key("k1", "m"): row})
@@ -429,7 +406,7 @@ def test_open_usage_store_follows_the_key_store_settings(
     asyncio.run(main())
 
 
-def test_estimated_requests_are_kept_apart_and_summed(backend: Backend) -> None:
+def test_estimated_requests_are_kept_apart_and_summed(backend: UsageBackend) -> None:
     async def scenario(store: UsageStore) -> None:
         await store.add({key("k1", "llama"): UsageCounts(2, 10, 20, 1)})
         await store.add({key("k1", "llama"): UsageCounts(1, 5, 5, 0)})
