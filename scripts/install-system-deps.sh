@@ -3,7 +3,7 @@
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-# tests/test_container.py validates docker-compose.yml (the engine itself does not run).
+# tests/test_compose.py validates docker-compose.yml (the engine itself does not run).
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 # tests/test_dashboard.py runs the dashboard's queries on a real Prometheus.
 prometheus_missing=false
