@@ -22,6 +22,7 @@ from pydantic import SecretStr
 
 from gateway.app import create_app
 from gateway.asgi import ASGIApp
+from gateway.cli.workers import WORKER_FDS, Supervisor, inherited_sockets
 from gateway.edge import EdgeConfig
 from gateway.embedded import EmbeddedCredentials, embedded_credentials, embedded_simulator
 from gateway.logs import configure_logging
@@ -29,7 +30,6 @@ from gateway.metrics import MULTIPROC_ENV
 from gateway.settings import EdgeSettings, ListenSettings, Settings, SettingsError, load_settings
 from gateway.tls import server_context
 from gateway.upstreams.endpoints import DiscoveryError
-from gateway.workers import WORKER_FDS, Supervisor, inherited_sockets
 
 logger = logging.getLogger("gateway")
 
