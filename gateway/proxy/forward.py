@@ -145,7 +145,7 @@ class UpstreamRequest:
     replica: str
     body: bytes
     headers: dict[str, str]
-    request_id: bytes
+    request_id: str
 
 
 class Exchange:
@@ -207,7 +207,7 @@ class Exchange:
 
     async def _open(self, request: UpstreamRequest) -> tuple[aiohttp.ClientResponse, bytes]:
         """Send the request; its response and the first bytes of its body."""
-        with map_upstream_errors(request.replica, request.request_id.decode()):
+        with map_upstream_errors(request.replica, request.request_id):
             self.outcome.upstream_sent_at = time.perf_counter()
             response = await self._client.post(
                 request.url, data=request.body, headers=request.headers
@@ -306,7 +306,7 @@ class Exchange:
         started: bool,
         response: aiohttp.ClientResponse | None,
     ) -> None:
-        outcome, request_id = self.outcome, request.request_id.decode()
+        outcome, request_id = self.outcome, request.request_id
         if reason == DISCONNECT:
             outcome.client_disconnected = True
             return
@@ -338,7 +338,7 @@ class Exchange:
         what: str,
     ) -> None:
         """The response already started and the replica failed: end it as honestly as we can."""
-        request_id = request.request_id.decode()
+        request_id = request.request_id
         self.outcome.stream_error = error.message
         logger.warning("replica %s %s mid-response (request %s)", _shown(request), what, request_id)
         content_type = b"" if response is None else _content_type(response)
@@ -363,7 +363,7 @@ def _shown(request: UpstreamRequest) -> str:
 
 
 def _unreachable(request: UpstreamRequest, what: str) -> UpstreamUnreachable:
-    request_id = request.request_id.decode()
+    request_id = request.request_id
     logger.warning("replica %s %s (request %s)", _shown(request), what, request_id)
     return UpstreamUnreachable(
         f"The model server closed the connection before answering (request {request_id})."
@@ -373,7 +373,7 @@ def _unreachable(request: UpstreamRequest, what: str) -> UpstreamUnreachable:
 def _credentials_refused(request: UpstreamRequest) -> UpstreamUnreachable:
     """A replica's 401 is about the gateway's key for it, never the client's: the operator's
     to fix, so the details go to the log only."""
-    request_id = request.request_id.decode()
+    request_id = request.request_id
     logger.error(
         "replica %s refused the gateway's API key for it; check the replica's api_key in "
         "the gateway settings (request %s)",

@@ -210,7 +210,7 @@ class ProxyApp:
             replica.url,
             edited.body,
             upstream_headers(headers, context.request_id, replica.authorization),
-            context.request_id.encode(),
+            context.request_id,
         )
 
     def _count_attempt(
