@@ -11,13 +11,12 @@ import pytest
 
 from gateway.auth.credentials import (
     Authenticator,
-    CredentialStoreUnavailable,
     InvalidApiKey,
-    KeyCache,
     MissingCredentials,
     bearer_token,
 )
 from gateway.auth.jwt import AuthError
+from gateway.auth.key_cache import CredentialStoreUnavailable, KeyCache
 from gateway.keys.records import KeyChanges, new_key, new_secret
 from gateway.keys.redis_store import RedisKeyStore
 from gateway.keys.sqlite import SqliteKeyStore

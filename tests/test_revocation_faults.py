@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.auth.credentials import Authenticator, CredentialStoreUnavailable, InvalidApiKey
-from gateway.auth.key_cache import CachePolicy, KeyCache
+from gateway.auth.credentials import Authenticator, InvalidApiKey
+from gateway.auth.key_cache import CachePolicy, CredentialStoreUnavailable, KeyCache
 from gateway.keys.records import KeyChanges, KeyRecord, new_key
 from gateway.keys.redis_store import RedisKeyStore
 from gateway.keys.store import KeyStoreUnavailable, MemoryKeyStore

@@ -3,7 +3,7 @@
     AuthError (gateway.auth.errors)   401, OpenAI-shaped, `reason` for metrics
     ├── MissingCredentials            no usable `Authorization: Bearer ...`
     └── InvalidApiKey                 unknown, wrong secret, revoked or expired key
-    CredentialStoreUnavailable        503: the key store cannot be read
+    CredentialStoreUnavailable        503: the key store cannot be read (key_cache.py)
 
 Key records come from a per-process `KeyCache` (key_cache.py): a known key
 costs no store round trip on most requests, a revocation reaches every replica
@@ -19,18 +19,9 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from gateway.auth.errors import AuthError
-from gateway.auth.key_cache import CredentialStoreUnavailable, KeyCache
+from gateway.auth.key_cache import KeyCache
 from gateway.keys.format import PREFIX, MalformedKey, parse
 from gateway.principal import Principal
-
-__all__ = [
-    "Authenticator",
-    "CredentialStoreUnavailable",
-    "InvalidApiKey",
-    "KeyCache",
-    "MissingCredentials",
-    "bearer_token",
-]
 
 MAX_HEADER_BYTES = 4096
 

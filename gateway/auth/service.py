@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from gateway.auth.credentials import Authenticator, KeyCache
+from gateway.auth.credentials import Authenticator
 from gateway.auth.errors import AuthError
-from gateway.auth.key_cache import CachePolicy
+from gateway.auth.key_cache import CachePolicy, KeyCache
 from gateway.keys.open import open_key_store
 from gateway.keys.store import KeyStore
 from gateway.principal import Principal
