@@ -45,7 +45,6 @@ from gateway.proxy.routes import Route
 MAX_COUNT = 2**31 - 1
 BYTES_PER_TOKEN = 4
 
-_BOOLS = ("stream",)
 _OPTION_BOOLS = ("include_usage", "continuous_usage_stats")
 _COUNTS = {
     Route.CHAT: ("max_tokens", "max_completion_tokens", "n", "best_of"),
@@ -78,18 +77,19 @@ def read_terms(route: Route, payload: dict[str, Any], body_size: int) -> Terms:
     changed = False
     for name in _COUNTS[route]:
         changed |= _count(payload, name, minimum=1)
+    stream, choices = False, 1
     if route is Route.EMBEDDINGS:
         prompts, token_ids = _inputs(payload)
-        return Terms(False, prompts, 1, body_size // BYTES_PER_TOKEN + 1 + token_ids, changed)
-    changed |= _count(payload, "min_tokens", minimum=0)
-    stream = _bool(payload, "stream")
-    _stream_options(payload)
-    if route is Route.CHAT:
-        _messages(payload)
-        prompts, token_ids = 1, 0
     else:
-        prompts, token_ids = _prompts(payload)
-    choices = max(payload.get("n") or 1, payload.get("best_of") or 1)
+        changed |= _count(payload, "min_tokens", minimum=0)
+        stream = _bool(payload, "stream")
+        _stream_options(payload)
+        if route is Route.CHAT:
+            _messages(payload)
+            prompts, token_ids = 1, 0
+        else:
+            prompts, token_ids = _prompts(payload)
+        choices = max(payload.get("n") or 1, payload.get("best_of") or 1)
     prompt_tokens = body_size // BYTES_PER_TOKEN + 1 + token_ids
     return Terms(stream, prompts, choices, prompt_tokens, changed)
 
