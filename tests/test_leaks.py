@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.probes import Trust
 from tests.servers import (
     TEST_PEPPER,
     Process,
@@ -38,6 +38,9 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 @dataclass
 class Leaky:
     gateway: Process
+    # The same gateway's settings with `metrics.trust_loopback: false`: every peer of it,
+    # these tests included, is an outsider unless it shows the metrics token.
+    guarded: Process
     sim: Process
     keyed_sim: Process
     dead_port: int
@@ -69,7 +72,6 @@ def leaky(module_tmp: Path) -> Iterator[Leaky]:
             {"name": "down-model", "replicas": [{"url": f"{credentials}:{dead_port}"}]},
             {"name": "refusing", "replicas": [{"url": keyed.url, "api_key": "a-wrong-key-987654"}]},
         ]
-        config["listen"] = {"host": "0.0.0.0", "port": config["listen"]["port"]}  # type: ignore[index]
         config["metrics"] = {"token": METRICS_TOKEN}
         config["admin"] = {"tokens": [ADMIN_TOKEN]}
         config["auth"] = {
@@ -78,8 +80,16 @@ def leaky(module_tmp: Path) -> Iterator[Leaky]:
         }
         key = create_key(config)
         limited = create_key(config, models=frozenset({MODEL}))
-        with run_gateway(module_tmp, config) as gateway:
-            yield Leaky(gateway, sim, keyed, dead_port, key, limited)
+        guarded_config = {
+            **config,
+            "listen": {"host": "127.0.0.1", "port": free_port()},
+            "metrics": {"token": METRICS_TOKEN, "trust_loopback": False},
+        }
+        with (
+            run_gateway(module_tmp, config) as gateway,
+            run_gateway(module_tmp, guarded_config) as guarded,
+        ):
+            yield Leaky(gateway, guarded, sim, keyed, dead_port, key, limited)
 
 
 def replica_addresses(leaky: Leaky) -> list[str]:
@@ -145,21 +155,33 @@ def test_url_credentials_are_never_shown(leaky: Leaky) -> None:
         assert "user:" not in text
 
 
-def outside_address() -> str:
-    """This host's address on a non-loopback interface: a peer the gateway does not trust."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
-        except OSError:
-            pytest.skip("this host has no non-loopback IPv4 route")
-        address: str = probe.getsockname()[0]
-    if address.startswith("127."):
-        pytest.skip("this host has no non-loopback IPv4 address")
-    return address
+@pytest.mark.parametrize(
+    ("client", "trusted"),
+    [
+        (("127.0.0.1", 5000), True),
+        (("127.8.9.10", 5000), True),
+        (("::1", 5000), True),
+        (("::ffff:127.0.0.1", 5000), True),
+        (("192.0.2.7", 5000), False),
+        (("::ffff:192.0.2.7", 5000), False),
+        (("2001:db8::7", 5000), False),
+        (("not-an-address", 5000), False),
+        (None, False),
+    ],
+)
+def test_only_loopback_peers_are_trusted_without_the_token(
+    client: tuple[str, int] | None, trusted: bool
+) -> None:
+    scope = {"client": client, "headers": []}
+    assert Trust(METRICS_TOKEN, loopback=True)(scope) is trusted
+    assert Trust(METRICS_TOKEN, loopback=False)(scope) is False
+    with_token = {**scope, "headers": [(b"authorization", f"Bearer {METRICS_TOKEN}".encode())]}
+    assert Trust(METRICS_TOKEN, loopback=False)(with_token) is True
+    assert Trust(None, loopback=False)(with_token) is False
 
 
 def test_metrics_are_for_loopback_or_the_token_only(leaky: Leaky) -> None:
-    outside = f"http://{outside_address()}:{leaky.gateway.port}"
+    outside = leaky.guarded.url
     unknown = httpx.get(f"{outside}/no-such-route")
     anonymous = httpx.get(f"{outside}/metrics")
     wrong = httpx.get(f"{outside}/metrics", headers={"Authorization": "Bearer nope"})
@@ -177,7 +199,7 @@ def test_metrics_are_for_loopback_or_the_token_only(leaky: Leaky) -> None:
 
 
 def test_readyz_shows_states_and_names_models_only_to_trusted_callers(leaky: Leaky) -> None:
-    outside = f"http://{outside_address()}:{leaky.gateway.port}"
+    outside = leaky.guarded.url
     deadline = time.monotonic() + 10
     while (anonymous := httpx.get(f"{outside}/readyz")).status_code != 503:
         assert time.monotonic() < deadline
