@@ -43,7 +43,10 @@ def tighten(path: Path) -> None:
     if mode & 0o077:
         path.chmod(mode & PRIVATE_FILE)
         logger.warning(
-            "%s was accessible to other users (mode %o); made it %o", path, mode, mode & 0o700
+            "%s was accessible to other users (mode %o); made it %o",
+            path,
+            mode,
+            mode & PRIVATE_FILE,
         )
 
 
