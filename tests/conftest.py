@@ -49,3 +49,22 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+# Fixtures that start something once per session for several modules. With
+# `pytest -n`, every module that uses one runs on the same worker, so it starts once.
+SESSION_GROUPS = {"validated": "skypilot", "sky_api_server": "skypilot"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep each module on one worker (its module fixtures start once), and the modules
+    that share a session fixture together (`--dist loadgroup`, see the Makefile)."""
+    groups: dict[str, str] = {}
+    for item in items:
+        module = item.module.__name__ if item.module else item.nodeid
+        for name in getattr(item, "fixturenames", ()):
+            groups[module] = SESSION_GROUPS.get(name) or groups.get(module, module)
+    for item in items:
+        module = item.module.__name__ if item.module else item.nodeid
+        item.add_marker(pytest.mark.xdist_group(groups.get(module, module)))
