@@ -55,9 +55,13 @@ class Gateway:
         self.upstream = upstream_client(settings)
         self.pools = pools_from_settings(settings)
         self.access_log = AccessLog(sys.stderr, settings.log)
-        self.auth = AuthService(settings.auth, settings.auth.pepper.get_secret_value().encode())
         self.metrics = Metrics(
             key_label=settings.metrics.key_label, multiprocess=metrics_multiprocess
+        )
+        self.auth = AuthService(
+            settings.auth,
+            settings.auth.pepper.get_secret_value().encode(),
+            on_store_error=self.metrics.key_store_error,
         )
         self.limiter = limiter_backend(settings, self.metrics)
         self.admissions = admissions(settings, self.limiter, self.metrics)

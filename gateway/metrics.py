@@ -27,6 +27,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5, 5.0, 10.0)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+# What a failed key-store call was for (gateway/auth/key_cache.py): a fixed set, so that
+# every series exists at 0 from the start and an alert's rate() sees the first failure.
+KEY_STORE_OPERATIONS = ("read", "feed", "record_use")
 
 
 class Metrics:
@@ -180,6 +183,15 @@ class Metrics:
             ["action", "outcome"],
             registry=r,
         )
+        self.key_store_errors = Counter(
+            "gateway_key_store_errors",
+            "Calls to the key store that failed, by operation (read: a key's record; feed: the "
+            "change feed that carries revocations was lost; record_use: a key's last use).",
+            ["operation"],
+            registry=r,
+        )
+        for operation in KEY_STORE_OPERATIONS:
+            self.key_store_errors.labels(operation)
 
     def child(self, metric: M, *labels: str) -> M:
         """METRIC's series for LABELS, looked up once: `labels()` validates on every call,
@@ -189,6 +201,10 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found  # type: ignore[return-value]
+
+    def key_store_error(self, operation: str) -> None:
+        """Count a failed key-store call; OPERATION is one of KEY_STORE_OPERATIONS."""
+        self.child(self.key_store_errors, operation).inc()
 
     def render(self) -> bytes:
         if not self.multiprocess:

@@ -5,9 +5,11 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # tests/test_compose.py validates docker-compose.yml (the engine itself does not run).
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
-# tests/test_dashboard.py runs the dashboard's queries on a real Prometheus.
+# tests/test_dashboard.py runs the dashboard's queries on a real Prometheus;
+# tests/test_alerts.py runs promtool (the same Debian package ships it).
 prometheus_missing=false
 command -v prometheus >/dev/null 2>&1 || prometheus_missing=true
+command -v promtool >/dev/null 2>&1 || prometheus_missing=true
 if [ ${#need[@]} -eq 0 ] && [ "$prometheus_missing" = false ]; then
   exit 0
 fi

@@ -2,7 +2,8 @@
 
 Prometheus is Debian's `prometheus` package (`scripts/install-system-deps.sh`
 installs it); its config is the shipped `deploy/prometheus/prometheus.yml`
-with the targets and intervals a test gives it.
+with the targets and intervals a test gives it, and the shipped alerting rules
+beside it, where its `rule_files` finds them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tests.servers import free_port, stop, wait_for_port
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+ALERT_RULES = DEPLOY / "prometheus" / "alerts.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "vllm-gateway.json"
 READY_TIMEOUT_S = 60.0
 # Grafana's variable syntaxes: ${name}, ${name:format} and $name.
@@ -91,6 +93,13 @@ class Prometheus:
         values: list[str] = response.json()["data"]
         return values
 
+    def rules(self) -> list[dict[str, Any]]:
+        """Every rule Prometheus loaded, with its health and active alerts (/api/v1/rules)."""
+        response = httpx.get(f"{self.url}/api/v1/rules", timeout=30)
+        response.raise_for_status()
+        groups = response.json()["data"]["groups"]
+        return [rule for group in groups for rule in group["rules"]]
+
     def wait_for_scrapes(self, after: float, timeout: float = 60.0) -> None:
         """Wait until every target was scraped at least once after the Unix time AFTER."""
         assert self.at is None, "a pinned Prometheus sees no new scrapes"
@@ -109,6 +118,9 @@ def run_prometheus(tmp_path: Path, config: dict[str, Any]) -> Iterator[Prometheu
     port = free_port()
     config_path = tmp_path / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))
+    # rule_files is relative to the config's directory: a glob that matches nothing
+    # would load no rule, silently.
+    shutil.copy(ALERT_RULES, tmp_path / ALERT_RULES.name)
     args = [
         prometheus_binary(),
         f"--config.file={config_path}",

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from gateway.keys.format import generate
 from gateway.metrics import Metrics
@@ -399,6 +400,22 @@ def test_every_target_is_scraped(stack: Stack) -> None:
     assert len(up) == 5
     assert set(up.values()) == {1.0}
     assert {job for job, _ in up} == {"vllm-gateway", "vllm"}
+
+
+def test_the_alert_rules_load_and_evaluate(stack: Stack) -> None:
+    shipped = yaml.safe_load(promql.ALERT_RULES.read_text())
+    names = {rule["alert"] for group in shipped["groups"] for rule in group["rules"]}
+    deadline = time.monotonic() + 30
+    rules = stack.prometheus.rules()
+    while any(rule["health"] == "unknown" for rule in rules):
+        assert time.monotonic() < deadline, "rules not evaluated"
+        time.sleep(0.5)
+        rules = stack.prometheus.rules()
+    assert {rule["name"] for rule in rules} == names
+    assert [(r["name"], r["lastError"]) for r in rules if r["health"] != "ok"] == []
+    # The broken model's replicas are down on the main gateway: pending, or firing by now.
+    (no_replica,) = [rule for rule in rules if rule["name"] == "ModelHasNoReplicaUp"]
+    assert {alert["labels"]["model"] for alert in no_replica["alerts"]} == {BROKEN}
 
 
 def variable_values(stack: Stack, name: str) -> list[str]:

@@ -21,12 +21,20 @@ import pytest
 
 from gateway.auth.credentials import Authenticator, InvalidApiKey
 from gateway.auth.key_cache import CachePolicy, CredentialStoreUnavailable, KeyCache
+from gateway.keys.format import generate
 from gateway.keys.records import KeyChanges, KeyRecord, new_key
 from gateway.keys.redis_store import RedisKeyStore
 from gateway.keys.store import KeyStoreUnavailable, MemoryKeyStore
 from gateway.settings import KeyCacheSettings
 from tests.fault_proxy import FaultProxy
-from tests.servers import Process, RedisServer, free_port, gateway_config, run_gateway
+from tests.servers import (
+    Process,
+    RedisServer,
+    free_port,
+    gateway_config,
+    metric,
+    run_gateway,
+)
 
 PEPPER = b"revocation-faults-pepper-0123456789"
 NOW = datetime.now(UTC)
@@ -264,6 +272,56 @@ def test_a_key_revoked_during_a_fault_stops_working_within_the_bound(
     assert any(when >= revoked_at + BOUND_S for when, _ in answers)
     assert after_heal == [401] * 5
     assert key not in logs and other not in logs
+
+
+def key_store_errors(gateway: Process) -> dict[str, float]:
+    return {
+        operation: metric(gateway.url, "gateway_key_store_errors_total", operation=operation)
+        for operation in ("read", "feed", "record_use")
+    }
+
+
+def wait_for_errors(gateway: Process, operation: str, above: float) -> float:
+    deadline = time.monotonic() + 30
+    while (count := key_store_errors(gateway)[operation]) <= above:
+        assert time.monotonic() < deadline, f"{operation} errors still {count}"
+        time.sleep(0.2)
+    return count
+
+
+def test_a_stopped_key_store_is_counted_on_metrics(
+    tmp_path: Path, sim: Process, redis_server: RedisServer
+) -> None:
+    with (
+        run_gateway(tmp_path, replica_config(sim, redis_server.url)) as gateway,
+        httpx.Client(timeout=15) as client,
+    ):
+        _, key = create_key(client, gateway)
+        wait_for(client, gateway, key, 200)
+        # Every operation's series is there at 0 before anything failed.
+        assert key_store_errors(gateway) == {"read": 0.0, "feed": 0.0, "record_use": 0.0}
+        redis_server.stop()
+        wait_for_errors(gateway, "feed", 0.0)  # the revocation feed is lost, and retried
+        # The cached record outlives its staleness bound: the next use needs a read.
+        wait_for(client, gateway, key, 503)
+        wait_for_errors(gateway, "read", 0.0)
+        unknown = {"Authorization": f"Bearer {generate().token}"}
+        refused = client.get(f"{gateway.url}/v1/models", headers=unknown)
+        assert refused.status_code == 503  # unknown while the store cannot say: not a 401
+        assert refused.json()["error"]["code"] == "auth_unavailable"
+        redis_server.start()
+        wait_for(client, gateway, key, 200)
+        # Back to normal: the counts stop growing once the feed is subscribed again.
+        deadline = time.monotonic() + 30
+        counts = key_store_errors(gateway)
+        while True:
+            time.sleep(3)
+            if (counts_now := key_store_errors(gateway)) == counts:
+                break
+            assert time.monotonic() < deadline, f"key store errors still growing: {counts_now}"
+            counts = counts_now
+        logs = gateway.log()
+    assert key not in logs
 
 
 # The change feed notices what redis-py would not tell ----------------------------------------

@@ -14,6 +14,9 @@ answer delayed by the network is no fresher than its question. A read that was
 in flight when `forget()` ran is handed to its callers but never cached (the
 generation counter), so a revocation cannot be undone by a slow read.
 
+Every failed store call is reported to `on_store_error` (the gateway counts them in
+`gateway_key_store_errors_total`): the log says so only when the store's state changes.
+
 Trade-off: a larger `max_stale` rides out longer store outages on cached keys,
 and delays a revocation by as much when the replica cannot hear the store.
 """
@@ -26,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from gateway.errors import GatewayError
 from gateway.keys.records import KeyRecord
@@ -41,6 +45,13 @@ RESUBSCRIBE_DELAY_S = 1.0
 READ_RETRY_S = 0.25
 # A flood of made-up ids must not grow memory without bound.
 MAX_MISSES = 100_000
+
+# What a failed store call was for: a key's record, the change feed, a key's last use.
+StoreOperation = Literal["read", "feed", "record_use"]
+
+
+def _uncounted(operation: StoreOperation) -> None:
+    return None
 
 
 class CredentialStoreUnavailable(GatewayError):
@@ -86,8 +97,10 @@ class KeyCache:
         store: KeyStore,
         policy: CachePolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_store_error: Callable[[StoreOperation], None] = _uncounted,
     ) -> None:
         self._store = store
+        self._on_store_error = on_store_error
         self._policy = policy or CachePolicy()
         self._clock = clock
         self._records: dict[str, _Entry] = {}
@@ -154,6 +167,7 @@ class KeyCache:
         try:
             record = await self._store.get(key_id)
         except KeyStoreUnavailable as exc:
+            self._on_store_error("read")
             if self._failed_at is None:
                 logger.warning("the key store cannot be read: %s", exc)
             self._failed_at = self._clock()
@@ -208,6 +222,7 @@ class KeyCache:
             await self._store.record_use(key_id, when)
         except KeyStoreUnavailable as exc:
             self._recorded.pop(key_id, None)  # try again on the next use
+            self._on_store_error("record_use")
             logger.warning("could not record the use of key %s: %s", key_id, exc)
 
     def start(self) -> None:
@@ -231,6 +246,7 @@ class KeyCache:
                     async for key_id in changes:
                         self.forget(key_id)
             except KeyStoreUnavailable as exc:
+                self._on_store_error("feed")
                 logger.warning("key change feed lost (%s); retrying", exc)
             self._distrust()
             await asyncio.sleep(RESUBSCRIBE_DELAY_S)

@@ -6,13 +6,14 @@ them: each costs megabytes of memory in every gateway process.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httpx
 
 from gateway.auth.credentials import Authenticator
 from gateway.auth.errors import AuthError
-from gateway.auth.key_cache import CachePolicy, KeyCache
+from gateway.auth.key_cache import CachePolicy, KeyCache, StoreOperation
 from gateway.keys.open import open_key_store
 from gateway.keys.store import KeyStore
 from gateway.principal import Principal
@@ -36,9 +37,16 @@ def _issuers(settings: AuthSettings) -> list[IssuerConfig]:
 class AuthService:
     """Owns the key store, its cache and the JWKS client for one gateway process."""
 
-    def __init__(self, settings: AuthSettings, pepper: bytes) -> None:
+    def __init__(
+        self,
+        settings: AuthSettings,
+        pepper: bytes,
+        on_store_error: Callable[[StoreOperation], None],
+    ) -> None:
         self._settings = settings
         self._pepper = pepper
+        # Counts failed key-store calls (gateway_key_store_errors_total).
+        self._on_store_error = on_store_error
         # Built here so that bad issuer settings stop the gateway at start.
         self._issuers = _issuers(settings)
         self._store: KeyStore | None = None
@@ -51,7 +59,7 @@ class AuthService:
         self._store = await open_key_store(self._settings.key_store)
         cache = self._settings.key_cache
         policy = CachePolicy(refresh_after_s=cache.refresh_after, max_stale_s=cache.max_stale)
-        self._cache = KeyCache(self._store, policy)
+        self._cache = KeyCache(self._store, policy, on_store_error=self._on_store_error)
         self._cache.start()
         if self._issuers:
             from gateway.auth.jwt import JWTVerifier  # noqa: PLC0415 (optional feature)
