@@ -17,7 +17,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 KUBE_DIR = ROOT / "deploy" / "kubernetes"
 NAMESPACE = "vllm-gateway"
-GATEWAY_LABELS = {"app.kubernetes.io/name": "vllm-gateway", "app.kubernetes.io/component": "gateway"}
+GATEWAY_LABELS = {
+    "app.kubernetes.io/name": "vllm-gateway",
+    "app.kubernetes.io/component": "gateway",
+}
 REDIS_LABELS = {
     "app.kubernetes.io/name": "vllm-gateway-redis",
     "app.kubernetes.io/component": "redis",
@@ -72,7 +75,11 @@ def _swap(entry: str, swaps: Mapping[str, str]) -> str:
 def render(directory: Path) -> list[dict[str, Any]]:
     """`kubectl kustomize DIRECTORY`, parsed."""
     result = subprocess.run(
-        [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=120
+        [kubectl(), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]

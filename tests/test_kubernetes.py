@@ -176,9 +176,9 @@ def test_the_gateway_writes_only_to_volumes(rendered: dict[str, Objects], varian
     deployment = find(objects, "Deployment", "vllm-gateway")
     pod = deployment["spec"]["template"]["spec"]
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
-    mounts = {m["mountPath"]: volumes[m["name"]] for m in container(deployment, "gateway")[
-        "volumeMounts"
-    ]}
+    mounts = {
+        m["mountPath"]: volumes[m["name"]] for m in container(deployment, "gateway")["volumeMounts"]
+    }
     assert "emptyDir" in mounts["/tmp"]
     store = gateway_settings(objects)["auth"]["key_store"]
     if store["backend"] == "sqlite":
@@ -222,9 +222,12 @@ def test_the_settings_load_with_the_gateways_own_loader(
         assert url == SECRETS["redis-url"]
     else:
         service = find(objects, "Service", "vllm-gateway-redis")
-        assert url == f"redis://:{SECRETS['redis-password']}@{service['metadata']['name']}:" + str(
-            service["spec"]["ports"][0]["port"]
-        ) + "/0"
+        assert (
+            url
+            == f"redis://:{SECRETS['redis-password']}@{service['metadata']['name']}:"
+            + str(service["spec"]["ports"][0]["port"])
+            + "/0"
+        )
 
 
 def _prestop_sleep(gateway: dict[str, Any]) -> int:
