@@ -27,6 +27,14 @@ REDIS_LABELS = {
 }
 UPSTREAM_LABEL = "vllm-gateway/upstream"
 ALL_COMPONENTS = ("service-monitor", "grafana-dashboard", "ingress-tls", "gateway-tls")
+# What the tests put in the Secret vllm-gateway-secrets (hex-like, as README.md asks).
+SECRETS = {
+    "pepper": "p" * 64,
+    "admin-token": "a" * 64,
+    "vllm-api-key": "v" * 64,
+    "redis-password": "r" * 64,
+    "redis-url": "redis://:" + "r" * 64 + "@redis.example.internal:6379/0",
+}
 # Custom resources: no schema in kubernetes-validate, checked field by field instead.
 CRD_KINDS = frozenset({"ServiceMonitor"})
 

@@ -27,6 +27,7 @@ from tests.kube import (
     NAMESPACE,
     REDIS_LABELS,
     ROOT,
+    SECRETS,
     UPSTREAM_LABEL,
     VARIANTS,
     config_for,
@@ -47,13 +48,6 @@ KUBERNETES_VERSION = "1.37.0"
 README = KUBE_DIR / "README.md"
 # What README.md budgets for in-flight requests to finish after SIGTERM.
 DRAIN_BUDGET_S = 45
-SECRETS = {
-    "pepper": "p" * 64,
-    "admin-token": "a" * 64,
-    "vllm-api-key": "v" * 64,
-    "redis-password": "r" * 64,
-    "redis-url": "redis://:" + "r" * 64 + "@redis.example.internal:6379/0",
-}
 Objects = list[dict[str, Any]]
 
 
@@ -293,6 +287,10 @@ def test_network_policies_select_the_right_pods_and_ports(
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
     clients, prometheus = policy["ingress"]
     assert "from" not in clients and clients["ports"] == [{"port": "http", "protocol": "TCP"}]
+    gateway = container(find(objects, "Deployment", "vllm-gateway"), "gateway")
+    settings = gateway_settings(objects)
+    assert named_port(gateway, "http") == settings["listen"]["port"]
+    assert named_port(gateway, "admin") == settings["admin"]["listen"]["port"]
     (source,) = prometheus["from"]
     assert source["namespaceSelector"]["matchLabels"] and source["podSelector"]["matchLabels"]
     assert prometheus["ports"] == [{"port": "admin", "protocol": "TCP"}]

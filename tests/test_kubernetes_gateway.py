@@ -28,6 +28,7 @@ import yaml
 
 from gateway.probes import HEALTHZ, READYZ
 from tests.kube import (
+    SECRETS,
     config_for,
     container,
     expand_env,
@@ -44,7 +45,6 @@ from tests.servers import (
     stop,
     wait_for_port,
 )
-from tests.test_kubernetes import SECRETS
 
 Objects = list[dict[str, Any]]
 READY_TIMEOUT_S = 30.0
