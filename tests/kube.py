@@ -26,7 +26,13 @@ REDIS_LABELS = {
     "app.kubernetes.io/component": "redis",
 }
 UPSTREAM_LABEL = "vllm-gateway/upstream"
-ALL_COMPONENTS = ("service-monitor", "grafana-dashboard", "ingress-tls", "gateway-tls")
+ALL_COMPONENTS = (
+    "service-monitor",
+    "prometheus-rules",
+    "grafana-dashboard",
+    "ingress-tls",
+    "gateway-tls",
+)
 # What the tests put in the Secret vllm-gateway-secrets (hex-like, as README.md asks).
 SECRETS = {
     "pepper": "p" * 64,
@@ -36,7 +42,7 @@ SECRETS = {
     "redis-url": "redis://:" + "r" * 64 + "@redis.example.internal:6379/0",
 }
 # Custom resources: no schema in kubernetes-validate, checked field by field instead.
-CRD_KINDS = frozenset({"ServiceMonitor"})
+CRD_KINDS = frozenset({"ServiceMonitor", "PrometheusRule"})
 
 # What an operator can render: each overlay as shipped, the ha overlay on an external
 # Redis, and each overlay with every optional component.

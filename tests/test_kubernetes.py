@@ -90,7 +90,27 @@ def test_service_monitor_scrapes_the_admin_port(rendered: dict[str, Objects]) ->
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["path"] == "/metrics"
     assert endpoint["port"] in {port["name"] for port in admin["spec"]["ports"]}
-    assert set(monitor["spec"]) == {"selector", "endpoints"}
+    assert set(monitor["spec"]) == {"jobLabel", "selector", "endpoints"}
+    # The alert rules and the dashboard select job="vllm-gateway".
+    assert admin["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "vllm-gateway"
+
+
+def test_the_rules_component_ships_the_alert_rules(rendered: dict[str, Objects]) -> None:
+    """The PrometheusRule holds exactly the groups of deploy/prometheus/alerts.yml (which
+    promtool checks and unit-tests), and its jobs match the ServiceMonitor's."""
+    shipped = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
+    rule = find(rendered["ha-all-components"], "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(rule["spec"]) == {"groups"}
+    assert rule["spec"]["groups"] == shipped["groups"], (
+        "run `python scripts/sync-kubernetes-copies.py`"
+    )
+    for group in rule["spec"]["groups"]:
+        assert set(group) <= {"name", "interval", "rules"}
+        for each in group["rules"]:
+            assert set(each) <= {"alert", "expr", "for", "labels", "annotations"}
+            assert isinstance(each["expr"], str)
+            assert isinstance(each["alert"], str)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -394,7 +414,7 @@ def test_no_manifest_file_holds_a_secret() -> None:
 def test_the_dashboard_component_ships_the_dashboard(rendered: dict[str, Objects]) -> None:
     shipped = (ROOT / "deploy" / "grafana" / "dashboards" / "vllm-gateway.json").read_text()
     copy_path = KUBE_DIR / "components" / "grafana-dashboard" / "vllm-gateway.json"
-    assert copy_path.read_text() == shipped, "copy deploy/grafana/dashboards/vllm-gateway.json"
+    assert copy_path.read_text() == shipped, "run `python scripts/sync-kubernetes-copies.py`"
     config_map = find(rendered["single-all-components"], "ConfigMap", "vllm-gateway-dashboard")
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(config_map["data"]["vllm-gateway.json"]) == json.loads(shipped)
