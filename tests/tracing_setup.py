@@ -40,12 +40,16 @@ def recording_proxy(target: Process) -> Iterator[FaultProxy]:
 
 @contextmanager
 def traced_gateway(
-    tmp: Path, replicas: list[str], trace_settings: dict[str, object] | None, **extra: object
+    tmp: Path,
+    replicas: list[str],
+    trace_settings: dict[str, object] | None,
+    env: dict[str, str] | None = None,
+    **extra: object,
 ) -> Iterator[Process]:
     config = gateway_config(free_port(), {MODEL: replicas}, **extra)
     if trace_settings is not None:
         config["tracing"] = trace_settings
-    with run_gateway(tmp, config, env=FAST_EXPORT) as process:
+    with run_gateway(tmp, config, env=FAST_EXPORT | (env or {})) as process:
         yield process
 
 
