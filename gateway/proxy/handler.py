@@ -198,9 +198,12 @@ class ProxyApp:
             request = self._request(scope, context, replica, edited)
             with replica.lease():
                 try:
-                    await self._exchange(
-                        exchange, receive, send, request, context=context, attempt=attempt
-                    )
+                    if context.span is None:
+                        await exchange.run(receive, send, request)
+                    else:
+                        await self._traced(
+                            exchange, receive, send, request, context=context, attempt=attempt
+                        )
                 except UpstreamError as exc:
                     self._count_attempt(pool, replica, outcome, exc)
                     if exc.never_reached and not last:
@@ -211,7 +214,7 @@ class ProxyApp:
             return outcome
         return outcome
 
-    async def _exchange(
+    async def _traced(
         self,
         exchange: Exchange,
         receive: Receive,
@@ -221,11 +224,9 @@ class ProxyApp:
         context: RequestContext,
         attempt: int,
     ) -> None:
-        """Run one attempt; traced, in a CLIENT span whose context the replica receives."""
+        """Run one attempt in a CLIENT span, whose context the replica receives."""
         tracer, parent = self._tracer, context.span
-        if tracer is None or parent is None:
-            await exchange.run(receive, send, request)
-            return
+        assert tracer is not None and parent is not None  # a span exists only when tracing
         span = tracer.start_attempt(
             parent, context.route or "", context.model or "", request.replica, attempt + 1
         )
