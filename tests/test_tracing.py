@@ -203,3 +203,30 @@ def test_no_secret_is_in_a_span_or_the_log(
 
 def test_spans_are_kinds_server_and_client(receiver: OTLPReceiver) -> None:
     assert {span.kind for span in receiver.spans} <= {SERVER, CLIENT}
+
+
+def test_a_client_that_leaves_mid_stream_ends_its_span_once(
+    gateway: Process, receiver: OTLPReceiver, keys: dict[str, str]
+) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
+    headers = {"Authorization": f"Bearer {keys['key']}", "x-sim-itl-ms": "200"}
+    url = f"{gateway.url}/v1/chat/completions"
+    with httpx.stream("POST", url, json=body | {"stream": True}, headers=headers) as response:
+        request_id = response.headers["x-request-id"]
+        next(response.iter_raw())  # the first chunk, then the client is gone
+    spans = receiver.wait_for(
+        lambda spans: any(
+            s.attributes.get("gateway.request_id") == request_id
+            and s.attributes.get("gateway.client_disconnected")
+            for s in spans
+        )
+    )
+    server = server_span(spans, request_id)
+    assert server.status_code == STATUS_UNSET
+    assert "gen_ai.usage.output_tokens" not in server.attributes
+    [attempt] = attempts(spans, server)
+    assert attempt.attributes["gateway.client_disconnected"] is True
+    # Ended exactly once: one span per id, and no second end reported by the SDK.
+    time.sleep(0.5)
+    assert [s.span_id for s in receiver.spans].count(server.span_id) == 1
+    assert "ended span" not in gateway.log()
