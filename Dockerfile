@@ -3,7 +3,7 @@
 # second stage that has no build tools, run as a fixed non-root uid.
 #
 #   docker build -t vllm-gateway .
-#   docker build -t vllm-gateway:sky --build-arg EXTRAS=skypilot .   # + SkyPilot discovery (~0.5 GB)
+#   docker build -t vllm-gateway:sky --build-arg EXTRAS=tracing,skypilot .   # + SkyPilot discovery (~0.5 GB)
 #   docker run -p 8080:8080 -v "$PWD/gateway.yaml:/etc/vllm-gateway/gateway.yaml:ro" \
 #       -e VGW_AUTH__PEPPER -e VGW_ADMIN__TOKENS vllm-gateway
 #
@@ -13,8 +13,9 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
-# Optional extras, comma-separated (e.g. skypilot); empty: the gateway alone.
-ARG EXTRAS=""
+# Optional extras, comma-separated. OpenTelemetry tracing (a few MB, imported only when
+# tracing.enabled is on) is in by default; empty: the gateway alone.
+ARG EXTRAS="tracing"
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -24,7 +25,7 @@ COPY gateway ./gateway
 RUN pip wheel --wheel-dir /wheels "/src${EXTRAS:+[$EXTRAS]}"
 
 FROM ${PYTHON_IMAGE}
-ARG EXTRAS=""
+ARG EXTRAS="tracing"
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 # In a container the gateway must accept connections from outside it: this overrides
 # the settings file's listen.host.

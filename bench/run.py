@@ -4,7 +4,10 @@ The gateway is pinned to core 0; the simulator and this load generator share
 core 1. Each scenario runs twice (direct, then through a fresh gateway) and is
 reported as ratios and added latencies, plus the gateway's CPU and peak RSS.
 
-    python bench/run.py [--scenarios S1,S3] [--scale 0.25]
+    python bench/run.py [--scenarios S1,S3] [--scale 0.25] [--trace-ratio 0.01]
+
+With --trace-ratio the gateway traces (tracing.sample_ratio) and exports to a
+sink that discards what it gets (bench/trace_sink.py), started for each pass.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -139,10 +144,14 @@ def peak_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def gateway_config(port: int, sim_url: str, log_dir: Path) -> tuple[Path, str]:
-    """The gateway as users run it: every part that exists is on. Returns an API key."""
+def gateway_config(
+    port: int, sim_url: str, log_dir: Path, tracing: dict[str, object] | None = None
+) -> tuple[Path, str]:
+    """The gateway as users run it: every part that exists is on. Returns an API key.
+
+    TRACING: the gateway's `tracing` settings, if it traces."""
     key_db = log_dir / f"keys-{port}.db"
-    config = {
+    config: dict[str, object] = {
         "listen": {"host": "127.0.0.1", "port": port},
         "models": [{"name": MODEL, "replicas": [{"url": sim_url}]}],
         "auth": {"pepper": PEPPER, "key_store": {"sqlite_path": str(key_db)}},
@@ -150,6 +159,8 @@ def gateway_config(port: int, sim_url: str, log_dir: Path) -> tuple[Path, str]:
         "limits": {"tenants": {"bench": {"requests_per_minute": 10**9}}},
         "log": {"level": "info", "format": "json"},
     }
+    if tracing is not None:
+        config["tracing"] = tracing
     path = log_dir / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     limits = Limits(requests_per_minute=10**9, tokens_per_minute=10**12, concurrent_requests=10**6)
@@ -191,7 +202,29 @@ def load_for(
     )
 
 
-def run_scenario(scenario: Scenario, scale: float, work: Path, variant: str) -> dict[str, object]:
+@contextmanager
+def trace_sink(ratio: float | None, work: Path, name: str) -> Iterator[dict[str, object] | None]:
+    """The gateway's tracing settings at RATIO, exporting to a sink; None: no tracing."""
+    if ratio is None:
+        yield None
+        return
+    port = free_port()
+    log = work / f"{name}-trace-sink.log"
+    sink = start(
+        [str(Path(__file__).resolve().parent / "trace_sink.py"), str(port)], LOAD_CORE, log
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/v1/traces"
+        wait_ready(url, sink)
+        yield {"enabled": True, "endpoint": url, "sample_ratio": ratio}
+    finally:
+        stop(sink)
+        print(f"  {log.read_text().strip()}", flush=True)
+
+
+def run_scenario(
+    scenario: Scenario, scale: float, work: Path, variant: str, trace_ratio: float | None = None
+) -> dict[str, object]:
     requests = max(scenario.concurrency, int(scenario.requests * scale))
     sim_port, gw_port = free_port(), free_port()
     sim_args = ["simulate", "--port", str(sim_port), "--model", MODEL]
@@ -203,15 +236,16 @@ def run_scenario(scenario: Scenario, scale: float, work: Path, variant: str) -> 
         sim_url = f"http://127.0.0.1:{sim_port}"
         wait_ready(f"{sim_url}/health", sim)
         direct = measure(load_for(scenario, sim_url, body, requests), None)
-        config, api_key = gateway_config(gw_port, sim_url, work)
-        gw_log = work / f"{scenario.name}-gw.log"
-        gateway = start(gateway_command(variant, config), GATEWAY_CORE, gw_log)
-        try:
-            gw_url = f"http://127.0.0.1:{gw_port}"
-            wait_ready(f"{gw_url}/v1/models", gateway)
-            through = measure(load_for(scenario, gw_url, body, requests, api_key), gateway.pid)
-        finally:
-            stop(gateway)
+        with trace_sink(trace_ratio, work, scenario.name) as tracing:
+            config, api_key = gateway_config(gw_port, sim_url, work, tracing)
+            gw_log = work / f"{scenario.name}-gw.log"
+            gateway = start(gateway_command(variant, config), GATEWAY_CORE, gw_log)
+            try:
+                gw_url = f"http://127.0.0.1:{gw_port}"
+                wait_ready(f"{gw_url}/v1/models", gateway)
+                through = measure(load_for(scenario, gw_url, body, requests, api_key), gateway.pid)
+            finally:
+                stop(gateway)
     finally:
         stop(sim)
     return {
@@ -229,6 +263,12 @@ def main() -> int:
     parser.add_argument(
         "--variant", default="default", help="server stack (see bench/serve_variant.py)"
     )
+    parser.add_argument(
+        "--trace-ratio",
+        type=float,
+        default=None,
+        help="trace through the gateway at this sample ratio (0-1), exported to a sink",
+    )
     args = parser.parse_args()
     chosen = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -238,18 +278,23 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vgw-bench-") as tmp:
         for scenario in chosen:
             print(f"running {scenario.name} ({scenario.title}) ...", flush=True)
-            results.append(run_scenario(scenario, args.scale, Path(tmp), args.variant))
+            results.append(
+                run_scenario(scenario, args.scale, Path(tmp), args.variant, args.trace_ratio)
+            )
     stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
     RESULTS.mkdir(parents=True, exist_ok=True)
     document = {
         "date": stamp,
         "variant": args.variant,
+        "trace_ratio": args.trace_ratio,
         "python": sys.version.split()[0],
         "results": results,
     }
     for name in (f"{stamp}.json", "latest.json"):
         (RESULTS / name).write_text(json.dumps(document, indent=2))
     text = table(results) + "\n\n" + "\n".join(budget_lines(results))
+    if args.trace_ratio is not None:
+        text = f"Gateway traced at sample ratio {args.trace_ratio}.\n\n{text}"
     (RESULTS / "latest.md").write_text(f"Run {stamp}\n\n{text}\n")
     print(text)
     print(f"\nwritten to {RESULTS / (stamp + '.json')}")

@@ -6,6 +6,7 @@ import gc
 import logging
 import sys
 from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING
 
 from gateway.access_log import AccessLog
 from gateway.asgi import ASGIApp, Receive, Scope, Send, send_bytes
@@ -20,6 +21,7 @@ from gateway.proxy.handler import ProxyApp
 from gateway.proxy.setup import proxy_options, upstream_client
 from gateway.readiness import ReadinessChecks
 from gateway.settings import Settings
+from gateway.tracing.setup import request_tracer
 from gateway.upstreams.discovery import Discovery
 from gateway.upstreams.monitor import ReplicaMonitor
 from gateway.upstreams.setup import discovery_sources, pools_from_settings
@@ -27,22 +29,27 @@ from gateway.usage.open import open_usage_store
 from gateway.usage.recorder import UsageRecorder
 from gateway.usage.store import UsageStore
 
+if TYPE_CHECKING:
+    from gateway.tracing.spans import RequestTracer
+
 logger = logging.getLogger("gateway")
 ADMIN_PREFIX = "/admin"
 
 
-def build_stack(proxy: ASGIApp, access_log: AccessLog, metrics: Metrics) -> ASGIApp:
+def build_stack(
+    proxy: ASGIApp, access_log: AccessLog, metrics: Metrics, tracer: RequestTracer | None = None
+) -> ASGIApp:
     """The request path, outermost first:
 
     1. dispatcher (`Gateway.__call__`): /admin, the probes, or this stack;
     2. request record (`RequestContextMiddleware`): the request id, the access log
-       line and the request metrics, so every response, the error boundary's
-       included, carries the id and is logged exactly once;
+       line, the request metrics and the request's trace span, so every response,
+       the error boundary's included, carries the id and is logged exactly once;
     3. error boundary (`ErrorBoundary`): any error becomes an OpenAI-shaped answer;
     4. then, in `ProxyApp`: the route allowlist, auth, the request contract,
        admission (the limits), and forwarding to a replica.
     """
-    return RequestContextMiddleware(ErrorBoundary(proxy, metrics), access_log, metrics)
+    return RequestContextMiddleware(ErrorBoundary(proxy, metrics), access_log, metrics, tracer)
 
 
 class Gateway:
@@ -67,6 +74,8 @@ class Gateway:
         self.admissions = admissions(settings, self.limiter, self.metrics)
         # Writes to the usage store once the lifespan has opened it, beside the keys.
         self.recorder = UsageRecorder()
+        # None when tracing is off: then OpenTelemetry is never imported.
+        self.tracer = request_tracer(settings.tracing)
         upstreams = settings.upstreams
         watch_load = (
             upstreams.load.picking == "load_aware" or upstreams.load.shed_waiting_above is not None
@@ -92,8 +101,9 @@ class Gateway:
             usage=self.recorder,
             options=proxy_options(settings),
             metrics=self.metrics,
+            tracer=self.tracer,
         )
-        self._http = build_stack(proxy, self.access_log, self.metrics)
+        self._http = build_stack(proxy, self.access_log, self.metrics, self.tracer)
         token = settings.metrics.token
         trust = Trust(
             token.get_secret_value() if token else None,
@@ -145,6 +155,10 @@ class Gateway:
         async with AsyncExitStack() as stack:
             stack.callback(self.access_log.flush)
             stack.push_async_callback(self.limiter.close)
+            if self.tracer is not None:
+                # Closed after everything else: spans of requests still ending get out.
+                self.tracer.export.open()
+                stack.push_async_callback(self.tracer.export.close)
             await self.upstream.open()
             stack.push_async_callback(self.upstream.close)
             self.monitor.start()

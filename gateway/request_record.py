@@ -7,10 +7,14 @@ It lives below both (`middleware.context` writes it into the scope and logs it;
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.asgi import Scope
 from gateway.principal import Principal
 from gateway.usage.records import TokenUsage
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 SCOPE_KEY = "vgw.context"
 
@@ -52,6 +56,10 @@ class RequestContext:
     client_disconnected: bool = False
     outcome: Outcome | None = None
     principal: Principal | None = None
+    # The error the gateway answered with: its code, or its class when it has none.
+    error_type: str | None = None
+    # The request's server span, when tracing is on.
+    span: Span | None = None
 
 
 def context_of(scope: Scope) -> RequestContext:

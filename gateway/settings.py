@@ -6,6 +6,7 @@ Nothing else in the gateway reads `os.environ`: the CLI (or a test) calls
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -373,6 +374,59 @@ class LogSettings(_Strict):
     format: Literal["json", "text"] = "json"
 
 
+# What each tracing.protocol imports, and the extra that installs it.
+TRACE_EXPORTERS = {
+    "http/protobuf": ("opentelemetry.exporter.otlp.proto.http", "tracing"),
+    "grpc": ("opentelemetry.exporter.otlp.proto.grpc", "tracing-grpc"),
+}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+class TracingSettings(_Strict):
+    """OpenTelemetry traces, exported over OTLP; off by default, and then never imported."""
+
+    enabled: bool = False
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    # Of the traces the gateway starts; a trusted caller's sampling decision is kept.
+    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    # trust: continue a caller's W3C traceparent; ignore: every request starts a trace.
+    incoming: Literal["trust", "ignore"] = "trust"
+    service_name: str = Field(default="vllm-gateway", min_length=1)
+    # Sent with every export (a collector's credentials): never logged.
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    # Seconds one export may take; also what shutdown waits, at most, to flush.
+    export_timeout: float = Field(default=5.0, gt=0, le=60)
+    # The key id on every request span (never the key itself); off: only the tenant.
+    key_id: bool = False
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _exporter_installed(self) -> TracingSettings:
+        if not self.enabled:
+            return self
+        module, extra = TRACE_EXPORTERS[self.protocol]
+        if not (_installed("opentelemetry.sdk.trace") and _installed(module)):
+            raise ValueError(
+                f"tracing with protocol {self.protocol} needs the OpenTelemetry packages: "
+                f"pip install 'vllm-gateway[{extra}]'"
+            )
+        return self
+
+
 class Settings(_Strict):
     listen: ListenSettings = ListenSettings()
     edge: EdgeSettings = EdgeSettings()
@@ -388,6 +442,7 @@ class Settings(_Strict):
     limits: RateLimitSettings = RateLimitSettings()
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
+    tracing: TracingSettings = TracingSettings()
     # Gateway processes on this host, sharing its port. More than one are replicas:
     # their keys and limits must be in Redis.
     workers: int = Field(default=1, ge=1, le=256)

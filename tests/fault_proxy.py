@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import struct
 import threading
@@ -22,6 +23,8 @@ class FaultProxy:
         self._flowing = asyncio.Event()
         self._down = False
         self._sockets: set[asyncio.StreamWriter] = set()
+        # Every byte clients sent through, in order: what the target received.
+        self.forwarded = bytearray()
 
     @property
     def url(self) -> str:
@@ -44,6 +47,11 @@ class FaultProxy:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
+
+    def header_values(self, name: bytes) -> list[bytes]:
+        """Each value of header NAME in the requests forwarded so far (HTTP/1.1, in order)."""
+        pattern = re.compile(rb"^" + re.escape(name) + rb":[ \t]*(.*?)\r$", re.I | re.M)
+        return pattern.findall(bytes(self.forwarded))
 
     def freeze(self) -> None:
         """Stop forwarding both ways; every socket stays open (a half-open network)."""
@@ -88,14 +96,19 @@ class FaultProxy:
             return
         self._sockets.add(upstream_w)
         await asyncio.gather(
-            self._pump(client_r, upstream_w), self._pump(upstream_r, client_w),
+            self._pump(client_r, upstream_w, self.forwarded), self._pump(upstream_r, client_w),
             return_exceptions=True,
         )  # fmt: skip
         for writer in (client_w, upstream_w):
             self._sockets.discard(writer)
             writer.close()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        record: bytearray | None = None,
+    ) -> None:
         try:
             while True:
                 await self._flowing.wait()  # unread bytes wait in the kernel's buffers
@@ -103,6 +116,8 @@ class FaultProxy:
                 if not data:
                     break
                 await self._flowing.wait()
+                if record is not None:
+                    record += data
                 writer.write(data)
                 await writer.drain()
         finally:

@@ -36,8 +36,8 @@ def test_the_image_is_multi_stage_and_slim() -> None:
     assert args["PYTHON_IMAGE"].startswith("python:3.11-slim")
     froms = [a for keyword, a in steps if keyword == "FROM"]
     assert froms == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE}"]
-    # The [skypilot] extra only when asked for: --build-arg EXTRAS=skypilot.
-    assert args["EXTRAS"] == '""'
+    # Tracing by default; the [skypilot] extra only when asked for: EXTRAS=tracing,skypilot.
+    assert args["EXTRAS"] == '"tracing"'
     assert any("${EXTRAS:+[$EXTRAS]}" in a for keyword, a in steps if keyword == "RUN")
     # The final stage installs the first stage's wheels, and builds nothing itself.
     final = " ".join(a for keyword, a in final_stage() if keyword == "RUN")

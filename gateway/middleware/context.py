@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 from gateway.access_log import AccessLog
 from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
@@ -15,6 +16,9 @@ from gateway.metrics import Metrics, replica_label
 from gateway.proxy.headers import REQUEST_ID, header_value, valid_request_id
 from gateway.proxy.routes import Route
 from gateway.request_record import SCOPE_KEY, RequestContext
+
+if TYPE_CHECKING:
+    from gateway.tracing.spans import RequestTracer
 
 # Paths as metric labels: the routes clients may use; anything else is "other".
 ROUTE_LABELS = {route.value: route.value for route in Route if route is not Route.MODEL} | {
@@ -25,10 +29,17 @@ ROUTE_LABELS = {route.value: route.value for route in Route if route is not Rout
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, access_log: AccessLog, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        access_log: AccessLog,
+        metrics: Metrics,
+        tracer: RequestTracer | None = None,
+    ) -> None:
         self.app = app
         self.access_log = access_log
         self.metrics = metrics
+        self.tracer = tracer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -41,6 +52,9 @@ class RequestContextMiddleware:
         if echoed is not None:
             context.client_request_id = echoed.decode("ascii")
         scope[SCOPE_KEY] = context
+        tracer = self.tracer
+        if tracer is not None:
+            context.span = tracer.start(scope, request_id)
         id_header = (REQUEST_ID, echoed or request_id.encode())
 
         async def send_with_context(message: Message) -> None:
@@ -59,8 +73,15 @@ class RequestContextMiddleware:
         finally:
             in_flight.dec()
             record_request(self.metrics, context, time.perf_counter())
+            span = context.span
+            if tracer is not None and span is not None:
+                # The one end of the request's span: after the last byte, however it ended.
+                tracer.finish(span, scope["method"], context)
             if self.access_log.enabled:
-                self.access_log.write(_access_fields(scope, context))
+                fields = _access_fields(scope, context)
+                if tracer is not None and span is not None:
+                    fields["trace_id"] = tracer.trace_id(span)
+                self.access_log.write(fields)
 
 
 def record_request(metrics: Metrics, context: RequestContext, now: float) -> None:

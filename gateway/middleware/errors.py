@@ -27,13 +27,17 @@ class ErrorBoundary:
         except GatewayError as exc:
             if isinstance(exc, AuthError):
                 self.metrics.auth_failures.labels(exc.reason).inc()
-            if context_of(scope).status:
+            context = context_of(scope)
+            context.error_type = exc.code or type(exc).__name__
+            if context.status:
                 raise
             headers = [(name.encode(), value.encode()) for name, value in exc.headers.items()]
             await send_bytes(send, exc.status, exc.body(), headers)
         except Exception:
             # Unexpected: answer 500 if we still can, then let the server log the traceback.
-            if not context_of(scope).status:
+            context = context_of(scope)
+            context.error_type = "internal_error"
+            if not context.status:
                 body = error_body(
                     "The gateway failed to handle this request.", "server_error", None, None
                 )

@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.asgi import Receive, Scope, Send, send_bytes
 from gateway.errors import (
@@ -30,6 +30,9 @@ from gateway.proxy.upstream import UpstreamClient
 from gateway.request_record import Outcome, RequestContext, context_of
 from gateway.upstreams.pool import Pool, Pools, Replica
 from gateway.usage.records import TokenUsage
+
+if TYPE_CHECKING:
+    from gateway.tracing.spans import RequestTracer
 
 OWNER = "vllm-gateway"
 logger = logging.getLogger("gateway.proxy")
@@ -76,6 +79,7 @@ class ProxyApp:
         usage: RecordUsage,
         options: ProxyOptions,
         metrics: Metrics,
+        tracer: RequestTracer | None = None,
     ) -> None:
         self._pools = pools
         self._upstream = upstream
@@ -84,6 +88,7 @@ class ProxyApp:
         self._usage = usage
         self._options = options
         self._metrics = metrics
+        self._tracer = tracer
         self._meters: dict[str, StreamMeters] = {}
         self._created = int(time.time())
 
@@ -94,6 +99,8 @@ class ProxyApp:
         context.route = route.value
         principal = await self._auth.authenticate(header_value(scope["headers"], b"authorization"))
         context.principal = principal
+        if context.span is not None:
+            context.span.add_event("gateway.authenticated")
         if route is Route.MODELS:
             await send_bytes(send, 200, self._model_list(principal))
         elif route is Route.MODEL:
@@ -132,6 +139,8 @@ class ProxyApp:
         self._shed(pool)
         edited = edit_request(route, payload, body, terms, self._policy(principal))
         ticket = await self._limits.admit(principal, model, edited.token_estimate)
+        if context.span is not None:
+            context.span.add_event("gateway.admitted")
         context.outcome = Outcome()
         try:
             outcome = await self._attempts(
@@ -186,11 +195,15 @@ class ProxyApp:
             outcome = exchange.outcome
             # The record the access log and the request metrics read at the end.
             context.outcome, context.replica = outcome, replica.url
+            request = self._request(scope, context, replica, edited)
             with replica.lease():
                 try:
-                    await exchange.run(
-                        receive, send, self._request(scope, context, replica, edited)
-                    )
+                    if context.span is None:
+                        await exchange.run(receive, send, request)
+                    else:
+                        await self._traced(
+                            exchange, receive, send, request, context=context, attempt=attempt
+                        )
                 except UpstreamError as exc:
                     self._count_attempt(pool, replica, outcome, exc)
                     if exc.never_reached and not last:
@@ -200,6 +213,32 @@ class ProxyApp:
             self._count_attempt(pool, replica, outcome, None)
             return outcome
         return outcome
+
+    async def _traced(
+        self,
+        exchange: Exchange,
+        receive: Receive,
+        send: Send,
+        request: UpstreamRequest,
+        *,
+        context: RequestContext,
+        attempt: int,
+    ) -> None:
+        """Run one attempt in a CLIENT span, whose context the replica receives."""
+        tracer, parent = self._tracer, context.span
+        assert tracer is not None and parent is not None  # a span exists only when tracing
+        span = tracer.start_attempt(
+            parent, context.route or "", context.model or "", request.replica, attempt + 1
+        )
+        tracer.propagate(span, request.headers)
+        error: UpstreamError | None = None
+        try:
+            await exchange.run(receive, send, request)
+        except UpstreamError as exc:
+            error = exc
+            raise
+        finally:
+            tracer.finish_attempt(span, exchange.outcome, failure_kind(exchange.outcome, error))
 
     def _request(
         self, scope: Scope, context: RequestContext, replica: Replica, edited: EditedRequest

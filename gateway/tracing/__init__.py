@@ -1,0 +1,1 @@
+"""OpenTelemetry traces of the request path; imported only when `tracing.enabled` is on."""
