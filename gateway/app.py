@@ -187,6 +187,7 @@ class Gateway:
         assert pepper is not None  # checked in __init__
         audit = await open_audit_log(settings.auth.key_store)
         stack.push_async_callback(audit.close)
+        scrape_token = settings.metrics.token
         self._admin = admin_app(
             self.auth.store,
             audit,
@@ -195,6 +196,7 @@ class Gateway:
             admin_jwt_check(self.auth, settings.admin.jwt_claim),
             usage=usage_store,
             pools=self.pools,
+            scrape_token=None if scrape_token is None else scrape_token.get_secret_value(),
         )
 
 
