@@ -24,6 +24,7 @@ from gateway.settings import Settings
 from gateway.tracing.setup import request_tracer
 from gateway.upstreams.discovery import Discovery
 from gateway.upstreams.monitor import ReplicaMonitor
+from gateway.upstreams.scrape_targets import ADMIN_TARGETS_PATH, target_groups_json
 from gateway.upstreams.setup import discovery_sources, pools_from_settings
 from gateway.usage.open import open_usage_store
 from gateway.usage.recorder import UsageRecorder
@@ -183,9 +184,15 @@ class Gateway:
         """The admin API's entry, for /admin on this app or for its own listener."""
         if scope["type"] != "http":
             return
-        if scope["path"] == METRICS and self.settings.metrics.listener == "admin":
-            await self.probes.metrics(send)
-            return
+        if self.settings.metrics.listener == "admin":
+            # What /metrics shows is open on this listener; so is the list of replicas
+            # Prometheus scrapes beside it (their URLs are /metrics labels too).
+            if scope["path"] == METRICS:
+                await self.probes.metrics(send)
+                return
+            if scope["path"] == ADMIN_TARGETS_PATH and scope["method"] in ("GET", "HEAD"):
+                await send_bytes(send, 200, target_groups_json(self.pools))
+                return
         if self._admin is None:
             body = error_body("The gateway is starting.", "server_error", None, None)
             await send_bytes(send, 503, body, [(b"retry-after", b"1")])
@@ -205,6 +212,7 @@ class Gateway:
         assert pepper is not None  # checked in __init__
         audit = await open_audit_log(settings.auth.key_store)
         stack.push_async_callback(audit.close)
+        scrape_token = settings.metrics.token
         self._admin = admin_app(
             self.auth.store,
             audit,
@@ -213,6 +221,7 @@ class Gateway:
             admin_jwt_check(self.auth, settings.admin.jwt_claim),
             usage=usage_store,
             pools=self.pools,
+            scrape_token=None if scrape_token is None else scrape_token.get_secret_value(),
         )
 
 

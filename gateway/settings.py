@@ -7,6 +7,7 @@ Nothing else in the gateway reads `os.environ`: the CLI (or a test) calls
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -167,16 +168,70 @@ class SkyServeSettings(_Strict):
     mode: Literal["replicas", "service"] = "replicas"
 
 
+def split_nameserver(value: str) -> tuple[str, int]:
+    """`ip`, `ip:port` or `[ipv6]:port` -> (ip, port); port 53 when none is given."""
+    text = value.strip()
+    host, port = text, 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdecimal():
+                raise ValueError(f"nameserver {value!r}: expected [ipv6]:port")
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, _, given = text.partition(":")
+        if not given.isdecimal():
+            raise ValueError(f"nameserver {value!r}: the port is not a number")
+        port = int(given)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise ValueError(f"nameserver {value!r}: give an IP address, not a name") from exc
+    if not 1 <= port <= 65535:
+        raise ValueError(f"nameserver {value!r}: port out of range")
+    return host, port
+
+
+def _nameserver(value: str) -> str:
+    split_nameserver(value)
+    return value.strip()
+
+
+class DnsSettings(_Strict):
+    """Replicas behind a DNS name, such as a Kubernetes headless Service: every address
+    of `name` (A and AAAA) on `port`, or with `srv`, every target and port of its SRV
+    records. `nameservers` (`ip[:port]`) replace the system resolver (/etc/resolv.conf)."""
+
+    name: str = Field(min_length=1, max_length=253)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    scheme: Literal["http", "https"] = "http"
+    srv: bool = False
+    # None: upstreams.discovery_interval.
+    interval: float | None = Field(default=None, gt=0, le=86400)
+    timeout: float = Field(default=5.0, gt=0, le=60)
+    nameservers: list[Annotated[str, AfterValidator(_nameserver)]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _port_unless_srv(self) -> DnsSettings:
+        if self.srv and self.port is not None:
+            raise ValueError("srv records carry the port: give no port with srv: true")
+        if not self.srv and self.port is None:
+            raise ValueError("give the replicas' port (or srv: true)")
+        return self
+
+
 class DiscoverySettings(_Strict):
     """One source of replicas; found endpoints join after their first healthy check."""
 
     skypilot_cluster: SkyPilotClusterSettings | None = None
     skyserve: SkyServeSettings | None = None
+    dns: DnsSettings | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> DiscoverySettings:
-        if (self.skypilot_cluster is None) == (self.skyserve is None):
-            raise ValueError("give exactly one of skypilot_cluster or skyserve")
+        given = [self.skypilot_cluster, self.skyserve, self.dns]
+        if sum(source is not None for source in given) != 1:
+            raise ValueError("give exactly one of skypilot_cluster, skyserve or dns")
         return self
 
 

@@ -5,6 +5,9 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # tests/test_compose.py validates docker-compose.yml (the engine itself does not run).
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+# tests/test_dns_discovery.py resolves replicas through a real DNS server. The -base
+# package is the binary alone: no service that would take port 53.
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 # tests/test_dashboard.py runs the dashboard's queries on a real Prometheus;
 # tests/test_alerts.py runs promtool (the same Debian package ships it).
 prometheus_missing=false

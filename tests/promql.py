@@ -42,16 +42,44 @@ def prometheus_binary() -> str:
     return found
 
 
-def scrape_config(jobs: Mapping[str, list[str]], interval: str = "1s") -> dict[str, Any]:
-    """The shipped Prometheus config with JOBS' targets (job name -> host:port list)."""
+def scrape_config(
+    jobs: Mapping[str, list[str]],
+    interval: str = "1s",
+    *,
+    discovered: Mapping[str, HttpSd] | None = None,
+) -> dict[str, Any]:
+    """The shipped Prometheus config with JOBS' targets (job name -> host:port list),
+    which replace the job's service discovery, and DISCOVERED jobs' HTTP service
+    discovery pointed elsewhere (the rest of the shipped `http_sd_configs` kept)."""
+    discovered = discovered or {}
     config: dict[str, Any] = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     config["global"]["scrape_interval"] = interval
     config["global"]["evaluation_interval"] = interval
     shipped = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(shipped) == set(jobs), f"the shipped config scrapes {sorted(shipped)}"
+    given = set(jobs) | set(discovered)
+    assert set(shipped) == given, f"the shipped config scrapes {sorted(shipped)}"
     for name, targets in jobs.items():
+        shipped[name].pop("http_sd_configs", None)
         shipped[name]["static_configs"] = [{"targets": targets}]
+    for name, sd in discovered.items():
+        (http_sd,) = shipped[name]["http_sd_configs"]
+        http_sd["url"] = sd.url
+        http_sd["refresh_interval"] = interval
+        if sd.credentials_file is None:
+            http_sd.pop("authorization", None)
+        else:
+            http_sd["authorization"] = {"type": "Bearer"}
+            http_sd["authorization"]["credentials_file"] = str(sd.credentials_file)
     return config
+
+
+@dataclass(frozen=True)
+class HttpSd:
+    """Where a job's HTTP service discovery asks, and the file holding its credential
+    (None: none sent, as on the admin listener with `metrics.listener: admin`)."""
+
+    url: str
+    credentials_file: Path | None
 
 
 class PromQLError(Exception):

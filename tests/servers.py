@@ -42,10 +42,11 @@ class Process:
     port: int
     log_path: Path
     api_key: str | None = None
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def auth(self) -> dict[str, str]:
@@ -57,13 +58,15 @@ class Process:
         return self.log_path.read_text(errors="replace")
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], log_path: Path, host: str = "127.0.0.1"
+) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode}:\n{log_path.read_text()}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            with socket.create_connection((host, port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
@@ -88,8 +91,9 @@ def run_command(
     env: dict[str, str] | None = None,
     *,
     python: str = sys.executable,
+    host: str = "127.0.0.1",
 ) -> Iterator[Process]:
-    """Run `PYTHON -m gateway ARGS`, wait until PORT accepts connections, stop it after.
+    """Run `PYTHON -m gateway ARGS`, wait until HOST:PORT accepts connections, stop it after.
 
     PYTHON is this test's interpreter unless given: another venv's runs the gateway
     as installed there.
@@ -103,21 +107,26 @@ def run_command(
             env=full_env,
         )
         try:
-            wait_for_port(port, proc, log_path)
-            yield Process(proc, port, log_path)
+            wait_for_port(port, proc, log_path, host)
+            yield Process(proc, port, log_path, host=host)
         finally:
             stop(proc)
 
 
 @contextmanager
 def run_simulator(
-    tmp_path: Path, *extra: str, model: str = "sim-model", port: int | None = None
+    tmp_path: Path,
+    *extra: str,
+    model: str = "sim-model",
+    port: int | None = None,
+    host: str = "127.0.0.1",
 ) -> Iterator[Process]:
-    """A simulator serving MODEL on PORT (a free one by default: give it to restart one)."""
+    """A simulator serving MODEL on HOST:PORT (a free port by default: give it to restart
+    one). HOST may be any loopback address: several simulators can share one port."""
     port = port or free_port()
-    log_path = tmp_path / f"sim-{port}.log"
-    args = ["simulate", "--port", str(port), "--model", model, *extra]
-    with run_command(args, port, log_path) as process:
+    log_path = tmp_path / f"sim-{host}-{port}.log"
+    args = ["simulate", "--host", host, "--port", str(port), "--model", model, *extra]
+    with run_command(args, port, log_path, host=host) as process:
         httpx.get(f"{process.url}/health", timeout=5).raise_for_status()
         yield process
 

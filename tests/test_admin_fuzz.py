@@ -62,6 +62,7 @@ OPERATIONS = [
     ("GET", "/admin/v1/tenants/{tenant}/usage"),
     ("GET", "/admin/v1/audit"),
     ("GET", "/admin/v1/upstreams"),
+    ("GET", "/admin/v1/prometheus/targets"),
 ]
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 

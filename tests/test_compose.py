@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -141,10 +142,14 @@ def test_every_mount_and_scrape_target_exists(tmp_path: Path) -> None:
     targets = {
         target
         for job in scrape["scrape_configs"]
-        for static in job["static_configs"]
+        for static in job.get("static_configs", [])
         for target in static["targets"]
     }
-    assert targets == {f"gateway:{listens['gateway']}", "vllm:8000"}
+    # The replicas are the gateway's own: Prometheus asks its admin listener for them.
+    discovered = [sd for job in scrape["scrape_configs"] for sd in job.get("http_sd_configs", [])]
+    assert [urlsplit(sd["url"]).path for sd in discovered] == ["/admin/v1/prometheus/targets"]
+    targets |= {urlsplit(sd["url"]).netloc for sd in discovered}
+    assert targets == {f"gateway:{listens['gateway']}"}
     for target in targets:
         host, port = target.split(":")
         assert listens[host] == int(port), target

@@ -24,11 +24,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway.admin.audit import CURSOR_PATTERN, MAX_PAGE, AuditLog, AuditLogError
 from gateway.admin.auth import AdminAuthMiddleware, AdminAuthorizer
 from gateway.admin.keys import Admin, KeyRoutes, UsageRoutes
+from gateway.admin.prometheus_sd import PrometheusTargetRoutes
 from gateway.admin.schemas import AuditEntryOut, AuditPage, ErrorOut
 from gateway.admin.upstreams import UpstreamRoutes
 from gateway.errors import error_body
 from gateway.keys.store import KeyExists, KeyNotFound, KeyStore, KeyStoreError
 from gateway.upstreams.pool import Pools
+from gateway.upstreams.scrape_targets import TARGETS_PATH
 from gateway.usage.store import MemoryUsageStore, UsageStore, UsageStoreError
 
 PREFIX = "/admin/v1"
@@ -81,8 +83,13 @@ def create_admin_app(
     app.include_router(counted.router(), prefix=PREFIX)
     app.add_api_route(f"{PREFIX}/audit", _audit_route(audit), methods=["GET"], tags=["audit"])
     app.include_router(UpstreamRoutes(pools).router(), prefix=PREFIX)
+    app.include_router(PrometheusTargetRoutes(pools).router(), prefix=PREFIX)
     _install_error_handlers(app)
-    app.add_middleware(AdminAuthMiddleware, authorizer=authorize, prefix=PREFIX)
+    # Prometheus' service discovery may use the read-only scrape token instead.
+    scrape_paths = frozenset({f"{PREFIX}{TARGETS_PATH}"})
+    app.add_middleware(
+        AdminAuthMiddleware, authorizer=authorize, prefix=PREFIX, scrape_paths=scrape_paths
+    )
     return app
 
 

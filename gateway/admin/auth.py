@@ -6,6 +6,11 @@ body is parsed or its path looked up: nothing under `/admin/v1` answers anyone
 else, not even with a validation error. The identity it finds (`token:<index>`
 or `jwt:<sub>`, never the credential) goes to the handlers in `scope["state"]`
 and from there to the audit log.
+
+The read-only scrape credential (`metrics.token`) is accepted too, on the few
+`scrape_paths` only (Prometheus' service discovery of the replicas): Prometheus
+then holds a token that reads what `/metrics` already shows, not one that can
+mint keys. Everywhere else under the prefix it is refused like any stranger.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ JWTAdminCheck = Callable[[str], Awaitable[str | None]]
 
 MAX_CREDENTIAL_BYTES = 16_384
 IDENTITY_STATE_KEY = "admin_identity"
+SCRAPER_IDENTITY = "metrics-token"
 
 
 class AdminAuthorizer:
@@ -33,11 +39,25 @@ class AdminAuthorizer:
     time taken nor an early exit says which token (or how much of one) matched.
     """
 
-    def __init__(self, tokens: Sequence[str], *, jwt_check: JWTAdminCheck | None = None) -> None:
-        if any(not token for token in tokens):
-            raise ValueError("an admin token must not be empty")
+    def __init__(
+        self,
+        tokens: Sequence[str],
+        *,
+        jwt_check: JWTAdminCheck | None = None,
+        scrape_token: str | None = None,
+    ) -> None:
+        if any(not token for token in tokens) or scrape_token == "":
+            raise ValueError("an admin or scrape token must not be empty")
         self._digests = [_digest(token.encode("utf-8")) for token in tokens]
         self._jwt_check = jwt_check
+        self._scrape = None if scrape_token is None else _digest(scrape_token.encode("utf-8"))
+
+    def is_scraper(self, authorization: bytes | None) -> bool:
+        """The header carries the read-only scrape credential (`metrics.token`)."""
+        credential = _bearer(authorization)
+        if credential is None or self._scrape is None:
+            return False
+        return hmac.compare_digest(_digest(credential), self._scrape)
 
     async def identify(self, authorization: bytes | None) -> str | None:
         """The admin identity for a raw `Authorization` header value, or None."""
@@ -73,23 +93,38 @@ def _bearer(header: bytes | None) -> bytes | None:
 
 
 class AdminAuthMiddleware:
-    """Refuse every request under `prefix` that carries no admin credential (401)."""
+    """Refuse every request under `prefix` that carries no admin credential (401); a GET
+    of one of `scrape_paths` may carry the scrape credential instead."""
 
-    def __init__(self, app: ASGIApp, authorizer: AdminAuthorizer, *, prefix: str) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        authorizer: AdminAuthorizer,
+        *,
+        prefix: str,
+        scrape_paths: frozenset[str] = frozenset(),
+    ) -> None:
         self.app = app
         self.authorizer = authorizer
         self.prefix = prefix.rstrip("/")
+        self.scrape_paths = scrape_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not _under(scope["path"], self.prefix):
             await self.app(scope, receive, send)
             return
-        identity = await self.authorizer.identify(_header(scope, b"authorization"))
+        authorization = _header(scope, b"authorization")
+        identity = await self.authorizer.identify(authorization)
+        if identity is None and self._scrapes(scope) and self.authorizer.is_scraper(authorization):
+            identity = SCRAPER_IDENTITY
         if identity is None:
             await _unauthorized(send)
             return
         scope.setdefault("state", {})[IDENTITY_STATE_KEY] = identity
         await self.app(scope, receive, send)
+
+    def _scrapes(self, scope: Scope) -> bool:
+        return scope["method"] in ("GET", "HEAD") and scope["path"] in self.scrape_paths
 
 
 def _under(path: str, prefix: str) -> bool:

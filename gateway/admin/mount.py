@@ -39,10 +39,12 @@ def admin_app(
     *,
     usage: UsageStore | None = None,
     pools: Pools | None = None,
+    scrape_token: str | None = None,
 ) -> FastAPI:
     """The admin app; the caller owns (opens and closes) `store`, `audit` and `usage`,
-    and `pools`, which the admin API only reads."""
-    authorizer = AdminAuthorizer(tokens, jwt_check=jwt_check)
+    and `pools`, which the admin API only reads. `scrape_token` (`metrics.token`) may
+    read Prometheus' service discovery too."""
+    authorizer = AdminAuthorizer(tokens, jwt_check=jwt_check, scrape_token=scrape_token)
     return create_admin_app(store, audit, pepper, authorizer, usage=usage, pools=pools)
 
 

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.settings import DiscoverySettings, ModelSettings, Settings
+from gateway.settings import (
+    DiscoverySettings,
+    DnsSettings,
+    ModelSettings,
+    Settings,
+    split_nameserver,
+)
 from gateway.upstreams.discovery import Sourced
+from gateway.upstreams.dns_source import DnsSource
 from gateway.upstreams.endpoints import EndpointSource
 from gateway.upstreams.pool import PickPolicy, Pool, Pools, Replica
 
@@ -47,18 +54,33 @@ def discovery_sources(settings: Settings) -> dict[str, list[Sourced]]:
     for model in settings.models:
         if not model.discovery:
             continue
-        if client is None:
-            from gateway.upstreams.skypilot import SkyPilotClient  # noqa: PLC0415 (optional extra)
-
-            client = SkyPilotClient()
         authorization = discovered_authorization(model)
-        sources[model.name] = [
-            Sourced(_source(client, given), authorization) for given in model.discovery
-        ]
+        entries = []
+        for given in model.discovery:
+            if given.dns is not None:
+                entries.append(Sourced(dns_source(given.dns), authorization, given.dns.interval))
+                continue
+            if client is None:
+                from gateway.upstreams.skypilot import SkyPilotClient  # noqa: PLC0415 (optional extra)
+
+                client = SkyPilotClient()
+            entries.append(Sourced(_skypilot_source(client, given), authorization))
+        sources[model.name] = entries
     return sources
 
 
-def _source(client: SkyPilotApi, given: DiscoverySettings) -> EndpointSource:
+def dns_source(given: DnsSettings) -> DnsSource:
+    return DnsSource(
+        given.name,
+        port=given.port,
+        scheme=given.scheme,
+        srv=given.srv,
+        timeout=given.timeout,
+        nameservers=[split_nameserver(server) for server in given.nameservers],
+    )
+
+
+def _skypilot_source(client: SkyPilotApi, given: DiscoverySettings) -> EndpointSource:
     from gateway.upstreams.skypilot import (  # noqa: PLC0415 (optional extra)
         SkyPilotClusterSource,
         SkyServeSource,
