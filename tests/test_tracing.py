@@ -135,6 +135,36 @@ def test_a_streamed_chat_is_one_server_span_ending_after_its_stream(
     assert access_line(gateway, request_id)["trace_id"] == server.trace_id
 
 
+def test_finish_reasons_are_the_ones_the_client_received(
+    gateway: Process, receiver: OTLPReceiver, keys: dict[str, str]
+) -> None:
+    """Read from a JSON body, and from a stream whose usage event the gateway asked for
+    and removed (n=2: one reason per choice), as the client saw them."""
+    headers = {"Authorization": f"Bearer {keys['key']}"}
+    url = f"{gateway.url}/v1/chat/completions"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    answer = httpx.post(url, json=body, headers=headers, timeout=30)
+    assert answer.status_code == 200
+    sent = tuple(choice["finish_reason"] for choice in answer.json()["choices"])
+    streamed_reasons: list[str] = []
+    streamed = body | {"stream": True, "n": 2}
+    with httpx.stream("POST", url, json=streamed, headers=headers, timeout=30) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                event = json.loads(line[6:])
+                assert "usage" not in event or event["usage"] is None  # the gateway's, removed
+                streamed_reasons += [c["finish_reason"] for c in event["choices"]]
+    received = tuple(reason for reason in streamed_reasons if reason)
+    assert len(sent) == 1 and len(received) == 2
+    for request_id, expected in (
+        (answer.headers["x-request-id"], sent),
+        (response.headers["x-request-id"], received),
+    ):
+        server = server_span(receiver.wait_for(has_request(request_id)), request_id)
+        assert server.attributes["gen_ai.response.finish_reasons"] == expected
+
+
 def test_a_rate_limit_refusal_carries_its_status_and_code(
     gateway: Process, receiver: OTLPReceiver, keys: dict[str, str]
 ) -> None:

@@ -239,7 +239,8 @@ class Exchange:
     ) -> None:
         outcome = self.outcome
         streamed = _is_stream(response)
-        stream = StreamUsage(strip=self._strip_usage) if streamed else None
+        reasons = outcome.finish_reasons
+        stream = StreamUsage(strip=self._strip_usage, reasons=reasons) if streamed else None
         body = BodyUsage() if stream is None and response.status == HTTPStatus.OK else None
         meters = self._meters if streamed else None
         if meters is not None:
@@ -254,7 +255,7 @@ class Exchange:
             outcome.usage = stream.usage
             last = stream.end()
         elif body is not None:
-            outcome.usage = body.usage()
+            outcome.usage = body.usage(reasons)
         outcome.bytes_sent += len(last)
         # Still watched: the last write can wait on a client that stopped reading too.
         interrupter.writing_since = time.perf_counter()

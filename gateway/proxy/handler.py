@@ -193,6 +193,8 @@ class ProxyApp:
                 meters=self._stream_meters(pool.model),
             )
             outcome = exchange.outcome
+            if context.span is not None and context.span.is_recording():
+                outcome.finish_reasons = []
             # The record the access log and the request metrics read at the end.
             context.outcome, context.replica = outcome, replica.url
             request = self._request(scope, context, replica, edited)

@@ -49,6 +49,8 @@ MAX_USAGE_OBJECT = 4096
 # An event ends at a blank line: vLLM writes "\n\n"; "\r\n\r\n" ends in "\n\r\n".
 _EVENT_END = re.compile(rb"\n\r?\n")
 _USAGE_VALUE = re.compile(rb'"usage"\s*:\s*')
+# A choice's finish reason as vLLM writes it (compact JSON, no escapes in a reason).
+_FINISH_REASON = re.compile(rb'"finish_reason":"([a-z_]{1,32})"')
 
 
 class StreamUsage:
@@ -58,10 +60,13 @@ class StreamUsage:
     strip=True: the gateway added `include_usage` upstream, so the one usage-only
     event is removed; a read's trailing partial event is withheld until it completes.
     `usage` is the last valid usage seen: the final usage event's.
+    With `reasons`, each finishing event's `finish_reason` is added to that list
+    (a traced request's); otherwise no chunk is looked at for them.
     """
 
-    def __init__(self, *, strip: bool) -> None:
+    def __init__(self, *, strip: bool, reasons: list[str] | None = None) -> None:
         self.usage: TokenUsage | None = None
+        self.reasons = reasons
         self._strip = strip
         self._stripped = False
         self._fingerprint: object = None
@@ -75,12 +80,16 @@ class StreamUsage:
         """The bytes to send to the client now (may be b"")."""
         if not self._partial and chunk.endswith(b"\n\n"):
             # The usual read: whole events, most of them without usage.
+            if self.reasons is not None and FINISHED in chunk:
+                self.reasons += finish_reasons(chunk)
             if USAGE_KEY in chunk or (self._strip and (FINISHED in chunk or self._held)):
                 return self._scan(chunk)
             return chunk
         data = self._partial + chunk
         cut = _events_end(data)
         whole, self._partial = data[:cut], data[cut:]
+        if self.reasons is not None and FINISHED in whole:
+            self.reasons += finish_reasons(whole)
         sent = self._scan(whole) if whole else b""
         if len(self._partial) > MAX_EVENT:
             if self._strip:
@@ -180,15 +189,31 @@ class BodyUsage:
             while len(pieces) > 1 and self._kept - len(pieces[0]) >= self._tail:
                 self._kept -= len(pieces.popleft())
 
-    def usage(self) -> TokenUsage | None:
+    def usage(self, reasons: list[str] | None = None) -> TokenUsage | None:
+        """The body's usage; with `reasons`, its choices' finish reasons go in that list."""
         body = b"".join(self._pieces)
         if self._big:
+            if reasons is not None:
+                reasons += finish_reasons(body[-self._tail :])
             return _usage_in_tail(body[-self._tail :])
         try:
             value = orjson.loads(body)
         except orjson.JSONDecodeError:
             return None
-        return _usage_of(value.get("usage")) if isinstance(value, dict) else None
+        if not isinstance(value, dict):
+            return None
+        if reasons is not None and isinstance(choices := value.get("choices"), list):
+            reasons += [
+                choice["finish_reason"]
+                for choice in choices
+                if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str)
+            ]
+        return _usage_of(value.get("usage"))
+
+
+def finish_reasons(events: bytes) -> list[str]:
+    """The finish reasons written in EVENTS (whole SSE events or a JSON body's tail)."""
+    return [reason.decode() for reason in _FINISH_REASON.findall(events)]
 
 
 def _stamped(event: bytes, fingerprint: object) -> bytes:

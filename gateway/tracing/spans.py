@@ -21,6 +21,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, StatusCode
 from opentelemetry.trace.propagation import set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
 
 from gateway.asgi import RawHeaders, Scope
 from gateway.metrics import replica_label
@@ -78,8 +79,8 @@ class RequestTracer:
                 span.add_event(FIRST_OUTPUT_EVENT, timestamp=_epoch_ns(outcome.first_byte_at))
         span.end()
 
-    def _request_attributes(self, context: RequestContext) -> dict[str, str | int | bool]:
-        attributes: dict[str, str | int | bool] = {}
+    def _request_attributes(self, context: RequestContext) -> dict[str, AttributeValue]:
+        attributes: dict[str, AttributeValue] = {}
         route, status = context.route, context.status
         if route is not None:
             attributes["http.route"] = route
@@ -159,8 +160,10 @@ class RequestTracer:
             headers.pop("tracestate", None)
 
 
-def _outcome_attributes(outcome: Outcome) -> dict[str, str | int | bool]:
-    attributes: dict[str, str | int | bool] = {}
+def _outcome_attributes(outcome: Outcome) -> dict[str, AttributeValue]:
+    attributes: dict[str, AttributeValue] = {}
+    if outcome.finish_reasons:
+        attributes["gen_ai.response.finish_reasons"] = outcome.finish_reasons
     usage = outcome.usage
     if usage is not None:
         attributes["gen_ai.usage.input_tokens"] = usage.prompt_tokens
