@@ -12,11 +12,11 @@ from gateway.settings import (
     split_nameserver,
 )
 from gateway.upstreams.discovery import Sourced
-from gateway.upstreams.dns_source import DnsSource
 from gateway.upstreams.endpoints import EndpointSource
 from gateway.upstreams.pool import PickPolicy, Pool, Pools, Replica
 
 if TYPE_CHECKING:
+    from gateway.upstreams.dns_source import DnsSource
     from gateway.upstreams.skypilot import SkyPilotApi
 
 
@@ -48,7 +48,8 @@ def pools_from_settings(settings: Settings) -> Pools:
 
 
 def discovery_sources(settings: Settings) -> dict[str, list[Sourced]]:
-    """Each model's discovery sources. SkyPilot's SDK is imported only when one is configured."""
+    """Each model's discovery sources. SkyPilot's SDK and the DNS resolver are imported
+    only when one of theirs is configured (they cost every process memory)."""
     sources: dict[str, list[Sourced]] = {}
     client: SkyPilotApi | None = None
     for model in settings.models:
@@ -70,6 +71,8 @@ def discovery_sources(settings: Settings) -> dict[str, list[Sourced]]:
 
 
 def dns_source(given: DnsSettings) -> DnsSource:
+    from gateway.upstreams.dns_source import DnsSource  # noqa: PLC0415 (imported when used)
+
     return DnsSource(
         given.name,
         port=given.port,
