@@ -358,3 +358,27 @@ def test_bodies_without_valid_usage(body: bytes) -> None:
 def test_a_large_body_without_usage() -> None:
     body = big_embedding_body(prompt_tokens=3).replace(b'"usage"', b'"other"')
     assert read_body(pieces_of(body, 1 << 16)) is None
+
+
+@pytest.mark.parametrize("strip", [False, True], ids=["observe", "strip"])
+@pytest.mark.parametrize("name", list(STREAMS))
+def test_finish_reasons_are_read_once_however_the_stream_is_split(name: str, strip: bool) -> None:
+    """A traced request's finish reasons: the one finishing event's, once, whatever the
+    reads; the bytes sent are the same as without it."""
+    stream = STREAMS[name]
+    one_byte_reads = [stream.body[i : i + 1] for i in range(len(stream.body))]
+    halves = [[stream.body[:at], stream.body[at:]] for at in range(len(stream.body) + 1)]
+    for pieces in [[stream.body], one_byte_reads, *halves, *random_splits(stream.body, 50, 7)]:
+        reasons: list[str] = []
+        scan = StreamUsage(strip=strip, reasons=reasons)
+        sent = b"".join(scan.feed(piece) for piece in pieces) + scan.end()
+        assert (sent, reasons) == (expected(stream, strip), ["stop"])
+
+
+def test_a_bodys_finish_reasons_are_its_choices() -> None:
+    body = {"choices": [{"finish_reason": "length"}, {"finish_reason": "stop"}, {}], "usage": None}
+    reader = BodyUsage()
+    reader.feed(json.dumps(body).encode())
+    reasons: list[str] = []
+    reader.usage(reasons)
+    assert reasons == ["length", "stop"]
