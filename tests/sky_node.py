@@ -164,6 +164,9 @@ class Node:
             "SKYPILOT_NUM_NODES": "1",
             "SKYPILOT_NODE_IPS": "127.0.0.1",
             "SKYPILOT_NUM_GPUS_PER_NODE": "4",
+            "SKYPILOT_CLUSTER_INFO": json.dumps(
+                {"cluster_name": "test-cluster", "cloud": "kubernetes"}
+            ),
             "MODEL_VOLUME": str(self.volume),
             "READY_POLL_SECONDS": "0.2",
             **extra,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import time
 from typing import Any
 
 import httpx
@@ -76,8 +77,9 @@ def test_gateway_task_serves_through_redis(
         assert proc.wait(timeout=60) == 143, log.read_text()
     out = log.read_text()
     assert "starting redis-server" in out and "2 worker(s)" in out, out
-    # Redis wrote its append-only file on the volume: the keys outlive the node.
-    assert list((node.volume / "gateway" / "redis").rglob("*.aof")), out
+    # Redis wrote its append-only file on the volume, in the directory of this cluster
+    # alone: the keys outlive the node, and no other gateway cluster writes there.
+    assert list((node.volume / "gateway" / "redis" / "test-cluster").rglob("*.aof")), out
 
 
 @pytest.mark.parametrize(
@@ -120,6 +122,10 @@ def test_gateway_settings_for_discovery(
         ({"DISCOVERY": "cluster"}, "asks SkyPilot's API server"),
         ({"GATEWAY_PEPPER": ""}, "GATEWAY_PEPPER is empty"),
         ({"DISCOVERY": "static"}, "DISCOVERY=static needs UPSTREAM_URLS"),
+        (
+            {"DISCOVERY": "static", "UPSTREAM_URLS": "10.0.0.1:8000", "SKYPILOT_CLUSTER_INFO": ""},
+            "set GATEWAY_CLUSTER",
+        ),
     ],
 )
 def test_gateway_refuses_incomplete_settings(
@@ -127,6 +133,28 @@ def test_gateway_refuses_incomplete_settings(
 ) -> None:
     code, out = node.run(gateway_task["run"], gateway_env(node, gateway_task, **extra))
     assert code == 1 and message in out, out
+    assert node.calls("vllm-gateway") == []
+
+
+def test_a_second_redis_on_one_clusters_directory_is_refused(
+    node: Node, gateway_task: dict[str, Any]
+) -> None:
+    """The volume is shared: a cluster's Redis directory is locked while its Redis runs."""
+    directory = node.volume / "gateway" / "redis" / "test-cluster"
+    directory.mkdir(parents=True)
+    env = gateway_env(node, gateway_task, DISCOVERY="static", UPSTREAM_URLS="10.0.0.1:8000")
+    lock = str(directory / ".lock")
+    holder = subprocess.Popen(["flock", lock, "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run(["flock", "-n", lock, "true"], check=False).returncode == 0:
+            assert time.monotonic() < deadline, "flock did not take the lock"
+            time.sleep(0.05)
+        code, out = node.run(gateway_task["run"], env)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 1 and "another redis-server uses" in out, out
     assert node.calls("vllm-gateway") == []
 
 

@@ -345,6 +345,35 @@ def test_redis_down_is_unavailable_and_writes_nothing(redis_server: RedisServer)
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_rows_give_back_every_row_with_its_tenant(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """What an export reads: every row, summed per key, whatever the principal holds."""
+    batch = {
+        key("k:1", "a|b"): counts(1, 2, 3),
+        key("jwt-sub", "m", tenant="beta", day=DAY + timedelta(days=1)): counts(4, 5, 6),
+    }
+
+    async def main() -> None:
+        if kind == "sqlite":
+            store: SqliteUsageStore | RedisUsageStore = await SqliteUsageStore.open(
+                tmp_path / "u.db"
+            )
+        else:
+            store = connect(request.getfixturevalue("redis_server").url)
+        try:
+            assert await store.rows() == []
+            await store.add(batch)
+            await store.add({key("k:1", "a|b"): counts(1)})
+            expected = {**batch, key("k:1", "a|b"): counts(2, 2, 3)}
+            assert dict(await store.rows()) == expected
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
 def test_redis_key_layout_is_the_documented_one(redis_server: RedisServer) -> None:
     async def main() -> None:
         raw = Redis.from_url(redis_server.url, decode_responses=True)
@@ -354,7 +383,9 @@ def test_redis_key_layout_is_the_documented_one(redis_server: RedisServer) -> No
             fields["2025-01-30|a|b|completion_tokens"] = "3"
             assert await raw.hgetall("vgw:usage:principal:k:1") == fields
             assert await raw.hgetall("vgw:usage:tenant:acme") == fields
+            assert await raw.hgetall("vgw:usage:principal-tenant") == {"k:1": "acme"}
             assert sorted(await raw.keys("*")) == [
+                "vgw:usage:principal-tenant",
                 "vgw:usage:principal:k:1",
                 "vgw:usage:tenant:acme",
             ]

@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_arguments(check_parser)
     check_parser.set_defaults(handler=check.run)
 
-    keys_parser = commands.add_parser("keys", help="manage API keys through the admin API")
+    keys_parser = commands.add_parser(
+        "keys", help="manage API keys through the admin API; export or import a store"
+    )
     keys.add_arguments(keys_parser)
     keys_parser.set_defaults(handler=keys.run)
 

@@ -1,6 +1,7 @@
 """`vllm-gateway keys`: create, list, get, update, revoke and rotate API keys.
 
-It talks to the gateway's admin API at <url>/admin/v1. The URL and the admin token
+`keys export` and `keys import` work on the store itself (gateway/cli/keys_transfer.py);
+every other action talks to the gateway's admin API at <url>/admin/v1. The URL and the admin token
 come from --url and --admin-token, else from $VLLM_GATEWAY_URL and
 $VLLM_GATEWAY_ADMIN_TOKEN. Exit 0 when done, 1 when the gateway refuses or cannot
 be reached, 2 on a usage error. The admin token goes out only in the Authorization
@@ -16,6 +17,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from gateway.admin.schemas import KEY_ID_PATTERN, KeyPage
+from gateway.cli import keys_transfer
 from gateway.cli.admin_client import TOKEN_ENV, URL_ENV, AdminApi, Json, UsageError, run_admin
 from gateway.cli.output import Output, Printer
 
@@ -158,6 +160,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=timedelta(0),
         help="how long the old secret keeps working, e.g. 1h (default: 0s)",
     )
+    keys_transfer.add_actions(actions)
 
 
 def _add_key_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
@@ -192,6 +195,8 @@ def _add_key_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action in ("export", "import"):
+        return keys_transfer.run(args)
     # STYLE.md keeps os.environ in settings.py; a client command's own variables are
     # read here, at its edge, as `check` reads OPENAI_API_KEY.
     return run_with(args, os.environ)

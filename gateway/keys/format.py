@@ -104,3 +104,13 @@ def verify(pepper: bytes, secret: str, secret_hash: str) -> bool:
     """Whether `secret` hashes to `secret_hash`, compared in constant time."""
     expected = hash_secret(pepper, secret).encode("ascii")
     return hmac.compare_digest(expected, secret_hash.encode("utf-8"))
+
+
+# Hashed under the pepper like a secret, with a label no secret can equal: it names the
+# pepper (two stores or files agree on it) without giving anything to test guesses against.
+_FINGERPRINT_LABEL = "vllm-gateway pepper fingerprint v1"
+
+
+def pepper_fingerprint(pepper: bytes) -> str:
+    """16 hex characters that identify the pepper and reveal nothing of it."""
+    return hash_secret(pepper, _FINGERPRINT_LABEL)[:16]

@@ -4,11 +4,15 @@
     {prefix}:keys              sorted set of every id (score 0: ordered by id)
     {prefix}:tenant:{tenant}   sorted set of the tenant's ids
     {prefix}:key-changes       pub/sub channel: the id of every key created or updated
+    {prefix}:layout            the layout version (gateway/redis_layout.py)
 
 Writes are WATCH/MULTI transactions on the key's hash, retried on conflict,
 and publish inside the same transaction, so a change and its notice go out
 together. `last_used_at` is a separate field moved forward by a Lua script,
 so the frequent `record_use` never conflicts with an admin's update.
+
+The layout version is checked before the first read or write (at the gateway's
+start, or later if Redis was down then): a newer one is refused, never misread.
 
 Durability is Redis's: run it with `appendonly yes`, or a restart loses keys.
 """
@@ -47,6 +51,7 @@ from gateway.keys.store import (
     KeyStoreUnavailable,
     check_page,
 )
+from gateway.redis_layout import NewerLayout, settle_layout
 
 T = TypeVar("T")
 
@@ -86,6 +91,7 @@ class RedisKeyStore:
         self._owns_client = owns_client
         self._ping_interval_s = ping_interval_s
         self._touch = client.register_script(_TOUCH)
+        self._layout_checked = False
         self.channel = f"{prefix}:key-changes"
 
     @classmethod
@@ -110,7 +116,17 @@ class RedisKeyStore:
         )
         return cls(client, prefix=prefix, owns_client=True, ping_interval_s=ping_interval_s)
 
+    async def check_layout(self) -> None:
+        """Stamp or migrate the layout; `KeyStoreError` if it is newer than this gateway's."""
+        with _mapped("check the layout version"):
+            try:
+                await settle_layout(self._client, self._prefix)
+            except (NewerLayout, ValueError) as exc:
+                raise KeyStoreError(str(exc)) from exc
+        self._layout_checked = True
+
     async def create(self, record: KeyRecord) -> None:
+        await self._layout()
         key = self._key(record.id)
 
         async def step(pipe: Pipeline) -> None:
@@ -128,6 +144,7 @@ class RedisKeyStore:
         await self._watched(f"create key {record.id}", key, step)
 
     async def get(self, key_id: str) -> KeyRecord | None:
+        await self._layout()
         with _mapped(f"read key {key_id}"):
             fields = await self._client.hgetall(self._key(key_id))
         return _record(fields) if fields else None
@@ -136,6 +153,7 @@ class RedisKeyStore:
         self, *, tenant: str | None = None, limit: int = 100, cursor: str | None = None
     ) -> KeyPage:
         check_page(limit)
+        await self._layout()
         index = f"{self._prefix}:keys" if tenant is None else self._tenant_index(tenant)
         with _mapped("list keys"):
             ids = await self._client.zrangebylex(
@@ -149,6 +167,7 @@ class RedisKeyStore:
         return page, (_text(ids[limit - 1]) if len(ids) > limit else None)
 
     async def update(self, key_id: str, changes: KeyChanges) -> KeyRecord:
+        await self._layout()
         key = self._key(key_id)
 
         async def step(pipe: Pipeline) -> KeyRecord:
@@ -204,6 +223,10 @@ class RedisKeyStore:
                 # Jittered backoff, so writers racing for one key do not collide again.
                 await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
         raise KeyStoreUnavailable(f"could not {action}: it kept changing concurrently")
+
+    async def _layout(self) -> None:
+        if not self._layout_checked:  # once per store object: a flag on the request path
+            await self.check_layout()
 
     def _key(self, key_id: str) -> str:
         return f"{self._prefix}:key:{key_id}"

@@ -2,6 +2,7 @@
 
     {prefix}:usage:principal:{principal}   hash: the principal's counts
     {prefix}:usage:tenant:{tenant}         hash: the tenant's counts, all principals summed
+    {prefix}:usage:principal-tenant        hash: principal -> the tenant it last counted under
 
 Each hash holds up to four integer fields per UTC day and model:
 
@@ -12,6 +13,10 @@ Each hash holds up to four integer fields per UTC day and model:
 the last `|` never holds one, so a field splits back into day, model and counter
 whatever the model name holds (`|`, `:`, any Unicode). A read is one HGETALL,
 filtered by day here; a hash grows by three or four fields per model per active day.
+
+The principal's tenant is kept for exports only (an API key's tenant is in its
+record; a JWT subject's is known only from here); usage written before it was
+kept exports a JWT subject under the tenant `(unknown)`.
 
 A batch is one MULTI/EXEC of HINCRBYs into both hashes of every row: Redis runs
 all of it, or none when the connection fails before EXEC. The client sends a
@@ -44,6 +49,7 @@ from gateway.usage.store import (
 
 _COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "estimated_requests")
 _DAY_LENGTH = len("2025-01-31")
+UNKNOWN_TENANT = "(unknown)"
 
 
 class RedisUsageStore:
@@ -65,6 +71,7 @@ class RedisUsageStore:
             async with self._client.pipeline(transaction=True) as pipe:
                 for key, counts in batch.items():
                     hashes = (self._principal_key(key.principal), self._tenant_key(key.tenant))
+                    pipe.hset(self._tenants_key, key.principal, key.tenant)
                     values = (
                         counts.requests,
                         counts.prompt_tokens,
@@ -89,6 +96,30 @@ class RedisUsageStore:
     ) -> dict[str, UsageCounts]:
         return await self._totals(self._tenant_key(tenant), since, until)
 
+    async def rows(self) -> list[tuple[UsageKey, UsageCounts]]:
+        """Every principal's rows, for an export; the tenant as `add` last recorded it."""
+        start = len(self._principal_key(""))
+        with _mapped("read every usage row"):
+            tenants = {
+                _text(name): _text(tenant)
+                for name, tenant in (await self._client.hgetall(self._tenants_key)).items()
+            }
+            pattern = self._principal_key("*")
+            names = sorted({_text(name) async for name in self._client.scan_iter(pattern)})
+            async with self._client.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hgetall(name)
+                hashes = await pipe.execute()
+        found: dict[UsageKey, UsageCounts] = {}
+        for name, fields in zip(names, hashes, strict=True):
+            principal = name[start:]
+            tenant = tenants.get(principal, UNKNOWN_TENANT)
+            for raw, value in fields.items():
+                day, model, counter = _parse_field(raw)
+                key = UsageKey(principal, tenant, model, date.fromisoformat(day))
+                found.setdefault(key, UsageCounts()).add(_counts(counter, value))
+        return list(found.items())
+
     async def close(self) -> None:
         if self._owns_client:
             self._owns_client = False
@@ -109,6 +140,10 @@ class RedisUsageStore:
                 rows.append((model, _counts(counter, value)))
         return totals_per_model(rows)
 
+    @property
+    def _tenants_key(self) -> str:
+        return f"{self._prefix}:usage:principal-tenant"
+
     def _principal_key(self, principal: str) -> str:
         return f"{self._prefix}:usage:principal:{principal}"
 
@@ -126,6 +161,10 @@ def connect(url: str, *, prefix: str = "vgw", timeout_s: float = 2.0) -> RedisUs
         retry=Retry(NoBackoff(), 0),
     )
     return RedisUsageStore(client, prefix=prefix, owns_client=True)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
 def _field(day: date, model: str, counter: str) -> str:

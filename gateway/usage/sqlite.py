@@ -66,6 +66,11 @@ _TOTALS = {
     """  # noqa: S608
     for column in ("principal", "tenant")
 }
+_ALL_ROWS = """
+    SELECT principal, day, model, tenant, requests, prompt_tokens, completion_tokens,
+        estimated_requests
+    FROM token_usage ORDER BY principal, day, model, tenant
+"""
 _Row = tuple[str, str, str, str, int, int, int, int]
 
 
@@ -101,6 +106,15 @@ class SqliteUsageStore:
         self, tenant: str, since: date | None = None, until: date | None = None
     ) -> dict[str, UsageCounts]:
         return await self._totals("tenant", tenant, since, until)
+
+    async def rows(self) -> list[tuple[UsageKey, UsageCounts]]:
+        """Every stored row, as `add` would take it back: what an export carries."""
+
+        def select(db: sqlite3.Connection) -> list[_Row]:
+            return db.execute(_ALL_ROWS).fetchall()
+
+        stored = await self._run("read every row of", select)
+        return [(_key(row), UsageCounts(*row[4:])) for row in stored]
 
     async def close(self) -> None:
         await self._db.close()
@@ -147,6 +161,11 @@ def _row(key: UsageKey, counts: UsageCounts) -> _Row:
         counts.requests, counts.prompt_tokens, counts.completion_tokens,
         counts.estimated_requests,
     )  # fmt: skip
+
+
+def _key(row: _Row) -> UsageKey:
+    principal, day, model, tenant = row[:4]
+    return UsageKey(principal, tenant, model, date.fromisoformat(day))
 
 
 def _upsert(db: sqlite3.Connection, rows: list[_Row]) -> None:

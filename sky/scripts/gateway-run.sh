@@ -13,7 +13,8 @@
 #   GATEWAY_PORT          the port the gateway listens on (0.0.0.0)
 #   GATEWAY_WORKERS       gateway processes sharing the port (they share Redis)
 #   REDIS_URL (secret)    a shared Redis; empty: a local redis-server on REDIS_PORT,
-#                         its append-only file in GATEWAY_DATA/redis (on the volume)
+#                         its append-only file in GATEWAY_DATA/redis/<cluster name>
+#                         (on the volume; the name is SkyPilot's, or GATEWAY_CLUSTER)
 #   GATEWAY_PEPPER, GATEWAY_ADMIN_TOKEN, VLLM_API_KEY (secrets): required
 #   SKYPILOT_API_SERVER_ENDPOINT, SKYPILOT_SERVICE_ACCOUNT_TOKEN (secrets): the
 #                         SkyPilot API server discovery asks; required for
@@ -57,9 +58,31 @@ check_settings() {
   [ -n "${SKYPILOT_API_SERVER_ENDPOINT:-}" ] || unset SKYPILOT_API_SERVER_ENDPOINT
 }
 
+# This cluster's name: SkyPilot describes the cluster in SKYPILOT_CLUSTER_INFO (JSON).
+cluster_name() {
+  if [ -n "${GATEWAY_CLUSTER:-}" ]; then
+    echo "$GATEWAY_CLUSTER"
+    return
+  fi
+  python3 -c 'import json, os; print(json.loads(os.environ["SKYPILOT_CLUSTER_INFO"]).get(
+    "cluster_name", ""))' 2>/dev/null || true
+}
+
 start_redis() {
-  local dir="$GATEWAY_DATA/redis"
+  local cluster dir
+  cluster="$(cluster_name)"
+  [ -n "$cluster" ] ||
+    die "cannot tell this cluster's name (no SKYPILOT_CLUSTER_INFO): set GATEWAY_CLUSTER"
+  # The volume is shared by every cluster that mounts it: one directory per gateway
+  # cluster, since two redis-servers appending to one file corrupt it and two gateway
+  # clusters on one store would share keys nobody meant to share. The lock (held by
+  # redis-server too, through fd 9) refuses a second server on the same directory.
+  dir="$GATEWAY_DATA/redis/$cluster"
   mkdir -p "$dir"
+  exec 9>"$dir/.lock"
+  if command -v flock >/dev/null; then
+    flock -n 9 || die "another redis-server uses $dir: is a cluster named $cluster running?"
+  fi
   log "starting redis-server on 127.0.0.1:$REDIS_PORT, append-only file in $dir"
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$dir" \
     --appendonly yes --save "" --logfile "" &

@@ -1,0 +1,1 @@
+"""Moving a gateway's stored state (keys, usage, audit log) between stores, through a file."""
