@@ -29,6 +29,8 @@ class Outcome:
     # The client stopped reading for longer than the write timeout: the gateway ended it.
     client_stalled: bool = False
     stream_error: str | None = None
+    # Ended by the shutdown's grace, not by the replica or the client.
+    drained: bool = False
     usage: TokenUsage | None = None
     # time.perf_counter() readings: request sent upstream, its first byte back, first byte
     # sent to the client.
