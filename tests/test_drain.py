@@ -126,6 +126,17 @@ def refuses_connections(port: int) -> bool:
         return True
 
 
+def kept_alive(port: int) -> socket.socket:
+    """A connection left idle after one answer (HTTP/1.1 keeps it open)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+    answer = b""
+    while not answer.endswith(b'{"status":"ok"}'):
+        answer += sock.recv(4096)
+    assert b"connection: close" not in answer.lower()
+    return sock
+
+
 class RequestLoop:
     """Small requests, one after another on one kept-alive client, until stopped."""
 
@@ -209,14 +220,18 @@ def _drain_with_streams_and_a_loop(
             pool.submit(stream_bytes, url, body, slow) for _ in range(3)
         ]
         loop = RequestLoop(gateway, loop_key)
+        idle = kept_alive(gateway.port)
         wait_until(lambda: leases(store) >= 3, "the three streams hold their leases")
         wait_until(lambda: len(loop.responses) >= 3, "the request loop runs")
         loop.signalled = True
         gateway.proc.send_signal(signal.SIGTERM)
         # Still accepting (the pre-stop delay), but out of rotation.
         wait_until(lambda: _draining(gateway), "/readyz says draining")
-        # After the pre-stop delay, a new connection is refused while streams still run.
+        # After the pre-stop delay, a new connection is refused while streams still run,
+        # and an idle kept-alive connection has been closed.
         wait_until(lambda: refuses_connections(gateway.port), "the listener closes")
+        with idle:
+            assert idle.recv(1) == b""
         assert gateway.proc.poll() is None
         assert not all(stream.done() for stream in streams)
         loop.stop()
