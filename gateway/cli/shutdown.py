@@ -36,11 +36,12 @@ from gateway.settings import DrainSettings
 logger = logging.getLogger("gateway")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-SETTLE_S = 5.0
+SETTLE_S = 3.0
 REPEAT_AFTER_S = 1.0
-# What a process may need after the grace: SETTLE_S, then the lifespan's close (the
-# last usage write, Redis and trace exports). A supervisor or an orchestrator allows
-# pre_stop_delay + grace + SHUTDOWN_MARGIN_S before it kills.
+# What a process may need after the grace: SETTLE_S, uvicorn's own wait for the
+# connections (at most SETTLE_S again), then the lifespan's close (the last usage
+# write, Redis and trace exports); usually well under a second in all. A supervisor or
+# an orchestrator allows pre_stop_delay + grace + SHUTDOWN_MARGIN_S before it kills.
 SHUTDOWN_MARGIN_S = 10.0
 POLL_S = 0.05
 
