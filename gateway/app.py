@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from gateway.access_log import AccessLog
 from gateway.asgi import ASGIApp, Receive, Scope, Send, send_bytes
 from gateway.auth.service import AuthService
+from gateway.drain import Drain
 from gateway.errors import error_body
 from gateway.limits.setup import admissions, limiter_backend
 from gateway.metrics import Metrics
@@ -75,6 +76,9 @@ class Gateway:
         self.admissions = admissions(settings, self.limiter, self.metrics)
         # Writes to the usage store once the lifespan has opened it, beside the keys.
         self.recorder = UsageRecorder()
+        # Set on SIGTERM by the server (gateway/cli/shutdown.py); read by the proxy,
+        # the probes and each connection.
+        self.drain = Drain()
         # None when tracing is off: then OpenTelemetry is never imported.
         self.tracer = request_tracer(settings.tracing)
         upstreams = settings.upstreams
@@ -103,6 +107,7 @@ class Gateway:
             options=proxy_options(settings),
             metrics=self.metrics,
             tracer=self.tracer,
+            drain=self.drain,
         )
         self._http = build_stack(proxy, self.access_log, self.metrics, self.tracer)
         token = settings.metrics.token
@@ -112,7 +117,12 @@ class Gateway:
         )
         self.readiness = ReadinessChecks(self.auth, self.limiter, self.pools)
         self.probes = Probes(
-            self.metrics, self.readiness, trust, serve_metrics=settings.metrics.listener == "main"
+            self.metrics,
+            self.readiness,
+            trust,
+            serve_metrics=settings.metrics.listener == "main",
+            drain=self.drain,
+            models_required=settings.probes.ready_requires_models,
         )
         # Built in the lifespan, once the key store is open; nothing at all without admins.
         self._admin: ASGIApp | None = None

@@ -18,6 +18,9 @@ subclasses it and adds, before any ASGI code runs:
 The clocks cost nothing on the usual request, whose head and body arrive in one
 read: one is armed only when a read ends with the head or the body incomplete.
 
+While the gateway drains (gateway/drain.py), each request's response carries
+`connection: close`, so kept-alive clients leave this process for another.
+
 Each refusal is an OpenAI-shaped error with `connection: close`; the connection
 then half-closes and drains what the client still sends for a moment, so the
 client reads the answer rather than a reset. The overrides rely on the parser
@@ -37,6 +40,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from gateway.drain import Drain
 from gateway.errors import (
     GatewayError,
     HeadersTooLarge,
@@ -58,13 +62,17 @@ _on_header = HttpToolsProtocol.on_header
 
 
 class EdgeConfig(uvicorn.Config):
-    """uvicorn's config plus the edge limits, which it hands to each connection's protocol."""
+    """uvicorn's config plus the edge limits and the drain state, which it hands to each
+    connection's protocol."""
 
-    def __init__(self, app: Any, *, edge: EdgeSettings, **kwargs: Any) -> None:
+    def __init__(
+        self, app: Any, *, edge: EdgeSettings, drain: Drain | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(
             app, http=EdgeProtocol, timeout_keep_alive=edge.keep_alive_timeout, **kwargs
         )
         self.edge = edge
+        self.drain = drain
 
 
 class _Refused(Exception):
@@ -84,6 +92,7 @@ class EdgeProtocol(HttpToolsProtocol):
         "_refusal",
         "_refused",
         "_url_bytes",
+        "drain",
         "edge",
     )
 
@@ -96,6 +105,7 @@ class EdgeProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.edge = config.edge if isinstance(config, EdgeConfig) else EdgeSettings()
+        self.drain = config.drain if isinstance(config, EdgeConfig) else None
         self._in_head = False
         self._in_body = False
         self._head_started = 0.0
@@ -195,6 +205,10 @@ class EdgeProtocol(HttpToolsProtocol):
         self._in_body = True
         self._stop_clock()
         super().on_headers_complete()
+        drain = self.drain
+        if drain is not None and drain.draining and self.cycle is not None:
+            # The answer is the connection's last: the client reconnects, to another replica.
+            self.cycle.keep_alive = False
 
     def on_message_complete(self) -> None:
         self._in_body = False

@@ -14,6 +14,7 @@
     │   ├── ModelBusy               429  every replica's queue is full (shedding)
     │   └── HeadersTooLarge         431  header section over the edge limit
     ├── TooManyConnections      503  this listener holds its maximum of connections
+    ├── ShuttingDown            503  the drain's grace ended before the answer started
     └── UpstreamError           5xx: no usable answer from a replica
         ├── UpstreamUnreachable     502  connect error, reset, bad credentials
         │   └── ReplicaConnectFailed     the connection never opened *
@@ -111,6 +112,11 @@ class TooManyConnections(GatewayError):
     status = 503
     error_type = "overloaded"
     code = "too_many_connections"
+
+
+class ShuttingDown(GatewayError):
+    status = 503
+    code = "shutting_down"
 
 
 class ModelBusy(RequestError):

@@ -2,9 +2,11 @@
 authentication, and never forwarded (vLLM's own `/metrics` stays unreachable).
 
 `/healthz` says the process is alive and serving. `/readyz` says it can do its
-job: the key store (and the limits backend, when it is Redis) answers, and
-every configured model has a replica it may use. Probes are not in the access
-log: an orchestrator asks every few seconds.
+job: it is not draining (gateway/drain.py), the key store (and the limits
+backend, when it is Redis) answers, and, unless `probes.ready_requires_models`
+is off, every configured model has a replica it may use; with it off the
+models' states are still in the body but do not make the gateway unready.
+Probes are not in the access log: an orchestrator asks every few seconds.
 
 Anonymous callers on the client listener learn nothing about tenants or
 models: `/metrics` (which names them) is served only to a trusted caller, a
@@ -22,6 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import orjson
 
 from gateway.asgi import Scope, Send, send_bytes
+from gateway.drain import DRAINING, Drain
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.proxy.headers import header_value
 
@@ -30,6 +33,7 @@ JSON = [(b"content-type", b"application/json")]
 Readiness = Callable[[], Awaitable[Mapping[str, str]]]
 OK = "ok"
 UNAVAILABLE = "unavailable"
+DRAIN_CHECK = "drain"
 # Readiness checks named after a model start so; an untrusted caller sees them as one.
 MODEL_CHECK = "model "
 MODELS_CHECK = "models"
@@ -66,11 +70,20 @@ def _is_loopback(client: tuple[str, int] | None) -> bool:
 
 class Probes:
     def __init__(
-        self, metrics: Metrics, readiness: Readiness, trust: Trust, *, serve_metrics: bool
+        self,
+        metrics: Metrics,
+        readiness: Readiness,
+        trust: Trust,
+        *,
+        serve_metrics: bool,
+        drain: Drain | None = None,
+        models_required: bool = True,
     ) -> None:
         self._metrics = metrics
         self._readiness = readiness
         self._trust = trust
+        self._drain = drain
+        self._models_required = models_required
         paths = {HEALTHZ, READYZ} | ({METRICS} if serve_metrics else set())
         self.paths = frozenset(paths)
 
@@ -89,12 +102,25 @@ class Probes:
         elif path == HEALTHZ:
             await send_bytes(send, 200, b'{"status":"ok"}', JSON)
         else:
-            checks = dict(await self._readiness())
-            ready = all(state == OK for state in checks.values())
-            if not self._trust(scope):
-                checks = _without_model_names(checks)
-            body = orjson.dumps({"status": "ready" if ready else "not ready", "checks": checks})
-            await send_bytes(send, 200 if ready else 503, body, JSON)
+            await self._ready(scope, send)
+
+    async def _ready(self, scope: Scope, send: Send) -> None:
+        if self._drain is not None and self._drain.draining:
+            # At once, whatever the stores say: a draining process leaves the rotation.
+            body = orjson.dumps({"status": DRAINING, "checks": {DRAIN_CHECK: DRAINING}})
+            await send_bytes(send, 503, body, JSON)
+            return
+        checks = dict(await self._readiness())
+        required = self._models_required
+        ready = all(
+            state == OK
+            for name, state in checks.items()
+            if required or not name.startswith(MODEL_CHECK)
+        )
+        if not self._trust(scope):
+            checks = _without_model_names(checks)
+        body = orjson.dumps({"status": "ready" if ready else "not ready", "checks": checks})
+        await send_bytes(send, 200 if ready else 503, body, JSON)
 
     async def metrics(self, send: Send) -> None:
         await send_bytes(send, 200, self._metrics.render(), [(b"content-type", CONTENT_TYPE)])

@@ -29,6 +29,8 @@ class Outcome:
     # The client stopped reading for longer than the write timeout: the gateway ended it.
     client_stalled: bool = False
     stream_error: str | None = None
+    # Ended by the shutdown's grace, not by the replica or the client.
+    drained: bool = False
     usage: TokenUsage | None = None
     # The choices' finish reasons, read only for a traced request (else None).
     finish_reasons: list[str] | None = None

@@ -482,6 +482,28 @@ class TracingSettings(_Strict):
         return self
 
 
+class DrainSettings(_Strict):
+    """What SIGTERM (or SIGINT) does. `/readyz` answers 503 at once; the listeners keep
+    accepting for `pre_stop_delay` seconds (long enough for load balancers to stop
+    sending: 0 outside Kubernetes); then they close, and requests in flight have
+    `grace` seconds to finish before they are ended (a stream with the mid-stream
+    error event, an answer not yet started with 503). A second signal ends the drain
+    at once. An orchestrator must allow pre_stop_delay + grace + about 10 s."""
+
+    pre_stop_delay: float = Field(default=0.0, ge=0, le=600)
+    grace: float = Field(default=30.0, ge=0, le=3600)
+
+
+class ProbeSettings(_Strict):
+    """`ready_requires_models`: /readyz is 503 while a configured model has no usable
+    replica. Off for a fleet behind one Service (Kubernetes): readiness then reflects
+    the gateway itself (stores, drain), and a model's outage is the gateway's own
+    clear 503 to its clients rather than every pod leaving the Service at once. The
+    per-model states stay in the body and in gateway_replica_up either way."""
+
+    ready_requires_models: bool = True
+
+
 class Settings(_Strict):
     listen: ListenSettings = ListenSettings()
     edge: EdgeSettings = EdgeSettings()
@@ -498,6 +520,8 @@ class Settings(_Strict):
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
     tracing: TracingSettings = TracingSettings()
+    drain: DrainSettings = DrainSettings()
+    probes: ProbeSettings = ProbeSettings()
     # Gateway processes on this host, sharing its port. More than one are replicas:
     # their keys and limits must be in Redis.
     workers: int = Field(default=1, ge=1, le=256)

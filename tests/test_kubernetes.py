@@ -18,8 +18,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gateway.cli.shutdown import SHUTDOWN_MARGIN_S
 from gateway.probes import HEALTHZ, READYZ
-from gateway.settings import load_settings
+from gateway.settings import Settings, load_settings
 from tests.kube import (
     CRD_KINDS,
     GATEWAY_LABELS,
@@ -46,8 +47,6 @@ from tests.kube import (
 
 KUBERNETES_VERSION = "1.37.0"
 README = KUBE_DIR / "README.md"
-# What README.md budgets for in-flight requests to finish after SIGTERM.
-DRAIN_BUDGET_S = 45
 Objects = list[dict[str, Any]]
 
 
@@ -201,20 +200,26 @@ def test_the_gateway_writes_only_to_volumes(rendered: dict[str, Objects], varian
         find(objects, "PersistentVolumeClaim", claim)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_the_settings_load_with_the_gateways_own_loader(
-    rendered: dict[str, Objects], variant: str, tmp_path: Path
-) -> None:
+def _pod_settings(objects: Objects, tmp_path: Path) -> Settings:
     """The ConfigMap's file plus the container's environment, secrets filled in as the
     kubelet would: the settings the pod starts with."""
-    objects = rendered[variant]
     deployment = find(objects, "Deployment", "vllm-gateway")
     path = tmp_path / "gateway.yaml"
     path.write_text(config_for(objects, deployment)["data"]["gateway.yaml"])
     env = expand_env(container(deployment, "gateway")["env"], SECRETS)
     if "VGW_LISTEN__TLS__CERTFILE" in env:  # the files are checked at load: see the gateway test
         del env["VGW_LISTEN__TLS__CERTFILE"], env["VGW_LISTEN__TLS__KEYFILE"]
-    settings = load_settings(path, env)
+    return load_settings(path, env)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_settings_load_with_the_gateways_own_loader(
+    rendered: dict[str, Objects], variant: str, tmp_path: Path
+) -> None:
+    objects = rendered[variant]
+    deployment = find(objects, "Deployment", "vllm-gateway")
+    settings = _pod_settings(objects, tmp_path)
+    env = expand_env(container(deployment, "gateway")["env"], SECRETS)
     assert settings.auth.pepper is not None
     assert settings.auth.pepper.get_secret_value() == SECRETS["pepper"]
     assert [t.get_secret_value() for t in settings.admin.tokens] == [SECRETS["admin-token"]]
@@ -225,6 +230,8 @@ def test_the_settings_load_with_the_gateways_own_loader(
     assert replica.api_key is not None
     assert replica.api_key.get_secret_value() == SECRETS["vllm-api-key"]
     assert settings.workers == 1
+    # A model whose vLLM is loading must not take every gateway pod out of the Service.
+    assert settings.probes.ready_requires_models is False
     store = settings.auth.key_store
     if variant.startswith("single"):
         assert (store.backend, settings.limits.backend) == ("sqlite", "memory")
@@ -244,22 +251,36 @@ def test_the_settings_load_with_the_gateways_own_loader(
         )
 
 
-def _prestop_sleep(gateway: dict[str, Any]) -> int:
-    command = gateway["lifecycle"]["preStop"]["exec"]["command"]
+def _prestop_sleep(gateway: dict[str, Any]) -> float:
+    """Seconds a preStop hook holds SIGTERM back, if the container has one."""
+    hook = gateway.get("lifecycle", {}).get("preStop")
+    if hook is None:
+        return 0.0
+    if "sleep" in hook:
+        return float(hook["sleep"]["seconds"])
+    command = hook["exec"]["command"]
     assert command[0] == "sleep"
-    return int(command[1])
+    return float(command[1])
 
 
-@pytest.mark.parametrize("variant", ["single", "ha"])
-def test_the_drain_fits_the_grace_period(rendered: dict[str, Objects], variant: str) -> None:
-    deployment = find(rendered[variant], "Deployment", "vllm-gateway")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_drain_fits_the_grace_period(
+    rendered: dict[str, Objects], variant: str, tmp_path: Path
+) -> None:
+    """From the deletion: a preStop hook (if any), then the gateway's own drain settings
+    as the pod loads them, then its closing; all before the kubelet's SIGKILL."""
+    objects = rendered[variant]
+    deployment = find(objects, "Deployment", "vllm-gateway")
     pod = deployment["spec"]["template"]["spec"]
-    sleep = _prestop_sleep(container(deployment, "gateway"))
-    assert sleep >= 5, "endpoints need a few seconds to drop the pod before SIGTERM"
-    assert sleep + DRAIN_BUDGET_S < pod["terminationGracePeriodSeconds"]
+    drain = _pod_settings(objects, tmp_path).drain
+    pre_stop = _prestop_sleep(container(deployment, "gateway")) + drain.pre_stop_delay
+    assert pre_stop >= 5, "endpoints need a few seconds to drop the pod"
+    assert drain.grace >= 30, "streams in flight need their time to finish"
+    grace_period = pod["terminationGracePeriodSeconds"]
+    assert pre_stop + drain.grace + SHUTDOWN_MARGIN_S <= grace_period
     readme = README.read_text()
-    for number in (sleep, DRAIN_BUDGET_S, pod["terminationGracePeriodSeconds"]):
-        assert f"{number} s" in readme
+    for number in (pre_stop, drain.grace, SHUTDOWN_MARGIN_S, grace_period):
+        assert f"{number:g} s" in readme
 
 
 def test_single_is_one_replica_recreated(rendered: dict[str, Objects]) -> None:

@@ -1,9 +1,10 @@
 """The gateway as the Kubernetes package starts it, on this host: each overlay's
 ConfigMap and the Deployment's environment (secrets filled in as the kubelet would),
-with only ports, listen addresses and file paths changed. The probe paths answer on
-the probe port, /metrics on the admin port only, the in-pod CLI's variables reach
-the admin API, the replica key reaches vLLM (the simulator, with `--api-key`), and
-Redis runs with the shipped redis.conf and password."""
+with only ports, listen addresses, file paths and the drain's pre-stop delay
+changed. The probe paths answer on the probe port, /metrics on the admin port
+only, the in-pod CLI's variables reach the admin API, the replica key reaches
+vLLM (the simulator, with `--api-key`), and Redis runs with the shipped
+redis.conf and password."""
 
 from __future__ import annotations
 
@@ -80,6 +81,8 @@ class Pod:
         self.port, self.admin_port = free_port(), free_port()
         self.settings["listen"].update(host="127.0.0.1", port=self.port)
         self.settings["admin"]["listen"].update(host="127.0.0.1", port=self.admin_port)
+        # No endpoint controller to wait for here: stopping the pod's process is then quick.
+        self.settings["drain"]["pre_stop_delay"] = 0
         store = self.settings["auth"]["key_store"]
         if store["backend"] == "sqlite":
             self.sqlite_path = tmp_path / "data" / Path(store["sqlite_path"]).name
@@ -166,6 +169,26 @@ def test_single_serves_its_probes_and_keeps_keys_on_the_volume(
         assert httpx.get(f"{gateway.url}/admin/v1/keys", timeout=5).status_code == 404
         _serve_a_key(pod, gateway.url)
     assert pod.sqlite_path.is_file()
+
+
+def test_a_pod_stays_ready_while_its_model_has_no_replica(
+    rendered: dict[str, Objects], tmp_path: Path
+) -> None:
+    """The ConfigMap's probes.ready_requires_models: false. A vLLM still loading (nothing
+    listens yet) leaves the pod in the Service: its clients get the gateway's own 503,
+    and /readyz's body (to a trusted caller, here a loopback peer) names the model."""
+    loading = f"http://127.0.0.1:{free_port()}"
+    pod = Pod(rendered["single"], tmp_path, loading)
+    with pod.run() as gateway:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            ready = httpx.get(f"{gateway.url}{READYZ}", timeout=5)
+            if ready.json()["checks"].get(f"model {pod.model}") == "unavailable":
+                break
+            assert time.monotonic() < deadline, ready.text
+            time.sleep(0.2)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["status"] == "ready"
 
 
 @pytest.fixture

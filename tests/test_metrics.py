@@ -64,6 +64,43 @@ def test_probes(gateway: Process, dead_url: str) -> None:
     }
 
 
+def test_fleet_readiness_reflects_the_gateway_not_its_models(
+    tmp_path: Path, sim: Process, dead_url: str
+) -> None:
+    """probes.ready_requires_models off: a model without a usable replica stays visible in
+    /readyz's body (and gateway_replica_up), and the gateway stays in its Service."""
+    config = gateway_config(free_port(), {MODEL: [sim.url], "down-model": [dead_url]})
+    config["upstreams"] = {"health": {"interval": 0.3, "unhealthy_threshold": 1, "timeout": 0.5}}
+    config["probes"] = {"ready_requires_models": False}
+    with run_gateway(tmp_path, config) as gateway:
+        deadline = time.monotonic() + 10
+        while True:
+            ready = httpx.get(f"{gateway.url}/readyz")
+            if ready.json()["checks"].get("model down-model") != "ok":
+                break
+            assert time.monotonic() < deadline, ready.text
+            time.sleep(0.1)
+        assert ready.status_code == 200, ready.text
+        assert ready.json() == {
+            "status": "ready",
+            "checks": {
+                "key_store": "ok",
+                f"model {MODEL}": "ok",
+                "model down-model": "unavailable",
+            },
+        }
+        assert metric(gateway.url, "gateway_replica_up", model="down-model") == 0
+        # The model's requests get the gateway's own answer, not a connection error.
+        response = httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json={"model": "down-model", "messages": PROMPT, "max_tokens": 2},
+            headers=gateway.auth,
+            timeout=30,
+        )
+        assert response.status_code in (502, 503), response.text
+        assert "error" in response.json()
+
+
 def test_counts_match_what_was_done(gateway: Process, sim: Process, dead_url: str) -> None:
     def requests(status: str) -> float:
         return metric(gateway.url, "gateway_requests_total", model=MODEL, status=status)

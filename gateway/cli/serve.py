@@ -11,7 +11,7 @@ import resource
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Literal
@@ -22,12 +22,21 @@ from pydantic import SecretStr
 
 from gateway.app import create_app
 from gateway.asgi import ASGIApp
+from gateway.cli.shutdown import SETTLE_S, GracefulShutdown
 from gateway.cli.workers import WORKER_FDS, Supervisor, inherited_sockets
+from gateway.drain import Drain
 from gateway.edge import EdgeConfig
 from gateway.embedded import EmbeddedCredentials, embedded_credentials, embedded_simulator
 from gateway.logs import configure_logging
 from gateway.metrics import MULTIPROC_ENV
-from gateway.settings import EdgeSettings, ListenSettings, Settings, SettingsError, load_settings
+from gateway.settings import (
+    DrainSettings,
+    EdgeSettings,
+    ListenSettings,
+    Settings,
+    SettingsError,
+    load_settings,
+)
 from gateway.tls import server_context
 from gateway.upstreams.endpoints import DiscoveryError
 
@@ -53,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{_banner(settings, None)}\n({settings.workers} worker processes)", flush=True)
         return supervisor.run()
     sockets = inherited_sockets(args.worker_fds) if args.worker_fds else None
-    # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit
-    # lets the `with` blocks below run, so the embedded simulator stops with the gateway.
+    # Until the servers run (and the drain takes the signal), SIGTERM is SystemExit: the
+    # `with` blocks below run, so the embedded simulator stops with the gateway.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     with contextlib.ExitStack() as stack:
         credentials = None
@@ -72,23 +81,32 @@ def run(args: argparse.Namespace) -> int:
             print(f"vllm-gateway: {exc}", file=sys.stderr)
             return 2
         banner = _banner(settings, credentials) if sockets is None else ""
-        main = uvicorn_config(settings.listen, settings.edge, app)
+        main = uvicorn_config(settings.listen, settings.edge, app, drain=app.drain)
         servers = [_Server(main, banner, sockets and sockets[:1])]
         if settings.admin.listen is not None:
-            admin = uvicorn_config(settings.admin.listen, settings.edge, app.admin, lifespan="off")
+            admin = uvicorn_config(
+                settings.admin.listen, settings.edge, app.admin, lifespan="off", drain=app.drain
+            )
             admin_banner = f"admin API listening on {_base(settings.admin.listen)}"
             servers.append(_Server(admin, admin_banner, sockets and sockets[1:2]))
-        uvloop.run(_serve(servers))
+        uvloop.run(_serve(servers, app.drain, settings.drain))
     return 0
 
 
-async def _serve(servers: list[_Server]) -> None:
-    """Run the listeners together; when one stops (a signal, a failed start), all stop."""
+async def _serve(servers: list[_Server], drain: Drain, settings: DrainSettings) -> None:
+    """Run the listeners together; a signal drains them all (gateway/cli/shutdown.py), and
+    when one stops for another reason (a failed start), all stop."""
+    shutdown = GracefulShutdown(servers, drain, settings)
+    shutdown.install()
+    draining = asyncio.create_task(shutdown.run())
     tasks = [asyncio.create_task(server.serve(server.sockets)) for server in servers]
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for server in servers:
         server.should_exit = True
-    await asyncio.gather(*tasks)
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        draining.cancel()
 
 
 def _with_credentials(settings: Settings, credentials: EmbeddedCredentials) -> Settings:
@@ -114,12 +132,14 @@ def uvicorn_config(
     edge: EdgeSettings,
     app: ASGIApp,
     lifespan: Literal["on", "off"] = "on",
+    drain: Drain | None = None,
 ) -> uvicorn.Config:
     tls = listen.tls
     # httptools under the gateway's own limits on request heads and connections.
     config = EdgeConfig(
         app,
         edge=edge,
+        drain=drain,
         host=listen.host,
         port=listen.port,
         loop="uvloop",
@@ -133,6 +153,9 @@ def uvicorn_config(
         log_config=None,
         ssl_certfile=tls.certfile,
         ssl_keyfile=tls.keyfile,
+        # The drain has ended every request before uvicorn's own shutdown runs: this
+        # only bounds a connection that is slow to close.
+        timeout_graceful_shutdown=SETTLE_S,
     )
     if tls.enabled:
         # uvicorn builds a context from the files; the gateway's own (TLS 1.2 at least,
@@ -145,7 +168,8 @@ def uvicorn_config(
 
 
 class _Server(uvicorn.Server):
-    """Prints how to reach the gateway once it is really listening."""
+    """Prints how to reach the gateway once it is really listening, and leaves SIGTERM
+    and SIGINT to the drain (gateway/cli/shutdown.py)."""
 
     def __init__(
         self, config: uvicorn.Config, banner: str, sockets: Sequence[socket.socket] | None = None
@@ -159,6 +183,28 @@ class _Server(uvicorn.Server):
         await super().startup(sockets)
         if self.started and self._banner:
             print(self._banner, flush=True)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn's would cut the drain short and raise the signal again on the way out.
+        yield
+
+    def stop_accepting(self) -> None:
+        """Close the listening sockets (uvloop detaches an inherited one, closing its fd);
+        idle connections close now, busy ones after their answer."""
+        if not self.started:
+            return  # still starting: uvicorn's own shutdown closes what it opens
+        for server in self.servers:
+            server.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+
+    def running(self) -> int:
+        return len(self.server_state.tasks)
+
+    def cancel_running(self) -> None:
+        for task in self.server_state.tasks:
+            task.cancel()
 
 
 def _base(listen: ListenSettings) -> str:

@@ -24,16 +24,24 @@ import aiohttp
 from yarl import URL
 
 from gateway.asgi import Receive, Send
+from gateway.drain import Drain
 from gateway.errors import (
     GatewayError,
     ReplicaBusy,
     ReplicaConnectTimeout,
+    ShuttingDown,
     UpstreamTimeout,
     UpstreamUnreachable,
     stream_error_event,
 )
 from gateway.metrics import replica_label
 from gateway.proxy.headers import client_headers
+from gateway.proxy.interrupter import (
+    CLIENT_STALL,
+    DISCONNECT,
+    DRAINED,
+    Interrupter,
+)
 from gateway.proxy.upstream import Timeouts, map_upstream_errors
 from gateway.proxy.usage_scan import BodyUsage, StreamUsage
 from gateway.request_record import Outcome
@@ -41,10 +49,6 @@ from gateway.request_record import Outcome
 logger = logging.getLogger("gateway.proxy")
 
 EVENT_STREAM = b"text/event-stream"
-DISCONNECT = "client disconnected"
-TIMEOUT = "upstream timeout"
-CLIENT_STALL = "client stopped reading"
-WATCH_AFTER = 0.05
 # What a client is told about a replica failure after its response started.
 LOST = "the connection to the model server was lost"
 QUIET = "the model server stopped sending"
@@ -60,81 +64,6 @@ class StreamMeters:
     observe_gap: Callable[[float], None]
     opened: Callable[[], None]
     closed: Callable[[], None]
-
-
-class Interrupter:
-    """Cancels the forwarding task when the client leaves, stops reading, or the replica
-    goes quiet.
-
-    One timer checks two timestamps the relay keeps: the end of the last write
-    (`last`) and the start of the write being awaited (`writing_since`, 0.0
-    when none is). A chunk costs two attribute stores, not a timer. While a
-    write is pending the replica's silence is not its fault (the gateway is not
-    reading), so only the client's write limit applies then. The task that waits
-    for `http.disconnect` starts only once a request has run for WATCH_AFTER
-    seconds: quick answers never pay for it, and a client that leaves is still
-    noticed within that delay. Times are `time.perf_counter()` readings.
-    """
-
-    def __init__(self, receive: Receive, limit: float, write_limit: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        self._receive = receive
-        self._watcher: asyncio.Task[None] | None = None
-        self.reason: str | None = None
-        self.limit = limit
-        self.write_limit = write_limit
-        self.last = time.perf_counter()
-        self.writing_since = 0.0
-        self._timer = self._loop.call_later(min(limit, WATCH_AFTER), self._check)
-
-    def set_limit(self, limit: float) -> None:
-        self.limit = limit
-        self.last = time.perf_counter()
-        self._timer.cancel()
-        first_check = limit if self._watcher is not None else min(limit, WATCH_AFTER)
-        self._timer = self._loop.call_later(first_check, self._check)
-
-    def _check(self) -> None:
-        if self._watcher is None and self.reason is None:
-            self._watcher = self._loop.create_task(self._watch())
-        now = time.perf_counter()
-        since = self.writing_since
-        if since:
-            due, reason, other = since + self.write_limit, CLIENT_STALL, now + self.limit
-        else:
-            due, reason, other = self.last + self.limit, TIMEOUT, now + self.write_limit
-        if now < due:
-            # The other limit may start to apply before DUE: look again by then.
-            self._timer = self._loop.call_later(min(due, other) - now, self._check)
-        else:
-            self._fire(reason)
-
-    async def _watch(self) -> None:
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
-        self._fire(DISCONNECT)
-
-    def _fire(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-            self._task.cancel()
-
-    def stop(self) -> None:
-        """Called once the last message is sent, so nothing can fire after the response."""
-        self.reason = self.reason or "stopped"
-        self._timer.cancel()
-        if self._watcher is not None:
-            self._watcher.cancel()
-
-    def claim(self) -> str | None:
-        """After a CancelledError: the reason if we caused it (and the task goes on)."""
-        if self.reason in (DISCONNECT, TIMEOUT, CLIENT_STALL):
-            self._task.uncancel()
-            return self.reason
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +83,7 @@ class Exchange:
     The answer's `usage` is read as it passes (`outcome.usage`). With
     `strip_usage` the gateway itself asked for the stream's usage event, which
     is then kept from the client. `headers` are added to the response's own.
+    `drain`, when given, may end the exchange when the shutdown's grace ends.
     """
 
     def __init__(
@@ -165,8 +95,10 @@ class Exchange:
         headers: list[tuple[bytes, bytes]] | None = None,
         refuse_busy: bool = False,
         meters: StreamMeters | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self._client = client
+        self._drain = drain
         self._timeouts = timeouts
         self._strip_usage = strip_usage
         self._headers = headers
@@ -181,6 +113,9 @@ class Exchange:
         interrupter = Interrupter(receive, timeouts.first_byte, timeouts.client_write)
         response: aiohttp.ClientResponse | None = None
         started = False
+        drain = self._drain
+        if drain is not None:
+            drain.track(interrupter)
         try:
             response, first = await self._open(request)
             interrupter.set_limit(timeouts.idle)
@@ -200,6 +135,8 @@ class Exchange:
             await self._broken(send, request, response, UpstreamUnreachable(LOST), "was lost")
         finally:
             interrupter.stop()
+            if drain is not None:
+                drain.untrack(interrupter)
             if response is not None:
                 # Closing (not releasing) a response that was not read to its end
                 # drops the connection, which is what makes vLLM abort.
@@ -311,6 +248,9 @@ class Exchange:
         if reason == DISCONNECT:
             outcome.client_disconnected = True
             return
+        if reason == DRAINED:
+            await self._drained(send, request, started, response)
+            return
         if reason == CLIENT_STALL:
             # Nothing more can be written; returning unfinished makes the server close the
             # connection, and closing the response makes the replica abort.
@@ -330,6 +270,24 @@ class Exchange:
             )
         await self._broken(send, request, response, UpstreamTimeout(QUIET), "went quiet")
 
+    async def _drained(
+        self,
+        send: Send,
+        request: UpstreamRequest,
+        started: bool,
+        response: aiohttp.ClientResponse | None,
+    ) -> None:
+        """The shutdown's grace ended first; no fault of the replica's."""
+        request_id = request.request_id
+        logger.warning("request %s ended by the gateway's shutdown", request_id)
+        self.outcome.drained = True
+        if not started:
+            raise ShuttingDown(
+                f"The gateway is shutting down; send the request again (request {request_id}).",
+                headers={"retry-after": "1"},
+            )
+        await self._end(send, request, response, ShuttingDown(DRAINED))
+
     async def _broken(
         self,
         send: Send,
@@ -339,9 +297,21 @@ class Exchange:
         what: str,
     ) -> None:
         """The response already started and the replica failed: end it as honestly as we can."""
+        logger.warning(
+            "replica %s %s mid-response (request %s)", _shown(request), what, request.request_id
+        )
+        await self._end(send, request, response, error)
+
+    async def _end(
+        self,
+        send: Send,
+        request: UpstreamRequest,
+        response: aiohttp.ClientResponse | None,
+        error: GatewayError,
+    ) -> None:
+        """End a started response: a stream with one error event, any other body cut off."""
         request_id = request.request_id
         self.outcome.stream_error = error.message
-        logger.warning("replica %s %s mid-response (request %s)", _shown(request), what, request_id)
         content_type = b"" if response is None else _content_type(response)
         if content_type.startswith(EVENT_STREAM):
             error.message = f"The stream was interrupted: {error.message} (request {request_id})."
@@ -406,7 +376,8 @@ def failure_kind(outcome: Outcome, error: GatewayError | None) -> str | None:
     if error is not None:
         return "connect" if getattr(error, "never_reached", False) else "reset"
     if outcome.stream_error is not None:
-        return "stream"
+        # A stream the drain ended was no fault of the replica's.
+        return None if outcome.drained else "stream"
     if outcome.status >= HTTPStatus.INTERNAL_SERVER_ERROR:
         return "busy" if outcome.status == HTTPStatus.SERVICE_UNAVAILABLE else "status"
     return None

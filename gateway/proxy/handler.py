@@ -11,6 +11,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.asgi import Receive, Scope, Send, send_bytes
+from gateway.drain import Drain
 from gateway.errors import (
     ModelBusy,
     ModelNotFound,
@@ -80,8 +81,10 @@ class ProxyApp:
         options: ProxyOptions,
         metrics: Metrics,
         tracer: RequestTracer | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self._pools = pools
+        self._drain = drain
         self._upstream = upstream
         self._auth = auth
         self._limits = limits
@@ -191,6 +194,7 @@ class ProxyApp:
                 headers=ticket.headers,
                 refuse_busy=not last,
                 meters=self._stream_meters(pool.model),
+                drain=self._drain,
             )
             outcome = exchange.outcome
             if context.span is not None and context.span.is_recording():
