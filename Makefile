@@ -30,7 +30,7 @@ run: $(STAMP_RUN)
 test: $(STAMP_DEV)
 	bash scripts/install-system-deps.sh
 	PYTHON=$(PYTHON) bash scripts/install-skypilot-venv.sh
-	$(BIN)/python -m pytest --ignore=tests/e2e -n auto --dist loadgroup --cov --cov-report=term --cov-fail-under=90 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --ignore=tests/e2e -n auto --dist loadscope --cov --cov-report=term --cov-fail-under=90 $(PYTEST_ARGS)
 
 ## make e2e: build (once, cached) real vLLM for CPU and a small model, then test against it
 e2e: $(STAMP_DEV)

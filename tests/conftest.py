@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,20 +52,30 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
-# Fixtures that start something once per session for several modules. With
-# `pytest -n`, every module that uses one runs on the same worker, so it starts once.
-SESSION_GROUPS = {"validated": "skypilot", "sky_api_server": "skypilot"}
+# With `pytest -n` (the Makefile's `-n auto --dist loadscope`), each test module runs on
+# one worker, so its module fixtures start once; the modules whose fixtures share one
+# SkyPilot API server or one validation of sky/*.yaml per session run on one worker
+# together, so those start once too. They are the `test_sky*` modules.
+SESSION_FIXTURES = frozenset({"validated", "sky_api_server"})
+SHARED_PREFIX = "tests/test_sky"
 
 
-@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # noqa: PLC0415 (only under -n)
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "skypilot" if module.startswith(SHARED_PREFIX) else module
+
+    return ModuleScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep each module on one worker (its module fixtures start once), and the modules
-    that share a session fixture together (`--dist loadgroup`, see the Makefile)."""
-    groups: dict[str, str] = {}
+    """A module that uses a per-session SkyPilot fixture must be named for the group."""
     for item in items:
-        module = item.module.__name__ if item.module else item.nodeid
-        for name in getattr(item, "fixturenames", ()):
-            groups[module] = SESSION_GROUPS.get(name) or groups.get(module, module)
-    for item in items:
-        module = item.module.__name__ if item.module else item.nodeid
-        item.add_marker(pytest.mark.xdist_group(groups.get(module, module)))
+        shared = SESSION_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if shared and not item.nodeid.startswith(SHARED_PREFIX):
+            raise pytest.UsageError(f"{item.nodeid} uses {shared}: name its module test_sky*")
