@@ -225,17 +225,18 @@ def test_idle_gap_timeout_mid_stream(deterministic_gateway: Process) -> None:
 def test_200_concurrent_streams_lose_nothing(
     deterministic_sim: Process, deterministic_gateway: Process
 ) -> None:
-    prompts = [f"prompt number {index}" for index in range(200)]
+    """Each client gets exactly its own stream. The simulator's words repeat across
+    prompts, so each request also asks for its own number of tokens: every expected text
+    is unique, and two streams crossed between clients cannot go unnoticed."""
+    requests = [(f"prompt number {index}", 10 + index) for index in range(200)]
 
-    async def one(client: httpx.AsyncClient, prompt: str) -> list[str]:
-        body = {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": 20,
-            "stream": True,
-        }
+    def body(prompt: str, max_tokens: int) -> dict[str, object]:
+        return {**CHAT, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens}
+
+    async def one(client: httpx.AsyncClient, prompt: str, max_tokens: int) -> list[str]:
         url = f"{deterministic_gateway.url}/v1/chat/completions"
-        async with client.stream("POST", url, json=body) as response:
+        payload = {**body(prompt, max_tokens), "stream": True}
+        async with client.stream("POST", url, json=payload) as response:
             assert response.status_code == 200
             return [line async for line in response.aiter_lines() if line]
 
@@ -244,14 +245,18 @@ def test_200_concurrent_streams_lose_nothing(
         async with httpx.AsyncClient(
             limits=limits, timeout=60, headers=deterministic_gateway.auth
         ) as client:
-            return await asyncio.gather(*(one(client, prompt) for prompt in prompts))
+            return await asyncio.gather(*(one(client, *request) for request in requests))
 
     results = asyncio.run(main())
-    for prompt, lines in zip(prompts, results, strict=True):
-        expected = httpx.post(
-            f"{deterministic_sim.url}/v1/chat/completions",
-            json={**CHAT, "messages": [{"role": "user", "content": prompt}], "max_tokens": 20},
-        ).json()["choices"][0]["message"]["content"]
+    expected = [
+        httpx.post(f"{deterministic_sim.url}/v1/chat/completions", json=body(*request)).json()[
+            "choices"
+        ][0]["message"]["content"]
+        for request in requests
+    ]
+    assert len(set(expected)) == len(requests)  # no two clients expect the same text
+    for (prompt, _), lines, text in zip(requests, results, expected, strict=True):
         assert lines[-1] == "data: [DONE]"
         deltas = [json.loads(line[6:])["choices"][0]["delta"] for line in lines[:-1]]
-        assert "".join(delta.get("content", "") for delta in deltas) == expected
+        received = "".join(delta.get("content", "") for delta in deltas)
+        assert received == text, f"the client of {prompt!r} got another stream"
