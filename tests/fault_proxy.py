@@ -1,4 +1,5 @@
-"""A TCP proxy for the tests that fails the way networks do: it freezes (half-open) or resets."""
+"""A TCP proxy for the tests that fails the way networks do: it freezes (half-open), resets,
+or loses the answer to a request the server did receive."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class FaultProxy:
         self._flowing = asyncio.Event()
         self._down = False
         self._sockets: set[asyncio.StreamWriter] = set()
+        self._lose_reply_to: bytes | None = None
         # Every byte clients sent through, in order: what the target received.
         self.forwarded = bytearray()
 
@@ -66,6 +68,16 @@ class FaultProxy:
 
         self._call(down)
 
+    def lose_reply_to(self, request: bytes) -> None:
+        """Once: forward the next client read holding REQUEST, then reset that connection
+        when the server answers, instead of passing the answer on. The server did the
+        work; the client only sees its connection drop."""
+
+        def arm() -> None:
+            self._lose_reply_to = request
+
+        self._call(arm)
+
     def heal(self) -> None:
         def up() -> None:
             self._down = False
@@ -95,10 +107,12 @@ class FaultProxy:
             _reset(client_w)
             return
         self._sockets.add(upstream_w)
+        doomed = asyncio.Event()  # set once this connection's next answer is to be lost
         await asyncio.gather(
-            self._pump(client_r, upstream_w, self.forwarded), self._pump(upstream_r, client_w),
+            self._pump(client_r, upstream_w, self.forwarded, doomed),
+            self._pump(upstream_r, client_w, doomed=doomed),
             return_exceptions=True,
-        )  # fmt: skip
+        )
         for writer in (client_w, upstream_w):
             self._sockets.discard(writer)
             writer.close()
@@ -108,6 +122,7 @@ class FaultProxy:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         record: bytearray | None = None,
+        doomed: asyncio.Event | None = None,
     ) -> None:
         try:
             while True:
@@ -118,6 +133,13 @@ class FaultProxy:
                 await self._flowing.wait()
                 if record is not None:
                     record += data
+                    if self._lose_reply_to is not None and self._lose_reply_to in data:
+                        self._lose_reply_to = None
+                        assert doomed is not None
+                        doomed.set()
+                elif doomed is not None and doomed.is_set():
+                    _reset(writer)  # the answer is dropped with the connection
+                    break
                 writer.write(data)
                 await writer.drain()
         finally:

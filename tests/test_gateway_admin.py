@@ -34,9 +34,12 @@ def create_key(gateway: Process, **fields: object) -> dict[str, object]:
     return created
 
 
+def models_get(gateway: Process, key: str) -> httpx.Response:
+    return httpx.get(f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {key}"})
+
+
 def models_status(gateway: Process, key: str) -> int:
-    headers = {"Authorization": f"Bearer {key}"}
-    return httpx.get(f"{gateway.url}/v1/models", headers=headers).status_code
+    return models_get(gateway, key).status_code
 
 
 def test_sqlite_keys_survive_a_gateway_restart(tmp_path: Path, sim: Process) -> None:
@@ -84,12 +87,22 @@ def test_two_gateways_share_keys_through_redis(
         assert models_status(b, key) == 200  # created on A, usable on B at once
         assert httpx.post(f"{a.url}/admin/v1/keys/{created['id']}/revoke", headers=ADMIN).is_success
         revoked_at = time.monotonic()
-        while models_status(b, key) == 200:
+        while (refused := models_get(b, key)).status_code == 200:
             assert time.monotonic() - revoked_at <= 1.0, "B still accepts a key revoked on A"
             time.sleep(0.02)
         elapsed = time.monotonic() - revoked_at
+        again = models_get(b, key)
         logs = a.log() + b.log()
     assert elapsed <= 1.0
+    # Refused as a revoked key (OpenAI's AuthenticationError), not as an outage.
+    for answer in (refused, again):
+        assert answer.status_code == 401, answer.text
+        assert answer.json()["error"] == {
+            "message": "This API key has been revoked.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
     assert key not in logs
 
 

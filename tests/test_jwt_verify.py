@@ -5,8 +5,10 @@ Keys, tokens and the JWKS server are in tests/jwt_tokens.py.
 
 from __future__ import annotations
 
+import base64
 import json
 import random
+import string
 
 import pytest
 
@@ -188,22 +190,69 @@ def test_an_oversized_token_is_refused_before_parsing() -> None:
     refused([hs_issuer()], token, InvalidToken, "malformed")
 
 
+B64URL = string.ascii_letters + string.digits + "-_"
+
+
+def signed_parts(token: str) -> tuple[str, str, bytes] | None:
+    """What verifying TOKEN depends on: the header and payload segments as sent (the
+    signature covers their text, not what they decode to) and the signature's bytes;
+    None for anything that is not three segments of unpadded base64url."""
+    parts = token.split(".")
+    if len(parts) != 3 or not all(part and set(part) <= set(B64URL) for part in parts):
+        return None
+    try:
+        signature = base64.urlsafe_b64decode(parts[2] + "=" * (-len(parts[2]) % 4))
+    except ValueError:  # binascii.Error: a length no base64 text has
+        return None
+    return parts[0], parts[1], signature
+
+
+def canonical(token: str) -> bool:
+    """Base64 leaves a few bits of the last character unused: the verifier refuses a
+    signature spelled with any of them set, so no token has two valid spellings."""
+    parts = signed_parts(token)
+    return parts is not None and b64(parts[2]) == token.rsplit(".", 1)[1]
+
+
+def mutations(token: str, rng: random.Random) -> list[str]:
+    """The token itself, random corruptions of 1-4 characters, and every other last
+    character of the signature (some decode to the same bytes, spelled otherwise)."""
+    alphabet = "AZaz09-_.=é \x00"
+    mutated = [token]
+    for _ in range(400):
+        chars = list(token)
+        for _ in range(rng.randint(1, 4)):
+            chars[rng.randrange(len(chars))] = rng.choice(alphabet)
+        mutated.append("".join(chars))
+    return mutated + [token[:-1] + last for last in B64URL if last != token[-1]]
+
+
 def test_mutated_tokens_never_raise_anything_but_auth_errors(keys: Keys) -> None:
+    """Exact: a mutation verifies if and only if it leaves the signed text and the
+    signature's bytes as they were, canonically spelled; any other exception than an
+    AuthError fails the test."""
     token = mint(keys.p256, "ES256", tenant="acme")
     issuer = IssuerConfig(issuer=ISS, algorithms=("ES256",), public_key_pem=pem(keys.p256))
-    rng = random.Random(7)
-    alphabet = "AZaz09-_.=é \x00"
+    candidates = mutations(token, random.Random(7))
 
-    async def body(verifier: JWTVerifier) -> int:
-        refusals = 0
-        for _ in range(400):
-            chars = list(token)
-            for _ in range(rng.randint(1, 4)):
-                chars[rng.randrange(len(chars))] = rng.choice(alphabet)
+    async def body(verifier: JWTVerifier) -> list[bool]:
+        accepted = []
+        for mutated in candidates:
             try:
-                assert (await verifier.verify("".join(chars))).tenant == "acme"
+                accepted.append((await verifier.verify(mutated)).tenant == "acme")
             except AuthError:
-                refusals += 1
-        return refusals
+                accepted.append(False)
+        return accepted
 
-    assert with_verifier([issuer], body) > 350
+    outcomes = with_verifier([issuer], body)
+    original = signed_parts(token)
+    same = [signed_parts(mutated) == original for mutated in candidates]
+    wrong = [
+        (mutated, "accepted" if verified else "refused")
+        for mutated, verified, same_bytes in zip(candidates, outcomes, same, strict=True)
+        if verified != (same_bytes and canonical(mutated))
+    ]
+    assert not wrong, f"{len(wrong)} of {len(candidates)} mutations judged wrongly: {wrong[:3]}"
+    # Every class was exercised: accepted, refused, and the same bytes spelled otherwise.
+    assert outcomes[0] and not all(outcomes)
+    assert any(s and not canonical(m) for m, s in zip(candidates, same, strict=True))

@@ -464,6 +464,76 @@ def test_redis_concurrent_updates_from_replicas_all_apply(redis_server: RedisSer
     asyncio.run(main())
 
 
+def test_redis_mixed_concurrent_updates_lose_no_field_and_no_revocation(
+    redis_server: RedisServer,
+) -> None:
+    """Three replicas write different fields of the same keys at once: one renames, one
+    changes limits, one revokes. An update built on a stale read would put back an old
+    value of a field another replica wrote, or un-revoke a key."""
+    rounds = 12
+
+    async def renamer(store: RedisKeyStore, key_id: str) -> None:
+        for i in range(rounds):
+            await store.update(key_id, KeyChanges(name=f"name-{i}"))
+
+    async def limiter(store: RedisKeyStore, key_id: str) -> None:
+        for i in range(rounds):
+            await store.update(key_id, KeyChanges(limits=Limits(requests_per_minute=i + 1)))
+
+    async def revoker(store: RedisKeyStore, key_id: str, revoked: set[str]) -> None:
+        for i in range(rounds):
+            if i == rounds // 2:
+                await store.update(key_id, KeyChanges(revoked_at=NOW))
+                revoked.add(key_id)
+            else:
+                await store.update(key_id, KeyChanges(metadata={"round": str(i)}))
+
+    async def watch_revocations(store: RedisKeyStore, ids: list[str], revoked: set[str]) -> None:
+        while True:
+            for key_id in ids:
+                seen = key_id in revoked
+                record = await store.get(key_id)
+                assert record is not None
+                assert record.revoked_at is not None or not seen, f"{key_id} was un-revoked"
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        records = [make_record(tenant=f"t{i}") for i in range(3)]
+        ids = [record.id for record in records]
+        revoked: set[str] = set()
+        async with (
+            redis_at(redis_server) as one,
+            redis_at(redis_server) as two,
+            redis_at(redis_server) as three,
+            redis_at(redis_server) as reader,
+        ):
+            for record in records:
+                await one.create(record)
+            watcher = asyncio.create_task(watch_revocations(reader, ids, revoked))
+            writers = [renamer(one, i) for i in ids] + [limiter(two, i) for i in ids]
+            writers += [revoker(three, i, revoked) for i in ids]
+            await asyncio.gather(*writers)
+            assert not watcher.done(), watcher.exception()
+            watcher.cancel()
+            for record in records:
+                final = await reader.get(record.id)
+                assert final is not None
+                assert (final.name, final.limits.requests_per_minute, final.revoked_at) == (
+                    f"name-{rounds - 1}",
+                    rounds,
+                    NOW,
+                ), "a concurrent update put back a stale field"
+                assert final == replace(
+                    record,
+                    name=f"name-{rounds - 1}",
+                    limits=Limits(requests_per_minute=rounds),
+                    metadata={"round": str(rounds - 1)},
+                    revoked_at=NOW,
+                )
+
+    asyncio.run(main())
+
+
 def test_a_corrupt_record_is_a_store_error_not_a_crash(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:

@@ -46,25 +46,39 @@ def raw_stream(
         return response.read()
 
 
-def aborts(sim: Process) -> float:
+def engine_metric(sim: Process, name: str, **labels: str) -> float:
+    """A `vllm:*` sample of SIM, as real vLLM also reports it (0 when absent)."""
     text = httpx.get(f"{sim.url}/metrics").text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "vllm:request_success_total" and (
-                sample.labels.get("finished_reason") == "abort"
-            ):
+            if sample.name == name and labels.items() <= sample.labels.items():
                 return sample.value
     return 0.0
 
 
-def wait_for_aborts(sim: Process, at_least: float, within_s: float) -> float:
+def finished(sim: Process) -> float:
+    """Requests the engine finished, whatever the reason."""
+    text = httpx.get(f"{sim.url}/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "vllm:request_success_total"
+    )
+
+
+def wait_until_idle(sim: Process, within_s: float) -> float:
+    """`vllm:num_requests_running` once it is 0, or as it stands after WITHIN_S.
+
+    The signal real vLLM gives when a request's connection closes: the engine
+    aborts it and it stops running, long before its `max_tokens` were due.
+    """
     deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        count = aborts(sim)
-        if count >= at_least:
-            return count
+    while (running := engine_metric(sim, "vllm:num_requests_running")) and (
+        time.monotonic() < deadline
+    ):
         time.sleep(0.05)
-    return aborts(sim)
+    return running
 
 
 @pytest.mark.parametrize("usage", [False, True])
@@ -137,7 +151,7 @@ def test_chunks_arrive_as_they_are_sent(slow_gateway: Process) -> None:
 
 
 def test_stream_disconnect_aborts_upstream(slow_sim: Process, slow_gateway: Process) -> None:
-    before = aborts(slow_sim)
+    done, generated = finished(slow_sim), engine_metric(slow_sim, "vllm:generation_tokens_total")
     body = {**CHAT, "max_tokens": 50, "stream": True}
     with httpx.stream(
         "POST", f"{slow_gateway.url}/v1/chat/completions", json=body, headers=slow_gateway.auth
@@ -147,14 +161,18 @@ def test_stream_disconnect_aborts_upstream(slow_sim: Process, slow_gateway: Proc
             if line.startswith("data: "):
                 events += 1
             if events == 3:
-                break
-    assert wait_for_aborts(slow_sim, before + 1, within_s=1.0) == before + 1
+                assert engine_metric(slow_sim, "vllm:num_requests_running") == 1
+                break  # closes the stream
+    # Ten seconds of tokens were left: only an abort stops the request this soon.
+    assert wait_until_idle(slow_sim, within_s=1.0) == 0
+    assert finished(slow_sim) == done  # unfinished, as vLLM counts an abort
+    assert engine_metric(slow_sim, "vllm:generation_tokens_total") - generated < 50
 
 
 def test_waiting_client_disconnect_aborts_upstream(
     slow_sim: Process, slow_gateway: Process
 ) -> None:
-    before = aborts(slow_sim)
+    done, generated = finished(slow_sim), engine_metric(slow_sim, "vllm:generation_tokens_total")
     body = {**CHAT, "max_tokens": 50}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
@@ -163,7 +181,9 @@ def test_waiting_client_disconnect_aborts_upstream(
             headers=slow_gateway.auth,
             timeout=0.5,
         )
-    assert wait_for_aborts(slow_sim, before + 1, within_s=1.0) == before + 1
+    assert wait_until_idle(slow_sim, within_s=1.0) == 0
+    assert finished(slow_sim) == done
+    assert engine_metric(slow_sim, "vllm:generation_tokens_total") - generated < 50
 
 
 def test_mid_stream_drop_ends_with_error_event(deterministic_gateway: Process) -> None:
@@ -205,17 +225,18 @@ def test_idle_gap_timeout_mid_stream(deterministic_gateway: Process) -> None:
 def test_200_concurrent_streams_lose_nothing(
     deterministic_sim: Process, deterministic_gateway: Process
 ) -> None:
-    prompts = [f"prompt number {index}" for index in range(200)]
+    """Each client gets exactly its own stream. The simulator's words repeat across
+    prompts, so each request also asks for its own number of tokens: every expected text
+    is unique, and two streams crossed between clients cannot go unnoticed."""
+    requests = [(f"prompt number {index}", 10 + index) for index in range(200)]
 
-    async def one(client: httpx.AsyncClient, prompt: str) -> list[str]:
-        body = {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": 20,
-            "stream": True,
-        }
+    def body(prompt: str, max_tokens: int) -> dict[str, object]:
+        return {**CHAT, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens}
+
+    async def one(client: httpx.AsyncClient, prompt: str, max_tokens: int) -> list[str]:
         url = f"{deterministic_gateway.url}/v1/chat/completions"
-        async with client.stream("POST", url, json=body) as response:
+        payload = {**body(prompt, max_tokens), "stream": True}
+        async with client.stream("POST", url, json=payload) as response:
             assert response.status_code == 200
             return [line async for line in response.aiter_lines() if line]
 
@@ -224,14 +245,18 @@ def test_200_concurrent_streams_lose_nothing(
         async with httpx.AsyncClient(
             limits=limits, timeout=60, headers=deterministic_gateway.auth
         ) as client:
-            return await asyncio.gather(*(one(client, prompt) for prompt in prompts))
+            return await asyncio.gather(*(one(client, *request) for request in requests))
 
     results = asyncio.run(main())
-    for prompt, lines in zip(prompts, results, strict=True):
-        expected = httpx.post(
-            f"{deterministic_sim.url}/v1/chat/completions",
-            json={**CHAT, "messages": [{"role": "user", "content": prompt}], "max_tokens": 20},
-        ).json()["choices"][0]["message"]["content"]
+    expected = [
+        httpx.post(f"{deterministic_sim.url}/v1/chat/completions", json=body(*request)).json()[
+            "choices"
+        ][0]["message"]["content"]
+        for request in requests
+    ]
+    assert len(set(expected)) == len(requests)  # no two clients expect the same text
+    for (prompt, _), lines, text in zip(requests, results, expected, strict=True):
         assert lines[-1] == "data: [DONE]"
         deltas = [json.loads(line[6:])["choices"][0]["delta"] for line in lines[:-1]]
-        assert "".join(delta.get("content", "") for delta in deltas) == expected
+        received = "".join(delta.get("content", "") for delta in deltas)
+        assert received == text, f"the client of {prompt!r} got another stream"

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from gateway.usage.recorder import UsageRecorder
-from gateway.usage.records import TokenUsage, UsageCounts, UsageKey
+from gateway.usage.records import BatchId, TokenUsage, UsageCounts, UsageKey
 from gateway.usage.redis_store import RedisUsageStore, connect
 from gateway.usage.sqlite import SqliteUsageStore
 from gateway.usage.store import MemoryUsageStore, UsageStoreError, UsageStoreUnavailable
+from tests.fault_proxy import FaultProxy
 from tests.servers import RedisServer
 
 DAY = date(2025, 3, 31)
@@ -33,13 +34,17 @@ class ScriptedStore(MemoryUsageStore):
     def __init__(self) -> None:
         super().__init__()
         self.attempts: list[dict[UsageKey, UsageCounts]] = []
+        self.ids: list[BatchId | None] = []
         self.failure: Exception | None = None
         self.gate = asyncio.Event()
         self.gate.set()
         self.entered = asyncio.Event()
 
-    async def add(self, batch: Mapping[UsageKey, UsageCounts]) -> None:
+    async def add(
+        self, batch: Mapping[UsageKey, UsageCounts], batch_id: BatchId | None = None
+    ) -> None:
         self.attempts.append({key: replace(row) for key, row in batch.items()})
+        self.ids.append(batch_id)
         self.entered.set()
         await self.gate.wait()
         if self.failure is not None:
@@ -143,13 +148,18 @@ def test_a_refused_write_stays_pending_and_is_counted_once() -> None:
         store.failure = UsageStoreError("refused")
         with pytest.raises(UsageStoreError):
             await recorder.flush()
-        assert recorder.pending == 2
+        assert recorder.pending == 3  # the failed batch, kept as it was, and the newer rows
         store.failure = None
         await recorder.flush()
         await recorder.flush()
         assert await store.by_tenant("acme") == {"m": counts(3, 3, 3)}
-        assert len(store.attempts) == 3
-        assert store.attempts[-1][UsageKey("k1", "acme", "m", DAY)] == counts(2, 3, 3)
+        assert len(store.attempts) == 4
+        # The failed batch is sent again unchanged and under its id, before newer counts.
+        assert store.attempts[0] == store.attempts[1] == store.attempts[2]
+        first, retried, again, newer = store.ids
+        assert first is not None and newer is not None
+        assert first == retried == again and newer == replace(first, sequence=first.sequence + 1)
+        assert store.attempts[-1][UsageKey("k1", "acme", "m", DAY)] == counts(1, 2, 2)
 
     asyncio.run(main())
 
@@ -328,3 +338,42 @@ def test_redis_periodic_writes_resume_after_a_restart(redis_server: RedisServer)
         assert await store.by_tenant("acme") == {"m": counts(100, 200, 100)}
 
     asyncio.run(main())
+
+
+def test_redis_write_applied_but_its_answer_lost_is_counted_once(
+    redis_server: RedisServer,
+) -> None:
+    """Redis runs the batch, then the connection drops before its answer arrives: the
+    recorder sees a failure and retries, and the retry must not count it again."""
+    proxy = FaultProxy(redis_server.port)
+    proxy.start()
+
+    async def main() -> None:
+        store = connect(proxy.url, timeout_s=1.0)
+        direct = connect(redis_server.url, timeout_s=1.0)
+        try:
+            await scenario(store, direct)
+        finally:
+            await store.close()
+            await direct.close()
+
+    async def scenario(store: RedisUsageStore, direct: RedisUsageStore) -> None:
+        recorder = UsageRecorder(store, clock=lambda: DAY)
+        recorder.record("k1", "acme", "m", TokenUsage(1, 1))
+        await recorder.flush()  # Redis now knows the script: the next batch is one EVALSHA
+        recorder.record("k1", "acme", "m", TokenUsage(10, 10))
+        proxy.lose_reply_to(b"EVALSHA")
+        with pytest.raises(UsageStoreUnavailable):
+            await recorder.flush()
+        assert await direct.by_principal("k1") == {"m": counts(2, 11, 11)}  # it was written
+        assert recorder.pending == 1
+        recorder.record("k2", "acme", "m", TokenUsage(5, 5))
+        await recorder.flush()  # the lost batch again, then k2's
+        assert recorder.pending == 0
+        assert await direct.by_principal("k1") == {"m": counts(2, 11, 11)}
+        assert await direct.by_tenant("acme") == {"m": counts(3, 16, 16)}
+
+    try:
+        asyncio.run(main())
+    finally:
+        proxy.stop()

@@ -88,11 +88,13 @@ class Scheduler:
 
 
 class Sequence:
-    """One request inside the engine, from admission to finish, abort or crash.
+    """One request inside the engine, from admission to finish or abort.
 
     Used as `async with`: entering waits for a slot, leaving frees it and
-    records the outcome. Leaving without `finish()` or `crash()` (client gone,
-    task cancelled, send failed) counts as an abort, as in vLLM.
+    records the outcome. Leaving without `finish()` (client gone, task
+    cancelled, send failed, a simulated crash) is an abort: as in vLLM 0.32, its generated
+    tokens are counted but the request is not, under no `finished_reason`
+    (vLLM exports `abort` and leaves it at 0 for a client that left).
     """
 
     def __init__(
@@ -107,14 +109,9 @@ class Sequence:
         self._due = arrival
         self.generated = 0
         self._reason: str | None = None
-        self._crashed = False
 
     async def __aenter__(self) -> Sequence:
-        try:
-            await self._engine.scheduler.acquire()
-        except asyncio.CancelledError:
-            self.abort_waiting()
-            raise
+        await self._engine.scheduler.acquire()  # a cancel while waiting counts nothing
         self.admit()
         return self
 
@@ -126,10 +123,6 @@ class Sequence:
     ) -> None:
         self._engine.scheduler.release()
         self.record()
-
-    def abort_waiting(self) -> None:
-        # vLLM counts a request aborted while it waited, too.
-        self._engine.metrics.finished["abort"].inc()
 
     def admit(self) -> None:
         """The sequence got its slot: its prompt is prefilled now."""
@@ -144,8 +137,6 @@ class Sequence:
         if self._reason is not None:
             metrics.finished[self._reason].inc()
             metrics.e2e.observe(time.perf_counter() - self._arrival)
-        elif not self._crashed:
-            metrics.finished["abort"].inc()
 
     async def next_token(self) -> None:
         """Wait until the next token is due (TTFT for the first, ITL after), then count it."""
@@ -172,10 +163,6 @@ class Sequence:
     def finish(self, reason: str) -> None:
         self._reason = reason
 
-    def crash(self) -> None:
-        """Mark a simulated crash (connection dropped): counted neither as finished nor aborted."""
-        self._crashed = True
-
 
 class SequenceGroup:
     """The sequences of one request with n > 1 or a batched prompt, admitted together.
@@ -195,12 +182,7 @@ class SequenceGroup:
         self._slots = min(len(sequences), engine.scheduler.capacity)
 
     async def __aenter__(self) -> list[Sequence]:
-        try:
-            await self._engine.scheduler.acquire(self._slots)
-        except asyncio.CancelledError:
-            for sequence in self.sequences:
-                sequence.abort_waiting()
-            raise
+        await self._engine.scheduler.acquire(self._slots)
         for sequence in self.sequences:
             sequence.admit()
         return self.sequences

@@ -70,7 +70,6 @@ class Generator:
         async with self._sequence(call, request.prompt_tokens) as sequence:
             await sequence.pool()
             if call.knobs.drop_after is not None:
-                sequence.crash()
                 raise call.exchange.drop()
             vectors = [embed(text, self._config.embedding_dim) for text in request.texts]
             body = embedding_body(ident, vectors, request.prompt_tokens, request.base64)
@@ -85,7 +84,6 @@ class Generator:
                 await sequence.next_token()
             # A non-streamed answer is dropped where it would have been sent: nothing arrives.
             if call.knobs.drop_after is not None:
-                sequence.crash()
                 raise call.exchange.drop()
             text = output_text(seed_of(request.prompt_text), request.words)
             tokens = request.completion_tokens
@@ -113,7 +111,6 @@ class Generator:
                 await exchange.send_event(frames.token(position))
             if drop_after is not None:
                 # The fault always fires: a reply of N tokens or fewer drops before [DONE].
-                sequence.crash()
                 raise exchange.drop()
             sequence.finish(request.finish_reason)
             if request.include_usage:

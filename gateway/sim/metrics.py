@@ -25,7 +25,8 @@ E2E_BUCKETS = (
     50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
 
-# All of vLLM's reasons are exported from the start; the simulator never counts the last two.
+# All of vLLM's reasons are exported from the start; the simulator counts only the first
+# two (vLLM 0.32 leaves `abort` at 0 when a client leaves: it counts no aborted request).
 FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
 
 

@@ -113,8 +113,6 @@ class ParallelAnswer:
                         await sequence.next_token()
             # A non-streamed answer is dropped where it would have been sent: nothing arrives.
             if drop_after is not None:
-                for sequence in sequences:
-                    sequence.crash()
                 raise exchange.drop()
             for choice, sequence in zip(choices, sequences, strict=True):
                 sequence.finish(choice.reply.finish_reason)
@@ -146,8 +144,6 @@ class ParallelAnswer:
                     await exchange.send_event(frame.role())
             if not await _stream_tokens(exchange, choices, frames, sequences, drop_after):
                 # The fault always fires: a reply of N tokens or fewer drops before [DONE].
-                for sequence in sequences:
-                    sequence.crash()
                 raise exchange.drop()
             if self.request.prompts[0].include_usage:
                 totals = (_completion_tokens(choices), _prompt_tokens(self.request))

@@ -2,11 +2,13 @@
 
 The request path only adds to a dict. A background task swaps the dict for an
 empty one every interval and writes the old one as one batch, so counts recorded
-while a write is in flight land in the next batch. A batch the store refused is
-merged back into the pending counts and written again at the next interval: the
-stores apply a batch all or nothing, so a retry neither loses nor repeats a
-count. Pending counts live only in this process until written: `stop` makes a
-final attempt, and logs what that could not write as dropped.
+while a write is in flight land in the next batch. Each batch carries a `BatchId`
+(this recorder's random id and a sequence number). A batch that failed is kept
+as it is and sent again, with the same id, before anything newer: the store
+applies an id at most once, so a retry neither loses nor repeats a count, even
+when the failed attempt had in fact been applied and only its answer was lost.
+Pending counts live only in this process until written: `stop` makes a final
+attempt, and logs what that could not write as dropped.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 
-from gateway.usage.records import TokenUsage, UsageCounts, UsageKey
+from gateway.usage.records import BatchId, TokenUsage, UsageCounts, UsageKey
 from gateway.usage.store import UsageStore, UsageStoreError
 
 logger = logging.getLogger("gateway.usage")
@@ -46,6 +49,9 @@ class UsageRecorder:
         self._interval_s = interval_s
         self._clock = clock or utc_today
         self._pending: Batch = {}
+        self._writer = uuid.uuid4().hex
+        self._sequence = 0
+        self._unsent: tuple[BatchId, Batch] | None = None  # failed, to be sent again as is
         self._writing = asyncio.Lock()  # one batch in flight at a time
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -78,8 +84,9 @@ class UsageRecorder:
 
     @property
     def pending(self) -> int:
-        """Rows waiting to be written; they grow while the store is down."""
-        return len(self._pending)
+        """Rows waiting to be written (a failed batch's and the newer counts'); they
+        grow while the store is down."""
+        return len(self._pending) + (0 if self._unsent is None else len(self._unsent[1]))
 
     def start(self, store: UsageStore | None = None) -> None:
         """Start writing every `interval_s`; call from a running event loop. STORE, when
@@ -92,22 +99,28 @@ class UsageRecorder:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-recorder")
 
     async def flush(self) -> None:
-        """Write what is pending now. `UsageStoreError` if the store refused it: the
-        counts are then pending again, merged with any recorded meanwhile."""
+        """Write what is pending now. `UsageStoreError` if the store refused it: a batch
+        that failed is sent again, with its id, at the next flush, before newer counts."""
         async with self._writing:
+            if self._unsent is not None:
+                await self._send(*self._unsent)
             batch, self._pending = self._pending, {}
-            if not batch:
-                return
-            if self._store is None:
-                self._merge(batch)
-                raise UsageStoreError("the usage store is not open")
-            try:
-                await self._store.add(batch)
-            except Exception:
-                # Not written: keep it. A cancelled write is not merged back, because
-                # the store may well have applied it (a SQLite thread runs to the end).
-                self._merge(batch)
-                raise
+            if batch:
+                self._sequence += 1
+                await self._send(BatchId(self._writer, self._sequence), batch)
+
+    async def _send(self, batch_id: BatchId, batch: Batch) -> None:
+        self._unsent = (batch_id, batch)
+        if self._store is None:
+            raise UsageStoreError("the usage store is not open")
+        try:
+            await self._store.add(batch, batch_id)
+        except asyncio.CancelledError:
+            # Not kept: a cancelled write may have been applied (a SQLite thread runs
+            # to the end), and only Redis would recognise the id.
+            self._unsent = None
+            raise
+        self._unsent = None
 
     async def stop(self) -> None:
         """Stop the task (if started), letting a write in flight finish, then make a
@@ -121,7 +134,7 @@ class UsageRecorder:
         except UsageStoreError as exc:
             logger.error(
                 "usage not written at shutdown, %d rows of counts dropped: %s",
-                len(self._pending),
+                self.pending,
                 exc,
             )
 
@@ -152,19 +165,11 @@ class UsageRecorder:
         self._warned_at = now
         logger.warning(
             "could not write usage (%d rows pending, retrying every %gs): %s",
-            len(self._pending),
+            self.pending,
             self._interval_s,
             exc,
             exc_info=not isinstance(exc, UsageStoreError),
         )
-
-    def _merge(self, batch: Batch) -> None:
-        for key, counts in batch.items():
-            pending = self._pending.get(key)
-            if pending is None:
-                self._pending[key] = counts
-            else:
-                pending.add(counts)
 
 
 def _storable(text: str) -> str:

@@ -45,3 +45,13 @@ class UsageCounts:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.estimated_requests += other.estimated_requests
+
+
+@dataclass(frozen=True, slots=True)
+class BatchId:
+    """Names a batch so a store can apply it at most once: `writer` is one recorder's
+    random id, `sequence` grows by one per new batch of that writer. A retry reuses
+    the id, so a batch the store applied whose answer was lost is not counted twice."""
+
+    writer: str
+    sequence: int

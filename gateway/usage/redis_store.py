@@ -3,6 +3,7 @@
     {prefix}:usage:principal:{principal}   hash: the principal's counts
     {prefix}:usage:tenant:{tenant}         hash: the tenant's counts, all principals summed
     {prefix}:usage:principal-tenant        hash: principal -> the tenant it last counted under
+    {prefix}:usage:writer:{writer}         the last batch sequence a recorder applied
 
 Each hash holds up to four integer fields per UTC day and model:
 
@@ -18,14 +19,17 @@ The principal's tenant is kept for exports only (an API key's tenant is in its
 record; a JWT subject's is known only from here); usage written before it was
 kept exports a JWT subject under the tenant `(unknown)`.
 
-A batch is one MULTI/EXEC of HINCRBYs into both hashes of every row: Redis runs
-all of it, or none when the connection fails before EXEC. The client sends a
-batch once and never retries it by itself: a retried EXEC whose first reply was
-lost would count twice. (The recorder's retry at its next interval has that one
-blind spot too: a timeout after Redis ran the EXEC.) Redis does not roll back a
-command it refuses at run time (a value of another type written under the prefix
-by something else, an overflow past 2**63): `add` raises `UsageStoreError` then,
-and the rest of the batch stands. Durability is Redis's: run it with AOF on.
+A batch is one Lua script: Redis runs it whole, or not at all when the connection
+fails before it arrives. It also notes each principal's tenant. Given a
+`BatchId`, the script first compares the id with
+the writer's last applied sequence and applies nothing when it is not newer: a
+batch Redis ran whose answer was lost (the connection dropped after the write) is
+not counted again when the recorder retries it. The writer's key expires after
+`WRITER_TTL_S` without a batch; a retry later than that could count twice. The
+client never retries by itself. A command Redis refuses (a value of another type
+written under the prefix by something else, an overflow past 2**63) does not stop
+the rest: those rows are skipped, the batch counts as applied, and `add` raises
+`UsageStoreError` naming them. Durability is Redis's: run it with AOF on.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 
-from gateway.usage.records import UsageCounts, UsageKey
+from gateway.usage.records import BatchId, UsageCounts, UsageKey
 from gateway.usage.store import (
     UsageStoreError,
     UsageStoreUnavailable,
@@ -50,6 +54,35 @@ from gateway.usage.store import (
 _COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "estimated_requests")
 _DAY_LENGTH = len("2025-01-31")
 UNKNOWN_TENANT = "(unknown)"
+WRITER_TTL_S = 7 * 24 * 3600
+
+# KEYS[1]: the writer's key, KEYS[2]: principal -> tenant, KEYS[3..]: the counters'
+# hashes. ARGV[1]: the batch's sequence ('' for a batch without id), ARGV[2]: the
+# writer key's lifetime, ARGV[3]: the number of (principal, tenant) pairs that
+# follow, then one (hash index, field, increment) triple per counter. Returns the
+# refusals.
+_ADD = """
+if ARGV[1] ~= '' then
+  local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
+  if tonumber(ARGV[1]) <= last then return {} end
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+local refused = {}
+local pairs_end = 3 + 2 * tonumber(ARGV[3])
+for i = 4, pairs_end, 2 do
+  local reply = redis.pcall('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  if type(reply) == 'table' and reply.err then
+    refused[#refused + 1] = KEYS[2] .. ' ' .. ARGV[i] .. ': ' .. reply.err
+  end
+end
+for i = pairs_end + 1, #ARGV, 3 do
+  local reply = redis.pcall('HINCRBY', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
+  if type(reply) == 'table' and reply.err then
+    refused[#refused + 1] = KEYS[tonumber(ARGV[i])] .. ' ' .. ARGV[i + 1] .. ': ' .. reply.err
+  end
+end
+return refused
+"""
 
 
 class RedisUsageStore:
@@ -63,28 +96,29 @@ class RedisUsageStore:
         self._client = client
         self._prefix = prefix
         self._owns_client = owns_client
+        self._add = client.register_script(_ADD)
 
-    async def add(self, batch: Mapping[UsageKey, UsageCounts]) -> None:
+    async def add(
+        self, batch: Mapping[UsageKey, UsageCounts], batch_id: BatchId | None = None
+    ) -> None:
         if not batch:
             return
+        hashes: dict[str, int] = {}  # name -> its index in KEYS
+        tenants = {key.principal: key.tenant for key in batch}
+        args: list[str | int] = ["" if batch_id is None else batch_id.sequence, WRITER_TTL_S]
+        args += [len(tenants), *(value for pair in tenants.items() for value in pair)]
+        for key, counts in batch.items():
+            names = (self._principal_key(key.principal), self._tenant_key(key.tenant))
+            for counter, value in _values(counts):
+                field = _field(key.day, key.model, counter)
+                for name in names:
+                    args += [hashes.setdefault(name, len(hashes) + 3), field, value]
+        writer = self._writer_key("" if batch_id is None else batch_id.writer)
         with _mapped(f"add {len(batch)} usage rows"):
-            async with self._client.pipeline(transaction=True) as pipe:
-                for key, counts in batch.items():
-                    hashes = (self._principal_key(key.principal), self._tenant_key(key.tenant))
-                    pipe.hset(self._tenants_key, key.principal, key.tenant)
-                    values = (
-                        counts.requests,
-                        counts.prompt_tokens,
-                        counts.completion_tokens,
-                        counts.estimated_requests,
-                    )
-                    for counter, value in zip(_COUNTERS, values, strict=True):
-                        if not value and counter == "estimated_requests":
-                            continue
-                        field = _field(key.day, key.model, counter)
-                        for name in hashes:
-                            pipe.hincrby(name, field, value)
-                await pipe.execute()
+            refused = await self._add(keys=[writer, self._tenants_key, *hashes], args=args)
+        if refused:
+            shown = "; ".join(_text(line) for line in refused[:3])
+            raise UsageStoreError(f"Redis refused {len(refused)} usage counts: {shown}")
 
     async def by_principal(
         self, principal: str, since: date | None = None, until: date | None = None
@@ -150,6 +184,9 @@ class RedisUsageStore:
     def _tenant_key(self, tenant: str) -> str:
         return f"{self._prefix}:usage:tenant:{tenant}"
 
+    def _writer_key(self, writer: str) -> str:
+        return f"{self._prefix}:usage:writer:{writer}"
+
 
 def connect(url: str, *, prefix: str = "vgw", timeout_s: float = 2.0) -> RedisUsageStore:
     """A store with its own client: bounded timeouts, so an outage reaches the recorder
@@ -161,6 +198,15 @@ def connect(url: str, *, prefix: str = "vgw", timeout_s: float = 2.0) -> RedisUs
         retry=Retry(NoBackoff(), 0),
     )
     return RedisUsageStore(client, prefix=prefix, owns_client=True)
+
+
+def _values(counts: UsageCounts) -> Iterator[tuple[str, int]]:
+    """The counters to add; `estimated_requests` only when there is one."""
+    yield "requests", counts.requests
+    yield "prompt_tokens", counts.prompt_tokens
+    yield "completion_tokens", counts.completion_tokens
+    if counts.estimated_requests:
+        yield "estimated_requests", counts.estimated_requests
 
 
 def _text(value: bytes | str) -> str:

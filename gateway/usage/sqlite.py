@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from gateway.sqlite_file import ThreadedConnection, connect, mapped_errors, transaction
-from gateway.usage.records import UsageCounts, UsageKey
+from gateway.usage.records import BatchId, UsageCounts, UsageKey
 from gateway.usage.store import (
     UsageStoreError,
     UsageStoreUnavailable,
@@ -92,7 +92,10 @@ class SqliteUsageStore:
             connection = await asyncio.to_thread(connect, Path(path), read_only, _create_table)
         return cls(connection, str(path))
 
-    async def add(self, batch: Mapping[UsageKey, UsageCounts]) -> None:
+    async def add(
+        self, batch: Mapping[UsageKey, UsageCounts], batch_id: BatchId | None = None
+    ) -> None:
+        # A commit that raised did not apply, so `batch_id` needs no record here.
         rows = [_row(key, counts) for key, counts in batch.items()]
         if rows:
             await self._run(f"add {len(rows)} usage rows to", lambda db: _upsert(db, rows))

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import date
 from typing import Protocol
 
-from gateway.usage.records import UsageCounts, UsageKey
+from gateway.usage.records import BatchId, UsageCounts, UsageKey
 
 
 class UsageStoreError(Exception):
@@ -30,10 +30,15 @@ class UsageStoreUnavailable(UsageStoreError):
 class UsageStore(Protocol):
     """Where usage counts add up. Every method may raise `UsageStoreUnavailable`."""
 
-    async def add(self, batch: Mapping[UsageKey, UsageCounts]) -> None:
+    async def add(
+        self, batch: Mapping[UsageKey, UsageCounts], batch_id: BatchId | None = None
+    ) -> None:
         """Add every row of `batch` to the stored counts, all or nothing.
 
-        A batch that raised was not applied, so the caller may send it again.
+        A batch that raised may be sent again with the same `batch_id`: it is applied
+        at most once, even when the first attempt was applied and only its answer lost.
+        A writer sends its batches in `sequence` order and never one before the last
+        is settled, so a store may keep only each writer's last applied sequence.
         """
 
     async def by_principal(
@@ -69,7 +74,10 @@ class MemoryUsageStore:
     def __init__(self) -> None:
         self._rows: dict[UsageKey, UsageCounts] = {}
 
-    async def add(self, batch: Mapping[UsageKey, UsageCounts]) -> None:
+    async def add(
+        self, batch: Mapping[UsageKey, UsageCounts], batch_id: BatchId | None = None
+    ) -> None:
+        # Nothing here can fail after applying, so `batch_id` needs no record.
         # No await in between: no other task sees half a batch. Counts are copied,
         # because the caller's objects are mutable and may be reused.
         for key, counts in batch.items():

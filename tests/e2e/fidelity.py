@@ -64,6 +64,9 @@ RULES = {
     "names and label names",
     "metric-buckets": "histograms have the same bucket boundaries",
     "metric-reasons": "vllm:request_success has the same finished_reason label values",
+    "abort-counters": "a client that leaves a stream mid-generation moves the same "
+    "vllm:request_success series (none, in vLLM 0.32), stops running at once, and has some "
+    "but not all of its tokens counted in vllm:generation_tokens",
 }
 # The one value the comparison exempts: the simulator announces itself here.
 EXEMPT = {"owned_by": ("vllm", "vllm-gateway-simulator")}

@@ -15,6 +15,7 @@ The simulator is started with vLLM's `max_model_len`, read from vLLM's
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -361,3 +362,56 @@ def test_metrics(request: pytest.FixtureRequest, which: str) -> None:
             ("reasons", "metric-reasons"),
         ):
             assert found[name][key] == expected[name][key], f"{rule(rule_name)}: {name} {key}"
+
+
+def engine_counters(server: Server) -> dict[str, float]:
+    """The engine counters an abort may move: finished requests per reason, tokens, running."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "vllm:request_success_total":
+                name = f"finished {sample.labels['finished_reason']}"
+            elif sample.name in ("vllm:generation_tokens_total", "vllm:num_requests_running"):
+                name = sample.name
+            else:
+                continue
+            values[name] = values.get(name, 0.0) + sample.value
+    return values
+
+
+def leave_a_stream(server: Server, max_tokens: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Read three events of a long stream, close it; the counters before and once idle."""
+    before = engine_counters(server)
+    body = {"model": server.model, "prompt": ONCE, "max_tokens": max_tokens, "stream": True}
+    body["ignore_eos"] = True  # vLLM keeps generating; the simulator never stops early anyway
+    # Paces the simulator like a slow engine; vLLM ignores the header.
+    headers = {**server.headers, "x-sim-itl-ms": "50"}
+    url = f"{server.url}{COMPLETIONS}"
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=120) as reply:
+        events = 0
+        for line in reply.iter_lines():
+            events += line.startswith("data: ")
+            if events == 3:
+                break  # closes the stream
+    after = engine_counters(server)
+    deadline = time.monotonic() + 30
+    while after["vllm:num_requests_running"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+        after = engine_counters(server)
+    return before, after
+
+
+def test_counters_after_an_abort(chat: tuple[Server, Server]) -> None:
+    """Behaviour, not shape: what the gateway's disconnect handling can observe."""
+    max_tokens = 1000
+    deltas = []
+    for side, server in zip(("vLLM", "simulator"), chat, strict=True):
+        before, after = leave_a_stream(server, max_tokens)
+        assert after["vllm:num_requests_running"] == 0, f"{rule('abort-counters')} ({side})"
+        generated = after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
+        assert 0 < generated < max_tokens, f"{rule('abort-counters')} ({side}): {generated}"
+        finished = {k: after[k] - before.get(k, 0.0) for k in after if k.startswith("finished")}
+        deltas.append(finished)
+    real, fake = deltas
+    assert fake == real, rule("abort-counters")
