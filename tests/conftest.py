@@ -39,6 +39,17 @@ def gateway(module_tmp: Path, sim: Process) -> Iterator[Process]:
         yield process
 
 
+@pytest.fixture(scope="module")
+def module_redis(module_tmp: Path) -> Iterator[RedisServer]:
+    """A real redis-server with AOF on, shared by one test module."""
+    directory = module_tmp / "redis"
+    directory.mkdir()
+    server = RedisServer(directory)
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A real redis-server with AOF on, its files in the test's own directory."""

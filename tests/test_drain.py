@@ -45,13 +45,8 @@ def deterministic_sim(module_tmp: Path) -> Iterator[Process]:
 
 
 @pytest.fixture(scope="module")
-def redis_db(module_tmp: Path) -> Iterator[RedisServer]:
-    directory = module_tmp / "redis"
-    directory.mkdir()
-    server = RedisServer(directory)
-    server.start()
-    yield server
-    server.stop()
+def redis_db(module_redis: RedisServer) -> RedisServer:
+    return module_redis
 
 
 def drain_config(

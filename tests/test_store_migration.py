@@ -92,13 +92,8 @@ class Moved:
 
 
 @pytest.fixture(scope="module")
-def redis(module_tmp: Path) -> Iterator[RedisServer]:
-    directory = module_tmp / "redis"
-    directory.mkdir()
-    server = RedisServer(directory)
-    server.start()
-    yield server
-    server.stop()
+def redis(module_redis: RedisServer) -> RedisServer:
+    return module_redis
 
 
 @pytest.fixture(scope="module")
