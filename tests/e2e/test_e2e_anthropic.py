@@ -9,6 +9,8 @@ from tests.e2e.conftest import CHAT_MODEL, Server
 from tests.servers import Process, metric
 
 PROMPT = [{"role": "user", "content": "Name three colors."}]
+# Greedy, so the streamed text is the non-streamed one (vLLM reads the field as sent).
+GREEDY = {"temperature": 0}
 
 
 def counted(gateway: Process) -> tuple[float, float]:
@@ -21,11 +23,15 @@ def counted(gateway: Process) -> tuple[float, float]:
 def test_the_anthropic_sdk_gets_a_message_and_exact_usage(
     e2e_gateway: Process, vllm_chat: Server
 ) -> None:
-    client = anthropic.Anthropic(base_url=e2e_gateway.url, api_key=e2e_gateway.api_key)
+    key = e2e_gateway.api_key
+    assert key is not None
+    # The key as `x-api-key`, as Anthropic's SDK releases send it.
+    headers = {"X-Api-Key": key, "Authorization": anthropic.omit}
+    client = anthropic.Anthropic(base_url=e2e_gateway.url, api_key=key, default_headers=headers)
     with client:
         before = counted(e2e_gateway)
         message = client.messages.create(
-            model=CHAT_MODEL, max_tokens=12, temperature=0, messages=PROMPT
+            model=CHAT_MODEL, max_tokens=12, messages=PROMPT, extra_body=GREEDY
         )
         assert message.content and message.content[0].type == "text"
         usage = message.usage
@@ -33,7 +39,7 @@ def test_the_anthropic_sdk_gets_a_message_and_exact_usage(
         middle = counted(e2e_gateway)
         assert middle == (before[0] + usage.input_tokens, before[1] + usage.output_tokens)
         with client.messages.stream(
-            model=CHAT_MODEL, max_tokens=12, temperature=0, messages=PROMPT
+            model=CHAT_MODEL, max_tokens=12, messages=PROMPT, extra_body=GREEDY
         ) as stream:
             text = "".join(stream.text_stream)
             final = stream.get_final_message()
