@@ -13,8 +13,7 @@ max_tokens and max_completion_tokens; a stream asks for `include_usage` and
   per token with text (the end-of-sequence token has none), then
   content_block_stop and message_delta (stop_reason, usage with input and
   output tokens) when the usage chunk comes, and message_stop at `[DONE]`.
-  Every event is `model_dump_json(exclude_unset=True)`, so the start's message
-  has no `type`/`role`;
+  Every event is `model_dump_json(exclude_unset=True)`;
 - errors from vLLM's handlers are `{"type": "error", "error": {"type",
   "message"}}` with vLLM's own type names; FastAPI's field validation keeps
   vLLM's OpenAI-shaped body.
@@ -184,6 +183,8 @@ class _Plan:
     def start(self) -> bytes:
         message: dict[str, object] = {
             "id": self.ident.id,
+            "type": "message",
+            "role": "assistant",
             "content": [],
             "model": self.ident.model,
             "stop_reason": None,
@@ -193,7 +194,7 @@ class _Plan:
         return event("message_start", {"message": message})
 
     def end(self) -> bytes:
-        delta = {"stop_reason": STOP_REASONS[self.finish_reason]}
+        delta = {"stop_reason": STOP_REASONS[self.finish_reason], "stop_sequence": None}
         return event("message_delta", {"delta": delta, "usage": self.usage(self.tokens)})
 
 
