@@ -258,6 +258,28 @@ def test_an_integral_float_is_normalised_and_the_cap_holds_on_the_engine(
     assert (usage["completion_tokens"], usage["estimated_requests"]) == (CAP + 3, 0)
 
 
+def test_shed_load_is_an_overloaded_error(module_tmp: Path) -> None:
+    load = {"scrape_interval": 0.2, "shed_waiting_above": 10, "shed_retry_after": 3}
+    with run_simulator(module_tmp, "--report-waiting", "20") as busy:
+        config = gateway_config(free_port(), {MODEL: [busy.url]}, upstreams={"load": load})
+        with run_gateway(module_tmp, config) as gateway:
+            key = gateway.api_key
+            assert key is not None
+            deadline = time.monotonic() + 10
+            with sdk(gateway, key) as client:
+                while True:
+                    try:
+                        client.messages.create(model=MODEL, max_tokens=2, messages=PROMPT)
+                    except anthropic.APIStatusError as exc:
+                        refused = exc
+                        break
+                    assert time.monotonic() < deadline  # until the first scrape saw the queue
+                    time.sleep(0.1)
+    assert refused.status_code == 503
+    assert refused.response.headers["retry-after"] == "3"
+    assert refused.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+
+
 def test_errors_before_routing_have_anthropic_s_shape(gateway: Process) -> None:
     response = httpx.get(f"{gateway.url}/v1/messages", timeout=10)
     assert response.status_code == 405
