@@ -345,7 +345,7 @@ class ProxyApp:
         An answer (200) whose usage never arrived (a client that left mid-stream,
         a replica that sent none) is charged its whole reservation, and recorded
         as that estimate, marked estimated: never as 0. An answer that never
-        started costs nothing.
+        started costs nothing, and so does one that generates nothing (a token count).
         """
         usage = outcome.usage
         if outcome.status != HTTPStatus.OK or not edited.billed:
