@@ -1,4 +1,5 @@
-"""Usage read from Anthropic Messages answers, fed in every split a network may make."""
+"""Anthropic's Messages protocol in the gateway: usage read in every split a network may
+make, the request edits and caps, and the error shapes."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import json
 
 import pytest
 
-from gateway.errors import UpstreamUnreachable
+from gateway.errors import InvalidRequest, UpstreamUnreachable
 from gateway.proxy import anthropic
 from gateway.proxy.anthropic_usage import MessagesStreamUsage, message_usage, messages_body_usage
+from gateway.proxy.request_edit import TokenPolicy
+from gateway.proxy.routes import Route
 from gateway.usage.records import TokenUsage
 
 
@@ -95,3 +98,35 @@ def test_error_shapes() -> None:
         "type": "api_error",
         "message": "lost",
     }
+
+
+BODY = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":%d}'
+
+
+def test_a_request_within_the_cap_goes_on_as_sent() -> None:
+    body = BODY % 20
+    edited = anthropic.edit_messages(
+        Route.MESSAGES, json.loads(body), body, TokenPolicy(32, False, 1024)
+    )
+    assert edited.body is body
+    assert (edited.completion_reserve, edited.billed) == (20, True)
+    assert edited.prompt_estimate == len(body) // 4 + 1
+
+
+def test_over_the_cap_is_clamped_or_refused() -> None:
+    body = BODY % 4000
+    clamped = anthropic.edit_messages(
+        Route.MESSAGES, json.loads(body), body, TokenPolicy(32, False, 1024)
+    )
+    assert json.loads(clamped.body)["max_tokens"] == clamped.completion_reserve == 32
+    with pytest.raises(InvalidRequest) as refused:
+        anthropic.edit_messages(Route.MESSAGES, json.loads(body), body, TokenPolicy(32, True, 1024))
+    assert refused.value.param == "max_tokens" and "4000" in refused.value.message
+
+
+def test_a_token_count_reserves_its_prompt_only_and_is_not_billed() -> None:
+    body = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+    edited = anthropic.edit_messages(
+        Route.COUNT_TOKENS, json.loads(body), body, TokenPolicy(32, True, 1024)
+    )
+    assert (edited.completion_reserve, edited.billed, edited.body) == (0, False, body)
