@@ -36,7 +36,7 @@ UNGUARDED = [
     "/v2/rerank",
     "/v2/embed",
     "/v1/responses",
-    "/v1/messages",
+    "/v1/messages/batches",
     "/v1/load_lora_adapter",
     "/start_profile",
     "/sleep",
@@ -56,6 +56,8 @@ TRICKS = [
     "/v1/chat/completions%2f..%2f..%2ftokenize",
     "/%74okenize",
     "/v1/chat/completions/",
+    "/v1/messages/",
+    "/v1/messages/count_tokens/../../../tokenize",
     "/V1/chat/completions",
 ]
 

@@ -1,4 +1,8 @@
-"""The error boundary: every refusal leaves in OpenAI's error shape, never a traceback."""
+"""The error boundary: every refusal leaves in OpenAI's error shape, never a traceback.
+
+On Anthropic's Messages routes the shape is Anthropic's (`proxy.anthropic`), chosen
+from the path so that even a refusal before the route is matched (405, 401) has it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from gateway.asgi import ASGIApp, Receive, Scope, Send, send_bytes
 from gateway.auth.errors import AuthError
 from gateway.errors import GatewayError, error_body
 from gateway.metrics import Metrics
+from gateway.proxy import anthropic
+from gateway.proxy.routes import ANTHROPIC_PATHS
 from gateway.request_record import context_of
 
 logger = logging.getLogger("gateway.errors")
@@ -32,14 +38,20 @@ class ErrorBoundary:
             if context.status:
                 raise
             headers = [(name.encode(), value.encode()) for name, value in exc.headers.items()]
-            await send_bytes(send, exc.status, exc.body(), headers)
+            if scope["path"] in ANTHROPIC_PATHS:
+                body = anthropic.gateway_error_body(exc)
+            else:
+                body = exc.body()
+            await send_bytes(send, exc.status, body, headers)
         except Exception:
             # Unexpected: answer 500 if we still can, then let the server log the traceback.
             context = context_of(scope)
             context.error_type = "internal_error"
             if not context.status:
-                body = error_body(
-                    "The gateway failed to handle this request.", "server_error", None, None
-                )
+                message = "The gateway failed to handle this request."
+                if scope["path"] in ANTHROPIC_PATHS:
+                    body = anthropic.error_body(500, message)
+                else:
+                    body = error_body(message, "server_error", None, None)
                 await send_bytes(send, 500, body)
             raise

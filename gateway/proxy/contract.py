@@ -76,16 +76,16 @@ def read_terms(route: Route, payload: dict[str, Any], body_size: int) -> Terms:
     """Check and normalise PAYLOAD (in place) for ROUTE; InvalidRequest names the field."""
     changed = False
     for name in _COUNTS[route]:
-        changed |= _count(payload, name, minimum=1)
+        changed |= check_count(payload, name, minimum=1)
     stream, choices = False, 1
     if route is Route.EMBEDDINGS:
         prompts, token_ids = _inputs(payload)
     else:
-        changed |= _count(payload, "min_tokens", minimum=0)
-        stream = _bool(payload, "stream")
+        changed |= check_count(payload, "min_tokens", minimum=0)
+        stream = check_bool(payload, "stream")
         _stream_options(payload)
         if route is Route.CHAT:
-            _messages(payload)
+            check_messages(payload)
             prompts, token_ids = 1, 0
         else:
             prompts, token_ids = _prompts(payload)
@@ -94,7 +94,7 @@ def read_terms(route: Route, payload: dict[str, Any], body_size: int) -> Terms:
     return Terms(stream, prompts, choices, prompt_tokens, changed)
 
 
-def _count(payload: dict[str, Any], name: str, *, minimum: int) -> bool:
+def check_count(payload: dict[str, Any], name: str, *, minimum: int) -> bool:
     """Check one integer field; True if it was rewritten (an integral float)."""
     value = payload.get(name)
     if value is None:
@@ -104,7 +104,7 @@ def _count(payload: dict[str, Any], name: str, *, minimum: int) -> bool:
         value = int(value)
         rewritten = True
     if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidRequest(f"'{name}' must be an integer, not {_kind(value)}.", param=name)
+        raise InvalidRequest(f"'{name}' must be an integer, not {kind_of(value)}.", param=name)
     if not minimum <= value <= MAX_COUNT:
         raise InvalidRequest(
             f"'{name}' must be between {minimum} and {MAX_COUNT}, not {value}.", param=name
@@ -114,11 +114,11 @@ def _count(payload: dict[str, Any], name: str, *, minimum: int) -> bool:
     return rewritten
 
 
-def _bool(payload: dict[str, Any], name: str) -> bool:
+def check_bool(payload: dict[str, Any], name: str) -> bool:
     value = payload.get(name)
     if value is None or isinstance(value, bool):
         return value is True
-    raise InvalidRequest(f"'{name}' must be true or false, not {_kind(value)}.", param=name)
+    raise InvalidRequest(f"'{name}' must be true or false, not {kind_of(value)}.", param=name)
 
 
 def _stream_options(payload: dict[str, Any]) -> None:
@@ -127,18 +127,18 @@ def _stream_options(payload: dict[str, Any]) -> None:
         return
     if not isinstance(options, dict):
         raise InvalidRequest(
-            f"'stream_options' must be an object, not {_kind(options)}.", param="stream_options"
+            f"'stream_options' must be an object, not {kind_of(options)}.", param="stream_options"
         )
     for name in _OPTION_BOOLS:
         value = options.get(name)
         if value is not None and not isinstance(value, bool):
             raise InvalidRequest(
-                f"'stream_options.{name}' must be true or false, not {_kind(value)}.",
+                f"'stream_options.{name}' must be true or false, not {kind_of(value)}.",
                 param=f"stream_options.{name}",
             )
 
 
-def _messages(payload: dict[str, Any]) -> None:
+def check_messages(payload: dict[str, Any]) -> None:
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
@@ -167,7 +167,7 @@ def _prompts(payload: dict[str, Any]) -> tuple[int, int]:
 def _inputs(payload: dict[str, Any]) -> tuple[int, int]:
     """Inputs and token ids of an embeddings request (`input`, or chat-style `messages`)."""
     if "input" not in payload and "messages" in payload:
-        _messages(payload)
+        check_messages(payload)
         return 1, 0
     return _batch(payload.get("input"), "input")
 
@@ -199,7 +199,7 @@ def _is_token_ids(value: object) -> bool:
     return isinstance(value, list) and bool(value) and all(_is_token_id(i) for i in value)
 
 
-def _kind(value: object) -> str:
+def kind_of(value: object) -> str:
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, str):

@@ -32,9 +32,9 @@ from gateway.errors import (
     ShuttingDown,
     UpstreamTimeout,
     UpstreamUnreachable,
-    stream_error_event,
 )
 from gateway.metrics import replica_label
+from gateway.proxy.framing import OPENAI, Framing, StreamScanner
 from gateway.proxy.headers import client_headers
 from gateway.proxy.interrupter import (
     CLIENT_STALL,
@@ -43,7 +43,7 @@ from gateway.proxy.interrupter import (
     Interrupter,
 )
 from gateway.proxy.upstream import Timeouts, map_upstream_errors
-from gateway.proxy.usage_scan import BodyUsage, StreamUsage
+from gateway.proxy.usage_scan import BodyUsage
 from gateway.request_record import Outcome
 
 logger = logging.getLogger("gateway.proxy")
@@ -84,6 +84,7 @@ class Exchange:
     `strip_usage` the gateway itself asked for the stream's usage event, which
     is then kept from the client. `headers` are added to the response's own.
     `drain`, when given, may end the exchange when the shutdown's grace ends.
+    `framing` is the route's protocol: where usage is, how a failed stream ends.
     """
 
     def __init__(
@@ -96,8 +97,10 @@ class Exchange:
         refuse_busy: bool = False,
         meters: StreamMeters | None = None,
         drain: Drain | None = None,
+        framing: Framing = OPENAI,
     ) -> None:
         self._client = client
+        self._framing = framing
         self._drain = drain
         self._timeouts = timeouts
         self._strip_usage = strip_usage
@@ -177,8 +180,12 @@ class Exchange:
         outcome = self.outcome
         streamed = _is_stream(response)
         reasons = outcome.finish_reasons
-        stream = StreamUsage(strip=self._strip_usage, reasons=reasons) if streamed else None
-        body = BodyUsage() if stream is None and response.status == HTTPStatus.OK else None
+        framing = self._framing
+        stream = (
+            framing.stream_usage(strip=self._strip_usage, reasons=reasons) if streamed else None
+        )
+        ok = response.status == HTTPStatus.OK
+        body = framing.body_usage() if stream is None and ok else None
         meters = self._meters if streamed else None
         if meters is not None:
             meters.opened()
@@ -205,7 +212,7 @@ class Exchange:
         chunk: bytes,
         interrupter: Interrupter,
         *,
-        stream: StreamUsage | None,
+        stream: StreamScanner | None,
         body: BodyUsage | None,
     ) -> None:
         """Each read from the replica to the client, as it arrives, timed."""
@@ -315,7 +322,7 @@ class Exchange:
         content_type = b"" if response is None else _content_type(response)
         if content_type.startswith(EVENT_STREAM):
             error.message = f"The stream was interrupted: {error.message} (request {request_id})."
-            error_event = stream_error_event(error)
+            error_event = self._framing.error_event(error)
             self.outcome.bytes_sent += len(error_event)
             # A client that stopped reading too must not hold the request open.
             try:

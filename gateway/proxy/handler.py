@@ -8,9 +8,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.asgi import Receive, Scope, Send, send_bytes
+from gateway.asgi import RawHeaders, Receive, Scope, Send, send_bytes
 from gateway.drain import Drain
 from gateway.errors import (
     ModelBusy,
@@ -21,9 +21,11 @@ from gateway.errors import (
 from gateway.limits.admission import Admissions, Ticket
 from gateway.metrics import Metrics, replica_label
 from gateway.principal import Principal
+from gateway.proxy.anthropic import edit_messages
 from gateway.proxy.body import ClientGone, parse_request, read_body
 from gateway.proxy.contract import read_terms
 from gateway.proxy.forward import Exchange, StreamMeters, UpstreamRequest, failure_kind
+from gateway.proxy.framing import ANTHROPIC, OPENAI, Framing
 from gateway.proxy.headers import header_value, upstream_headers
 from gateway.proxy.request_edit import EditedRequest, TokenPolicy, edit_request
 from gateway.proxy.routes import Route, match_route
@@ -100,7 +102,7 @@ class ProxyApp:
         # The allowlist comes first: an unknown path is a 404 whoever asks.
         route, model = match_route(scope["method"], scope.get("raw_path") or b"")
         context.route = route.value
-        principal = await self._auth.authenticate(header_value(scope["headers"], b"authorization"))
+        principal = await self._auth.authenticate(_credential(scope["headers"], route))
         context.principal = principal
         if context.span is not None:
             context.span.add_event("gateway.authenticated")
@@ -138,16 +140,22 @@ class ProxyApp:
         if not principal.may_use(model):
             # Exactly a missing model's 404: a 403 would tell which models exist.
             raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
-        terms = read_terms(route, payload, len(body))
-        self._shed(pool)
-        edited = edit_request(route, payload, body, terms, self._policy(principal))
+        edited = self._edit(route, payload, body, principal, pool)
         ticket = await self._limits.admit(principal, model, edited.token_estimate)
         if context.span is not None:
             context.span.add_event("gateway.admitted")
         context.outcome = Outcome()
+        framing = ANTHROPIC if route.anthropic else OPENAI
         try:
             outcome = await self._attempts(
-                scope, receive, send, context, pool=pool, edited=edited, ticket=ticket
+                scope,
+                receive,
+                send,
+                context,
+                pool=pool,
+                edited=edited,
+                ticket=ticket,
+                framing=framing,
             )
         except BaseException:
             # The attempt under way left its outcome on the record: an answer that had
@@ -157,6 +165,20 @@ class ProxyApp:
             raise
         finally:
             await self._account(ticket, outcome, principal, model, edited)
+
+    def _edit(
+        self, route: Route, payload: dict[str, Any], body: bytes, principal: Principal, pool: Pool
+    ) -> EditedRequest:
+        """The request contract, shedding, then the key's caps: the body to send and the
+        tokens to reserve."""
+        policy = self._policy(principal)
+        if route.anthropic:
+            edited = edit_messages(route, payload, body, policy)
+            self._shed(pool)
+            return edited
+        terms = read_terms(route, payload, len(body))
+        self._shed(pool)
+        return edit_request(route, payload, body, terms, policy)
 
     def _policy(self, principal: Principal) -> TokenPolicy:
         options = self._options
@@ -178,6 +200,7 @@ class ProxyApp:
         pool: Pool,
         edited: EditedRequest,
         ticket: Ticket,
+        framing: Framing,
     ) -> Outcome:
         """Forward to one replica; to another only if the request provably never reached
         an engine and nothing was sent to the client. The last attempt's outcome."""
@@ -195,6 +218,7 @@ class ProxyApp:
                 refuse_busy=not last,
                 meters=self._stream_meters(pool.model),
                 drain=self._drain,
+                framing=framing,
             )
             outcome = exchange.outcome
             if context.span is not None and context.span.is_recording():
@@ -321,10 +345,10 @@ class ProxyApp:
         An answer (200) whose usage never arrived (a client that left mid-stream,
         a replica that sent none) is charged its whole reservation, and recorded
         as that estimate, marked estimated: never as 0. An answer that never
-        started costs nothing.
+        started costs nothing, and so does one that generates nothing (a token count).
         """
         usage = outcome.usage
-        if outcome.status != HTTPStatus.OK:
+        if outcome.status != HTTPStatus.OK or not edited.billed:
             await self._limits.finish(ticket, 0 if usage is None else usage.total_tokens)
             return
         estimated = usage is None
@@ -352,3 +376,14 @@ class ProxyApp:
             # Models a caller may not use are not listed, so they do not exist for it.
             raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
         return json.dumps(self._card(model), separators=(",", ":")).encode()
+
+
+def _credential(headers: RawHeaders, route: Route) -> bytes | None:
+    """The Authorization header; on Anthropic's routes, `x-api-key` (what Anthropic's SDKs
+    send) when there is none. Either way the credential is never forwarded."""
+    authorization = header_value(headers, b"authorization")
+    if authorization is None and route.anthropic:
+        api_key = header_value(headers, b"x-api-key")
+        if api_key is not None:
+            return b"Bearer " + api_key
+    return authorization

@@ -40,6 +40,8 @@ class EditedRequest:
     # The prompt estimate, and the most completion tokens the request may produce.
     prompt_estimate: int
     completion_reserve: int
+    # False for a request that generates nothing (a token count): settled at 0, no usage.
+    billed: bool = True
 
     @property
     def token_estimate(self) -> int:

@@ -21,13 +21,25 @@ class Route(enum.Enum):
     EMBEDDINGS = "/v1/embeddings"
     MODELS = "/v1/models"
     MODEL = "/v1/models/{model}"
+    # Anthropic's Messages API, as vLLM serves it (gateway.proxy.anthropic).
+    MESSAGES = "/v1/messages"
+    COUNT_TOKENS = "/v1/messages/count_tokens"
 
     @property
     def forwarded(self) -> bool:
         return self in FORWARDED
 
+    @property
+    def anthropic(self) -> bool:
+        """Anthropic's dialect: `x-api-key`, its error shape and its event framing."""
+        return self in ANTHROPIC
 
-FORWARDED = frozenset({Route.CHAT, Route.COMPLETIONS, Route.EMBEDDINGS})
+
+FORWARDED = frozenset(
+    {Route.CHAT, Route.COMPLETIONS, Route.EMBEDDINGS, Route.MESSAGES, Route.COUNT_TOKENS}
+)
+ANTHROPIC = frozenset({Route.MESSAGES, Route.COUNT_TOKENS})
+ANTHROPIC_PATHS = frozenset(route.value for route in ANTHROPIC)
 _METHODS = {route: ("GET" if route in (Route.MODELS, Route.MODEL) else "POST") for route in Route}
 _EXACT = {route.value.encode(): route for route in Route if route is not Route.MODEL}
 _MODEL_PREFIX = b"/v1/models/"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Callable
 from typing import TypeGuard
 
 import orjson
@@ -155,7 +156,7 @@ class StreamUsage:
         if payload is None:
             return False
         usage = payload.get("usage")
-        found = _usage_of(usage)
+        found = usage_of(usage)
         if found is not None:
             self.usage = found
         if not self._strip or self._stripped:
@@ -170,15 +171,23 @@ class BodyUsage:
     """Reads `usage` from a non-streamed JSON body (chat, completion, embeddings) fed in pieces.
 
     Up to LIMIT bytes are kept and parsed whole; past it, only the last TAIL
-    bytes are kept, and the usage object is found in them.
+    bytes are kept, and the usage object is found in them. READER turns a
+    `usage` value into token counts (OpenAI's field names by default).
     """
 
-    def __init__(self, *, limit: int = BODY_LIMIT, tail: int = BODY_TAIL) -> None:
+    def __init__(
+        self,
+        *,
+        limit: int = BODY_LIMIT,
+        tail: int = BODY_TAIL,
+        reader: Callable[[object], TokenUsage | None] | None = None,
+    ) -> None:
         self._pieces: deque[bytes] = deque()
         self._kept = 0
         self._big = False
         self._limit = limit
         self._tail = tail
+        self._read = reader or usage_of
 
     def feed(self, chunk: bytes) -> None:
         pieces = self._pieces
@@ -195,7 +204,7 @@ class BodyUsage:
         if self._big:
             if reasons is not None:
                 reasons += finish_reasons(body[-self._tail :])
-            return _usage_in_tail(body[-self._tail :])
+            return _usage_in_tail(body[-self._tail :], self._read)
         try:
             value = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -208,7 +217,7 @@ class BodyUsage:
                 for choice in choices
                 if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str)
             ]
-        return _usage_of(value.get("usage"))
+        return self._read(value.get("usage"))
 
 
 def finish_reasons(events: bytes) -> list[str]:
@@ -247,38 +256,40 @@ def _data(event: bytes) -> dict[str, object] | None:
     return value if isinstance(value, dict) else None
 
 
-def _usage_of(value: object) -> TokenUsage | None:
+def usage_of(value: object) -> TokenUsage | None:
     if not isinstance(value, dict):
         return None
     prompt = value.get("prompt_tokens")
     # Embeddings usage may leave out completion_tokens.
     completion = value.get("completion_tokens", 0)
-    if _is_count(prompt) and _is_count(completion):
+    if is_count(prompt) and is_count(completion):
         return TokenUsage(prompt, completion)
     return None
 
 
-def _is_count(value: object) -> TypeGuard[int]:
+def is_count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _usage_in_tail(tail: bytes) -> TokenUsage | None:
+def _usage_in_tail(tail: bytes, read: Callable[[object], TokenUsage | None]) -> TokenUsage | None:
     """The last `"usage": {...}` in TAIL that holds a valid usage."""
     for match in reversed(list(_USAGE_VALUE.finditer(tail))):
-        found = _object_at(tail, match.end())
+        found = _object_at(tail, match.end(), read)
         if found is not None:
             return found
     return None
 
 
-def _object_at(data: bytes, start: int) -> TokenUsage | None:
+def _object_at(
+    data: bytes, start: int, read: Callable[[object], TokenUsage | None]
+) -> TokenUsage | None:
     """The usage in the object that starts at START: the shortest slice that parses."""
     if not data.startswith(b"{", start):
         return None
     end = data.find(b"}", start)
     while 0 <= end < start + MAX_USAGE_OBJECT:
         try:
-            return _usage_of(orjson.loads(data[start : end + 1]))
+            return read(orjson.loads(data[start : end + 1]))
         except orjson.JSONDecodeError:
             end = data.find(b"}", end + 1)
     return None

@@ -34,6 +34,7 @@ from gateway.sim.exchange import (
 from gateway.sim.fields import decode_object
 from gateway.sim.generate import Call, Generator
 from gateway.sim.knobs import Knobs
+from gateway.sim.messages import MessagesGenerator
 from gateway.sim.metrics import SimMetrics
 from gateway.sim.protocol import DETERMINISTIC_CREATED, models_body
 from gateway.sim.requests import check_content_type
@@ -84,9 +85,9 @@ class SimApp:
         self.config = config
         self.metrics = SimMetrics(config.model, config.reported_load)
         self._control = SimControl(self.metrics)
-        self._generator = Generator(
-            config, Engine(config.max_num_seqs, self.metrics, config.max_num_queued_reqs)
-        )
+        engine = Engine(config.max_num_seqs, self.metrics, config.max_num_queued_reqs)
+        self._generator = Generator(config, engine)
+        self._messages = MessagesGenerator(config, engine)
         self._knobs = Knobs.defaults(config)
         self._api_key = config.api_key.encode() if config.api_key is not None else None
         created = DETERMINISTIC_CREATED if config.deterministic else int(time.time())
@@ -108,6 +109,8 @@ class SimApp:
             "/v1/chat/completions": {"POST": generation(self._generator.chat)},
             "/v1/completions": {"POST": generation(self._generator.completion)},
             "/v1/embeddings": {"POST": generation(self._generator.embedding)},
+            "/v1/messages": {"POST": generation(self._messages.messages)},
+            "/v1/messages/count_tokens": {"POST": generation(self._messages.count_tokens)},
         }
         for path, method in UNGUARDED_ROUTES.items():
             routes[path] = {method: self._unguarded}

@@ -118,7 +118,7 @@ def parse_chat(
         raise BadRequest(
             "Cannot apply chat template to an empty conversation. Provide at least one message."
         )
-    prompt_text = "\n".join(_message_text(message) for message in messages)
+    prompt_text = "\n".join(message_text(message) for message in messages)
     tokens = count_tokens(prompt_text)
     request = _generation(payload, prompt_text, tokens, limit, stream=stream, config=config)
     return _fan_out((request,), n, temperature)
@@ -261,7 +261,7 @@ def _generation(
         raise BadRequest("`stream_options` must be an object")
     options = options or {}
     include_usage = options.get("include_usage") is True
-    words, finish_reason = _reply(limit, max(prompt_tokens, 1), config)
+    words, finish_reason = reply_plan(limit, max(prompt_tokens, 1), config)
     return GenerationRequest(
         prompt_text=prompt_text,
         prompt_tokens=max(prompt_tokens, 1),
@@ -274,7 +274,7 @@ def _generation(
     )
 
 
-def _reply(limit: int | None, prompt_tokens: int, config: SimConfig) -> tuple[int, str]:
+def reply_plan(limit: int | None, prompt_tokens: int, config: SimConfig) -> tuple[int, str]:
     """The reply's word count and finish reason, after vLLM's max_tokens checks.
 
     An explicit limit is always filled ("length"). Without one, vLLM would
@@ -315,7 +315,7 @@ def _check_prompt_length(prompt_tokens: int, context: int) -> None:
         )
 
 
-def _message_text(message: object) -> str:
+def message_text(message: object) -> str:
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
         raise BadRequest("Each message must be an object with a `role`")
     content = message.get("content")

@@ -37,6 +37,8 @@ OPERATIONS = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "text_completion",
     "/v1/embeddings": "embeddings",
+    # Anthropic's Messages API is a chat; counting tokens has no GenAI operation name.
+    "/v1/messages": "chat",
 }
 FIRST_OUTPUT_EVENT = "gen_ai.first_token"
 
