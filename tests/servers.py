@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import signal
 import socket
@@ -27,11 +28,41 @@ from gateway.keys.sqlite import SqliteKeyStore
 STARTUP_TIMEOUT_S = 30.0
 
 
+# Ports for the servers the tests start: below the kernel's ephemeral range, where
+# outgoing connections take theirs, so a port chosen here is still free when its server
+# binds it seconds later (a SkyPilot API server takes ~10 s to start), however many
+# connections the tests open meanwhile; and each pytest-xdist worker draws from its own
+# slice, so two workers never choose the same one.
+PORTS_FROM = 10_000
+
+
+def _port_slice() -> range:
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32_768
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    size = (ephemeral - PORTS_FROM) // max(workers, 1)
+    start = PORTS_FROM + size * worker
+    return range(start, start + size)
+
+
 def free_port() -> int:
+    """A port nothing listens on (see PORTS_FROM); the kernel's choice if none is found."""
+    choices = _port_slice()
+    for _ in range(50):
+        port = random.choice(choices)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        found: int = sock.getsockname()[1]
+        return found
 
 
 @dataclass
