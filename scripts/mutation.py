@@ -17,6 +17,7 @@ import json
 import os
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tomllib
@@ -181,6 +182,12 @@ def skip_unjudged(session: Path, target: Target) -> None:
                 db.set_result(item.job_id, noted)
 
 
+def forget_survivors(session: Path) -> None:
+    """Make the survivors pending again, to test them against sharper tests."""
+    with sqlite3.connect(session) as db:
+        db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
+
+
 def run(target: Target, resume: bool) -> None:
     config = write_config(target)
     session = OUT / f"{target.slug}.sqlite"
@@ -271,15 +278,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modules", default="", help="comma-separated: routes,keys/format,...")
     parser.add_argument("--resume", action="store_true", help="finish the last sessions")
+    parser.add_argument(
+        "--survivors", action="store_true", help="run the last sessions' survivors again"
+    )
     args = parser.parse_args()
     targets = load_targets([m for m in args.modules.split(",") if m.strip()])
     OUT.mkdir(exist_ok=True)
-    if not args.resume or not TREE.exists():
-        copy_tree()
+    # Always afresh, even to resume: an interrupted run leaves its last mutant in the copy.
+    copy_tree()
     stamp = {"date": datetime.now(UTC).date().isoformat(), "commit": commit()}
     for target in targets:
         print(f"== {target.path}: {', '.join(target.tests)}", flush=True)
-        run(target, args.resume)
+        if args.survivors:
+            forget_survivors(OUT / f"{target.slug}.sqlite")
+        run(target, args.resume or args.survivors)
         (OUT / f"{target.slug}.json").write_text(json.dumps(stamp))
         (OUT / "report.md").write_text(report(load_targets([])))
     print(report(load_targets([])))
