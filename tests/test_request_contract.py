@@ -304,11 +304,11 @@ def test_a_stream_that_asked_for_usage_is_left_alone() -> None:
 
 
 def test_asking_for_usage_drops_continuous_stats_and_keeps_the_rest() -> None:
-    options = {"include_usage": False, "continuous_usage_stats": True, "other": 1}
+    options = {"include_usage": False, "continuous_usage_stats": True, "a": 1, "z": 2}
     body = {"model": "m", "messages": [{}], "stream": True, "stream_options": options}
     _, edited, sent = edit(Route.CHAT, body)
     assert edited.strip_usage
-    assert sent["stream_options"] == {"include_usage": True, "other": 1}
+    assert sent["stream_options"] == {"include_usage": True, "a": 1, "z": 2}
 
 
 def test_a_limit_of_zero_min_tokens_and_null_fields_reserve_the_default() -> None:
@@ -351,3 +351,9 @@ def test_terms_and_edits_are_values_no_later_step_can_change() -> None:
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(value, name, 10**6)
         assert not hasattr(value, "__dict__")  # slots: one small object per request
+
+
+def test_a_chat_s_prompt_estimate_is_its_size_in_tokens() -> None:
+    for size in (0, 3, 4, 401):
+        terms = read_terms(Route.CHAT, {"model": "m", "messages": [{}]}, size)
+        assert (terms.prompts, terms.prompt_tokens) == (1, size // 4 + 1)
