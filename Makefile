@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
+STAMP_MUTATION := $(VENV)/.installed-mutation
 
-.PHONY: run test e2e lint bench install dev clean
+.PHONY: run test e2e lint bench mutation install dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,10 @@ $(STAMP_RUN): pyproject.toml | $(BIN)/python
 $(STAMP_DEV): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test,lint]'
 	touch $@ $(STAMP_RUN)
+
+$(STAMP_MUTATION): $(STAMP_DEV)
+	$(BIN)/pip install -q -e '.[test,lint,mutation]'
+	touch $@
 
 install: $(STAMP_RUN)
 dev: $(STAMP_DEV)
@@ -43,6 +48,13 @@ e2e: $(STAMP_DEV)
 bench: $(STAMP_DEV)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+## make mutation: mutate the modules that enforce access, limits and usage; run each
+## mutant against its tests (tests/mutation_targets.toml) in a copy of the tree, one at a
+## time. Slow (hours for all): run by hand, like make bench. MODULES=routes,contract for a subset
+mutation: $(STAMP_MUTATION)
+	bash scripts/install-system-deps.sh
+	$(BIN)/python scripts/mutation.py $(if $(MODULES),--modules $(MODULES),) $(MUTATION_ARGS)
+
 ## make lint: ruff and mypy --strict on gateway/
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check gateway tests e2e bench
@@ -51,4 +63,4 @@ lint: $(STAMP_DEV)
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache
-	rm -rf .venv-sky
+	rm -rf .venv-sky .mutation

@@ -148,6 +148,23 @@ def test_verify() -> None:
 def test_api_key_is_a_plain_value() -> None:
     key = ApiKey(id="a" * 16, secret="b" * 52)
     assert key.token == "vgw_" + "a" * 16 + "_" + "b" * 52
+    assert not hasattr(key, "__dict__")  # slots: a parsed key carries nothing else
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "the API key is empty"),
+        ("sk-" + "a" * 70, "an API key starts with 'vgw_'"),
+        ("vgw_" + "a" * 10, "an API key is 73 characters long, this one 14"),
+        ("vgw_" + "a" * 70, "an API key is 73 characters long, this one 74"),
+        ("vgw_" + "a" * 69, "an API key is 'vgw_', 16 characters of a-z and 2-7, '_'"),
+    ],
+)
+def test_a_refused_key_says_what_was_wrong_with_it(text: str, reason: str) -> None:
+    with pytest.raises(MalformedKey) as info:
+        parse(text)
+    assert str(info.value).startswith(reason)
 
 
 # Records: issuing a key, checking a secret against what is stored.

@@ -11,6 +11,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.errors import MethodNotAllowed, RouteNotFound
+from gateway.proxy.routes import Route, match_route
 from tests.servers import Process, free_port, gateway_config, run_gateway, run_simulator
 
 MODEL = "sim-model"
@@ -60,6 +62,63 @@ TRICKS = [
     "/v1/messages/count_tokens/../../../tokenize",
     "/V1/chat/completions",
 ]
+
+
+# The matcher alone first: these run in microseconds, before any process starts.
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "route"),
+    [
+        ("POST", b"/v1/chat/completions", Route.CHAT),
+        ("POST", b"/v1/completions", Route.COMPLETIONS),
+        ("POST", b"/v1/embeddings", Route.EMBEDDINGS),
+        ("GET", b"/v1/models", Route.MODELS),
+    ],
+)
+def test_each_listed_route_matches_exactly_with_its_method(
+    method: str, path: bytes, route: Route
+) -> None:
+    assert match_route(method, path) == (route, None)
+    wrong = "GET" if method == "POST" else "POST"
+    with pytest.raises(MethodNotAllowed) as refused:
+        match_route(wrong, path)
+    assert refused.value.headers == {"allow": method}
+    assert f"Method {wrong} is not allowed for {route.value}; use {method}." == str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("path", "model"),
+    [
+        (b"/v1/models/sim-model", "sim-model"),
+        (b"/v1/models/org%2Fmodel", "org/model"),
+        (b"/v1/models/x", "x"),
+        (b"/v1/models/caf%C3%A9", "caf\u00e9"),  # percent-escapes are UTF-8
+        (b"/v1/models/\xe9", "\u00e9"),  # a raw byte is read as latin-1, never refused
+    ],
+)
+def test_a_model_path_gives_the_decoded_model_id(path: bytes, model: str) -> None:
+    assert match_route("GET", path) == (Route.MODEL, model)
+    with pytest.raises(MethodNotAllowed) as refused:
+        match_route("POST", path)
+    assert refused.value.headers == {"allow": "GET"}
+
+
+@pytest.mark.parametrize(
+    "path", [b"/v1/models/", b"/v1/model", b"/v1/modelsx", b"/v1/chat/completions/", b""]
+)
+def test_anything_else_is_not_found_naming_the_path(path: bytes) -> None:
+    with pytest.raises(RouteNotFound) as refused:
+        match_route("GET", path)
+    assert str(refused.value) == f"Unknown request URL: GET {path.decode()}."
+
+
+def test_only_the_inference_routes_are_forwarded_to_a_replica() -> None:
+    assert {route for route in Route if route.forwarded} == {
+        Route.CHAT,
+        Route.COMPLETIONS,
+        Route.EMBEDDINGS,
+    }
 
 
 @pytest.fixture(scope="module")
