@@ -118,6 +118,8 @@ def test_only_the_inference_routes_are_forwarded_to_a_replica() -> None:
         Route.CHAT,
         Route.COMPLETIONS,
         Route.EMBEDDINGS,
+        Route.MESSAGES,
+        Route.COUNT_TOKENS,
     }
 
 
