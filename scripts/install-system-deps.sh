@@ -5,6 +5,8 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # tests/test_compose.py validates docker-compose.yml (the engine itself does not run).
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+# tests/test_store_backup.py runs docs/operations.md's `sqlite3 ... ".backup"` as written.
+command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
 # tests/test_dns_discovery.py resolves replicas through a real DNS server. The -base
 # package is the binary alone: no service that would take port 53.
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)

@@ -53,8 +53,9 @@ def test_sqlite_online_backup_restores_under_a_fresh_gateway(
         assert chat(gateway, kept) == 200
         # While the gateway serves: the backup API copies a consistent snapshot.
         command = [part.format(db=db, backup=backup) for part in SQLITE_BACKUPS[tool]]
-        if shutil.which(command[0]) is None:
-            pytest.skip(f"{command[0]} is not installed")
+        assert shutil.which(command[0]), (
+            f"{command[0]} is missing: run scripts/install-system-deps.sh"
+        )
         run(*command)
         later = admin(gateway, "POST", "keys", {"tenant": "acme"})["key"]
         assert chat(gateway, kept) == 200
