@@ -215,6 +215,46 @@ def test_a_callers_trace_is_continued(
     assert upstream.header_values(b"tracestate")[-1] == b"vendor=abc"
 
 
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "garbage",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # the invalid all-zero id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "00-4BF92F3577B34DA6A3CE929D0E0E473G-00f067aa0ba902b7-01",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-" + "a" * 4000,
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\xe9",
+    ],
+    ids=["garbage", "zero-trace", "zero-parent", "not-hex", "bad-version", "huge", "latin-1"],
+)
+def test_a_malformed_caller_context_starts_a_trace_of_the_gateways_own(
+    gateway: Process,
+    receiver: OTLPReceiver,
+    upstream: FaultProxy,
+    keys: dict[str, str],
+    traceparent: str,
+) -> None:
+    """With incoming contexts trusted, a caller's malformed one is dropped: the request
+    is served, its span is a root of a new trace, and the replica gets the gateway's."""
+    headers = {"traceparent": traceparent.encode("latin-1"), "tracestate": b"vendor=abc"}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    answer = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {keys['key']}", **headers},
+        timeout=30,
+    )
+    assert answer.status_code == 200
+    request_id = answer.headers["x-request-id"]
+    spans = receiver.wait_for(has_request(request_id, children=1))
+    server = server_span(spans, request_id)
+    assert server.parent_span_id == ""
+    assert server.trace_id not in traceparent.lower()
+    [attempt] = attempts(spans, server)
+    assert continues(upstream.header_values(b"traceparent")[-1], attempt)
+
+
 def test_no_secret_is_in_a_span_or_the_log(
     gateway: Process, receiver: OTLPReceiver, keys: dict[str, str]
 ) -> None:
