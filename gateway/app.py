@@ -19,7 +19,7 @@ from gateway.middleware.context import RequestContextMiddleware
 from gateway.middleware.errors import ErrorBoundary
 from gateway.probes import METRICS, Probes, Trust
 from gateway.proxy.handler import ProxyApp
-from gateway.proxy.setup import proxy_options, upstream_client
+from gateway.proxy.setup import proxy_options, response_store, upstream_client
 from gateway.readiness import ReadinessChecks
 from gateway.settings import Settings
 from gateway.tracing.setup import request_tracer
@@ -98,6 +98,8 @@ class Gateway:
             interval=upstreams.discovery_interval,
             joined=self.monitor.check_all,
         )
+        # Where each created Response lives (gateway.proxy.stored_responses).
+        self.responses = response_store(settings)
         proxy = ProxyApp(
             self.pools,
             self.upstream,
@@ -108,6 +110,7 @@ class Gateway:
             metrics=self.metrics,
             tracer=self.tracer,
             drain=self.drain,
+            responses=self.responses,
         )
         self._http = build_stack(proxy, self.access_log, self.metrics, self.tracer)
         token = settings.metrics.token
@@ -172,6 +175,7 @@ class Gateway:
                 stack.push_async_callback(self.tracer.export.close)
             await self.upstream.open()
             stack.push_async_callback(self.upstream.close)
+            stack.push_async_callback(self.responses.close)
             self.monitor.start()
             stack.push_async_callback(self.monitor.stop)
             self.discovery.start()

@@ -504,6 +504,17 @@ class ProbeSettings(_Strict):
     ready_requires_models: bool = True
 
 
+class ResponsesSettings(_Strict):
+    """OpenAI's Responses API: how long the gateway remembers where each response lives
+    (its replica and owner) for GET, cancel and `previous_response_id`. Kept in Redis when
+    the keys are (every gateway replica routes every id), else in this process."""
+
+    # Seconds; past it a stored response's id is a 404 (vLLM keeps it in replica memory).
+    store_ttl: float = Field(default=86_400.0, ge=60, le=30 * 86_400)
+    # In-process store only: the newest this many ids are kept.
+    memory_max_entries: int = Field(default=100_000, ge=100, le=10_000_000)
+
+
 class Settings(_Strict):
     listen: ListenSettings = ListenSettings()
     edge: EdgeSettings = EdgeSettings()
@@ -522,6 +533,7 @@ class Settings(_Strict):
     tracing: TracingSettings = TracingSettings()
     drain: DrainSettings = DrainSettings()
     probes: ProbeSettings = ProbeSettings()
+    responses: ResponsesSettings = ResponsesSettings()
     # Gateway processes on this host, sharing its port. More than one are replicas:
     # their keys and limits must be in Redis.
     workers: int = Field(default=1, ge=1, le=256)

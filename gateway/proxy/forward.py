@@ -75,6 +75,8 @@ class UpstreamRequest:
     body: bytes
     headers: dict[str, str]
     request_id: str
+    # GET only for reading a stored response (gateway.proxy.stored_responses).
+    method: str = "POST"
 
 
 class Exchange:
@@ -149,8 +151,8 @@ class Exchange:
         """Send the request; its response and the first bytes of its body."""
         with map_upstream_errors(request.replica, request.request_id):
             self.outcome.upstream_sent_at = time.perf_counter()
-            response = await self._client.post(
-                request.url, data=request.body, headers=request.headers
+            response = await self._client.request(
+                request.method, request.url, data=request.body, headers=request.headers
             )
             try:
                 if response.status == HTTPStatus.UNAUTHORIZED:

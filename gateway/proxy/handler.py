@@ -28,7 +28,10 @@ from gateway.proxy.forward import Exchange, StreamMeters, UpstreamRequest, failu
 from gateway.proxy.framing import ANTHROPIC, OPENAI, Framing
 from gateway.proxy.headers import header_value, upstream_headers
 from gateway.proxy.request_edit import EditedRequest, TokenPolicy, edit_request
+from gateway.proxy.response_store import MemoryResponseStore, ResponseStore
+from gateway.proxy.responses import edit_responses
 from gateway.proxy.routes import Route, match_route
+from gateway.proxy.stored_responses import StoredResponses
 from gateway.proxy.upstream import UpstreamClient
 from gateway.request_record import Outcome, RequestContext, context_of
 from gateway.upstreams.pool import Pool, Pools, Replica
@@ -84,8 +87,11 @@ class ProxyApp:
         metrics: Metrics,
         tracer: RequestTracer | None = None,
         drain: Drain | None = None,
+        responses: ResponseStore | None = None,
     ) -> None:
         self._pools = pools
+        store = responses or MemoryResponseStore()
+        self._stored = StoredResponses(store, pools, upstream, limits, drain=drain)
         self._drain = drain
         self._upstream = upstream
         self._auth = auth
@@ -110,6 +116,10 @@ class ProxyApp:
             await send_bytes(send, 200, self._model_list(principal))
         elif route is Route.MODEL:
             await send_bytes(send, 200, self._model_card(model or "", principal))
+        elif route.by_response_id:
+            await self._stored.serve(
+                scope, receive, send, context, principal, route=route, response_id=model or ""
+            )
         else:
             try:
                 await self._forward(scope, receive, send, context, principal=principal, route=route)
@@ -141,11 +151,16 @@ class ProxyApp:
             # Exactly a missing model's 404: a 403 would tell which models exist.
             raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
         edited = self._edit(route, payload, body, principal, pool)
+        creation = None
+        if route is Route.RESPONSES:
+            creation = await self._stored.creation(payload, principal, pool, context, send)
         ticket = await self._limits.admit(principal, model, edited.token_estimate)
         if context.span is not None:
             context.span.add_event("gateway.admitted")
         context.outcome = Outcome()
         framing = ANTHROPIC if route.anthropic else OPENAI
+        if creation is not None:
+            send, framing = creation.send, creation.framing
         try:
             outcome = await self._attempts(
                 scope,
@@ -156,6 +171,7 @@ class ProxyApp:
                 edited=edited,
                 ticket=ticket,
                 framing=framing,
+                pinned=None if creation is None else creation.pinned,
             )
         except BaseException:
             # The attempt under way left its outcome on the record: an answer that had
@@ -172,8 +188,11 @@ class ProxyApp:
         """The request contract, shedding, then the key's caps: the body to send and the
         tokens to reserve."""
         policy = self._policy(principal)
-        if route.anthropic:
-            edited = edit_messages(route, payload, body, policy)
+        if route.anthropic or route is Route.RESPONSES:
+            if route.anthropic:
+                edited = edit_messages(route, payload, body, policy)
+            else:
+                edited = edit_responses(payload, body, policy)
             self._shed(pool)
             return edited
         terms = read_terms(route, payload, len(body))
@@ -201,15 +220,18 @@ class ProxyApp:
         edited: EditedRequest,
         ticket: Ticket,
         framing: Framing,
+        pinned: Replica | None = None,
     ) -> Outcome:
-        """Forward to one replica; to another only if the request provably never reached
-        an engine and nothing was sent to the client. The last attempt's outcome."""
+        """Forward to one replica (PINNED, when given: the only one that may answer); to
+        another only if the request provably never reached an engine and nothing was
+        sent to the client. The last attempt's outcome."""
         tried: list[Replica] = []
         outcome = Outcome()
         for attempt in range(1 + self._options.retries):
-            replica = pool.pick(exclude=tried)
+            replica = pinned or pool.pick(exclude=tried)
             tried.append(replica)
-            last = attempt == self._options.retries or not pool.has_usable(exclude=tried)
+            last = pinned is not None or attempt == self._options.retries
+            last = last or not pool.has_usable(exclude=tried)
             exchange = Exchange(
                 self._upstream.session,
                 self._upstream.timeouts,

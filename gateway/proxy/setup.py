@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway.proxy.handler import ProxyOptions
+from gateway.proxy.response_store import MemoryResponseStore, RedisResponseStore, ResponseStore
 from gateway.proxy.upstream import Timeouts, UpstreamClient
 from gateway.settings import Settings
 from gateway.tls import upstream_context
@@ -39,3 +40,12 @@ def proxy_options(settings: Settings) -> ProxyOptions:
         shed_status=upstreams.load.shed_status,
         shed_retry_after=upstreams.load.shed_retry_after,
     )
+
+
+def response_store(settings: Settings) -> ResponseStore:
+    """Where created responses are remembered: beside the keys in Redis (shared by every
+    gateway replica), else in this process."""
+    given, keys = settings.responses, settings.auth.key_store
+    if keys.backend == "redis" and keys.redis_url is not None:
+        return RedisResponseStore.connect(keys.redis_url.get_secret_value(), ttl_s=given.store_ttl)
+    return MemoryResponseStore(ttl_s=given.store_ttl, max_entries=given.memory_max_entries)

@@ -38,6 +38,8 @@ from gateway.sim.messages import MessagesGenerator
 from gateway.sim.metrics import SimMetrics
 from gateway.sim.protocol import DETERMINISTIC_CREATED, models_body
 from gateway.sim.requests import check_content_type
+from gateway.sim.responses import PREFIX as RESPONSES_PREFIX
+from gateway.sim.responses import ResponsesGenerator
 
 Endpoint = Callable[[Call, dict[str, object]], Awaitable[None]]
 
@@ -88,6 +90,7 @@ class SimApp:
         engine = Engine(config.max_num_seqs, self.metrics, config.max_num_queued_reqs)
         self._generator = Generator(config, engine)
         self._messages = MessagesGenerator(config, engine)
+        self._responses = ResponsesGenerator(config, engine)
         self._knobs = Knobs.defaults(config)
         self._api_key = config.api_key.encode() if config.api_key is not None else None
         created = DETERMINISTIC_CREATED if config.deterministic else int(time.time())
@@ -111,6 +114,7 @@ class SimApp:
             "/v1/embeddings": {"POST": generation(self._generator.embedding)},
             "/v1/messages": {"POST": generation(self._messages.messages)},
             "/v1/messages/count_tokens": {"POST": generation(self._messages.count_tokens)},
+            "/v1/responses": {"POST": generation(self._responses.create)},
         }
         for path, method in UNGUARDED_ROUTES.items():
             routes[path] = {method: self._unguarded}
@@ -127,6 +131,8 @@ class SimApp:
             await send_response(send, 401, UNAUTHORIZED, JSON_HEADERS)
             return
         handlers = self._routes.get(path)
+        if handlers is None and path.startswith(RESPONSES_PREFIX):
+            handlers = self._responses.routes_for(path)
         handler = None if handlers is None else handlers.get(scope["method"])
         if handlers is None:
             await send_response(send, 404, NOT_FOUND, JSON_HEADERS)

@@ -39,6 +39,7 @@ OPERATIONS = {
     "/v1/embeddings": "embeddings",
     # Anthropic's Messages API is a chat; counting tokens has no GenAI operation name.
     "/v1/messages": "chat",
+    "/v1/responses": "chat",
 }
 FIRST_OUTPUT_EVENT = "gen_ai.first_token"
 
