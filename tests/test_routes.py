@@ -37,7 +37,7 @@ UNGUARDED = [
     "/v1/rerank",
     "/v2/rerank",
     "/v2/embed",
-    "/v1/responses",
+    "/v1/responses/resp_x/input_items",
     "/v1/messages/batches",
     "/v1/load_lora_adapter",
     "/start_profile",
@@ -120,7 +120,26 @@ def test_only_the_inference_routes_are_forwarded_to_a_replica() -> None:
         Route.EMBEDDINGS,
         Route.MESSAGES,
         Route.COUNT_TOKENS,
+        Route.RESPONSES,
+        Route.RESPONSE,
+        Route.RESPONSE_CANCEL,
     }
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "route", "response_id"),
+    [
+        ("POST", b"/v1/responses", Route.RESPONSES, None),
+        ("GET", b"/v1/responses/resp_0a-Z", Route.RESPONSE, "resp_0a-Z"),
+        ("POST", b"/v1/responses/resp_0a-Z/cancel", Route.RESPONSE_CANCEL, "resp_0a-Z"),
+    ],
+)
+def test_the_responses_routes_give_the_response_id(
+    method: str, path: bytes, route: Route, response_id: str | None
+) -> None:
+    assert match_route(method, path) == (route, response_id)
+    with pytest.raises(MethodNotAllowed):
+        match_route("PUT", path)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.proxy.handler import ProxyOptions
-from gateway.proxy.response_store import MemoryResponseStore, RedisResponseStore, ResponseStore
+from gateway.proxy.response_store import MemoryResponseStore, ResponseStore
 from gateway.proxy.upstream import Timeouts, UpstreamClient
 from gateway.settings import Settings
 from gateway.tls import upstream_context
@@ -47,5 +47,7 @@ def response_store(settings: Settings) -> ResponseStore:
     gateway replica), else in this process."""
     given, keys = settings.responses, settings.auth.key_store
     if keys.backend == "redis" and keys.redis_url is not None:
+        from gateway.proxy.response_store_redis import RedisResponseStore  # noqa: PLC0415
+
         return RedisResponseStore.connect(keys.redis_url.get_secret_value(), ttl_s=given.store_ttl)
     return MemoryResponseStore(ttl_s=given.store_ttl, max_entries=given.memory_max_entries)
