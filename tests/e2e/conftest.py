@@ -99,6 +99,8 @@ def vllm_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ser
         "VLLM_HOST_IP": "127.0.0.1",
         "HF_HUB_OFFLINE": "1",
         "VLLM_CPU_KVCACHE_SPACE": "1",
+        # Stored Responses, so a GET by id through the gateway has something to return.
+        "VLLM_ENABLE_RESPONSES_API_STORE": "1",
     }
     specs = [
         (CHAT_MODEL_DIR, CHAT_MODEL, ("--max-model-len", "2048")),
