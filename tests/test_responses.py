@@ -400,3 +400,19 @@ def test_gateways_sharing_redis_route_every_id(
                 assert client.responses.retrieve(response_id).id == response_id
         with sdk(second, other) as client, pytest.raises(openai.NotFoundError):
             client.responses.retrieve(made[0])
+
+
+def test_a_stream_cut_off_is_charged_its_reservation(gateway: Process) -> None:
+    key, key_id = new_key(gateway)
+    body = {"model": MODEL, "input": INPUT, "max_output_tokens": 9, "stream": True}
+    headers = {"Authorization": f"Bearer {key}", "x-sim-drop-after": "3"}
+    answer = httpx.post(f"{gateway.url}/v1/responses", json=body, headers=headers, timeout=30)
+    events = [event for event in answer.text.split("\n\n") if event]
+    assert events[0].startswith("event: response.created\n")
+    # The replica went away mid-stream: one Responses error event ends it, no [DONE].
+    assert events[-1].startswith("event: error\ndata: ")
+    error = json.loads(events[-1].split("data: ", 1)[1])
+    assert error["type"] == "error" and "interrupted" in error["message"]
+    assert "[DONE]" not in answer.text
+    usage = settled_usage(gateway, key_id, 1)
+    assert usage["estimated_requests"] == 1 and usage["completion_tokens"] == 9
