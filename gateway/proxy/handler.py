@@ -189,10 +189,8 @@ class ProxyApp:
         tokens to reserve."""
         policy = self._policy(principal)
         if route.anthropic or route is Route.RESPONSES:
-            if route.anthropic:
-                edited = edit_messages(route, payload, body, policy)
-            else:
-                edited = edit_responses(payload, body, policy)
+            edit = edit_messages if route.anthropic else edit_responses
+            edited = edit(route, payload, body, policy)
             self._shed(pool)
             return edited
         terms = read_terms(route, payload, len(body))

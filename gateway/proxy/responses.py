@@ -33,15 +33,19 @@ import orjson
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.proxy.contract import BYTES_PER_TOKEN, check_bool, check_count, kind_of
 from gateway.proxy.request_edit import EditedRequest, TokenPolicy
+from gateway.proxy.routes import Route
 
 LIMIT = "max_output_tokens"
 _BOOLS = ("stream", "background", "store")
 _STRINGS = ("instructions", "previous_response_id")
 
 
-def edit_responses(payload: dict[str, Any], body: bytes, policy: TokenPolicy) -> EditedRequest:
+def edit_responses(
+    route: Route, payload: dict[str, Any], body: bytes, policy: TokenPolicy
+) -> EditedRequest:
     """Check and normalise a Responses PAYLOAD in place, enforce the key's cap, and say
-    what to reserve. BODY goes on unchanged unless a value changed."""
+    what to reserve. BODY goes on unchanged unless a value changed. (ROUTE is always
+    `/v1/responses`: the signature is that of `anthropic.edit_messages`.)"""
     _input(payload)
     for name in _BOOLS:
         check_bool(payload, name)
