@@ -238,6 +238,13 @@ def test_errors_in_openai_s_shape(gateway: Process) -> None:
         with pytest.raises(openai.RateLimitError) as caught:
             client.responses.retrieve(created.id)
     assert caught.value.response.headers["retry-after"]
+    # Ids that are not the caller's count too: they cannot be probed faster.
+    key, _ = new_key(gateway, requests_per_minute=1)
+    with sdk(gateway, key) as client:
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve("resp_" + "1" * 32)
+        with pytest.raises(openai.RateLimitError):
+            client.responses.retrieve("resp_" + "1" * 32)
 
 
 @pytest.mark.parametrize(

@@ -86,12 +86,16 @@ class StoredResponses:
         route: Route,
         response_id: str,
     ) -> None:
-        """A GET or cancel by id, forwarded to the replica holding the response."""
-        stored = await self._owned(response_id, principal, "response_id")
-        context.model, context.known_model = stored.model, True
-        replica = self._replica(stored, response_id, "response_id")
-        ticket = await self._limits.admit(principal, stored.model, 0)
+        """A GET or cancel by id, forwarded to the replica holding the response. Counted
+        against the caller's requests per minute even when the id is not its own, so ids
+        cannot be probed faster than requests can be sent."""
+        stored = await self._lookup(response_id, principal)
+        ticket = await self._limits.admit(principal, "" if stored is None else stored.model, 0)
         try:
+            if stored is None:
+                raise _not_found(response_id, "response_id")
+            context.model, context.known_model = stored.model, True
+            replica = self._replica(stored, response_id, "response_id")
             exchange = Exchange(
                 self._upstream.session,
                 self._upstream.timeouts,
@@ -137,17 +141,20 @@ class StoredResponses:
         return Creation(self._store if remember else None, owner, context, send, pinned)
 
     async def _owned(self, response_id: str, principal: Principal, param: str) -> StoredResponse:
-        stored = None
-        if RESPONSE_ID.fullmatch(response_id):
-            stored = await self._store.lookup(response_id)
-        if (
-            stored is None
-            or stored.tenant != principal.tenant
-            or not principal.may_use(stored.model)
-        ):
-            # One answer for unknown, expired and another tenant's: ids never leak.
-            raise ResponseNotFound(f"Response with id '{response_id}' not found.", param=param)
+        stored = await self._lookup(response_id, principal)
+        if stored is None:
+            raise _not_found(response_id, param)
         return stored
+
+    async def _lookup(self, response_id: str, principal: Principal) -> StoredResponse | None:
+        """The record of an id the principal may name; None for an unknown, expired or
+        another tenant's id alike, so ids never leak."""
+        if not RESPONSE_ID.fullmatch(response_id):
+            return None
+        stored = await self._store.lookup(response_id)
+        if stored is None or stored.tenant != principal.tenant:
+            return None
+        return stored if principal.may_use(stored.model) else None
 
     def _replica(self, stored: StoredResponse, response_id: str, param: str) -> Replica:
         try:
@@ -163,6 +170,10 @@ class StoredResponses:
             "that stored it has left this deployment or cannot be reached.",
             param=param,
         )
+
+
+def _not_found(response_id: str, param: str) -> ResponseNotFound:
+    return ResponseNotFound(f"Response with id '{response_id}' not found.", param=param)
 
 
 class Creation:
