@@ -79,6 +79,8 @@ class ResponsesGenerator:
             tokens=words + (finish_reason == "stop"),
             finish_reason=finish_reason,
             limit=limit if limit is not None else self._config.max_model_len - prompt_tokens,
+            instructions=_optional_str(payload, "instructions"),
+            previous=_optional_str(payload, "previous_response_id"),
         )
         body = await (self._stream(call, plan) if stream else self._respond(call, plan))
         if body is not None and payload.get("store") is not False:
@@ -122,7 +124,8 @@ class ResponsesGenerator:
             return Identity(given, DETERMINISTIC_CREATED, self._config.model)
         if self._config.deterministic:
             return Identity("resp_sim", DETERMINISTIC_CREATED, self._config.model)
-        return Identity(f"resp_{uuid.uuid4().hex}", int(time.time()), self._config.model)
+        # vLLM's random_uuid(): 16 hex digits.
+        return Identity(f"resp_{uuid.uuid4().hex[:16]}", int(time.time()), self._config.model)
 
     async def _respond(self, call: Call, plan: _Plan) -> bytes | None:
         sequence = self._engine.sequence(
@@ -180,16 +183,20 @@ class _Plan:
     tokens: int
     finish_reason: str
     limit: int
+    instructions: str | None
+    previous: str | None
 
     @property
     def item_id(self) -> str:
-        return "msg_" + self.ident.id.removeprefix("resp_")
+        return self.ident.id.replace("resp_", "msg_", 1)
 
     def text(self) -> str:
         return output_text(self.seed, self.words)
 
-    def part(self, text: str) -> dict[str, object]:
-        return {"annotations": [], "text": text, "type": "output_text", "logprobs": None}
+    def part(self, text: str, *, opening: bool = False) -> dict[str, object]:
+        # vLLM opens a part with no logprobs yet ([]) and closes it without them (null).
+        logprobs: list[object] | None = [] if opening else None
+        return {"annotations": [], "text": text, "type": "output_text", "logprobs": logprobs}
 
     def item(self, final: bool) -> dict[str, object]:
         content = [self.part(self.text())] if final else []
@@ -201,13 +208,17 @@ class _Plan:
             "role": "assistant",
             "status": status,
             "type": kind,
+            "phase": None,
         }
 
     def opening(self) -> list[tuple[str, dict[str, object]]]:
         at = {"item_id": self.item_id, "output_index": 0}
         return [
             ("response.output_item.added", {"item": self.item(False), "output_index": 0}),
-            ("response.content_part.added", {"content_index": 0, **at, "part": self.part("")}),
+            (
+                "response.content_part.added",
+                {"content_index": 0, **at, "part": self.part("", opening=True)},
+            ),
         ]
 
     def delta(self, position: int, number: int) -> tuple[str, int, dict[str, object]]:
@@ -226,36 +237,61 @@ class _Plan:
         ]
 
     def response(self, *, final: bool) -> dict[str, object]:
+        """The Response as vLLM dumps it: every field, in its declaration order."""
         incomplete = final and self.finish_reason == "length"
         status = ("incomplete" if incomplete else "completed") if final else "in_progress"
-        usage = None
-        if final:
-            usage = {
-                "input_tokens": self.prompt_tokens,
-                "input_tokens_details": {"cached_tokens": 0},
-                "output_tokens": self.tokens,
-                "output_tokens_details": {"reasoning_tokens": 0},
-                "total_tokens": self.prompt_tokens + self.tokens,
-            }
         return {
             "id": self.ident.id,
             "created_at": self.ident.created,
             "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
-            "instructions": None,
+            "instructions": self.instructions,
             "metadata": None,
             "model": self.ident.model,
             "object": "response",
             "output": [self.item(True)] if final else [],
             "parallel_tool_calls": True,
             "temperature": 1.0,
-            "tool_choice": "auto",
+            "tool_choice": "none",
             "tools": [],
             "top_p": 1.0,
             "background": False,
             "max_output_tokens": self.limit,
+            "max_tool_calls": None,
+            "previous_response_id": self.previous,
+            "prompt": None,
+            "reasoning": None,
+            "service_tier": "auto",
             "status": status,
+            "text": None,
+            "top_logprobs": None,
             "truncation": "disabled",
-            "usage": usage,
+            "usage": self.usage() if final else None,
+            "user": None,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "kv_transfer_params": None,
+            "ec_transfer_params": None,
+            "input_messages": None,
+            "output_messages": None,
+        }
+
+    def usage(self) -> dict[str, object]:
+        return {
+            "input_tokens": self.prompt_tokens,
+            "input_tokens_details": {
+                "cached_tokens": 0,
+                "cache_write_tokens": 0,
+                "input_tokens_per_turn": [],
+                "cached_tokens_per_turn": [],
+            },
+            "output_tokens": self.tokens,
+            "output_tokens_details": {
+                "reasoning_tokens": 0,
+                "tool_output_tokens": 0,
+                "output_tokens_per_turn": [],
+                "tool_output_tokens_per_turn": [],
+            },
+            "total_tokens": self.prompt_tokens + self.tokens,
         }
 
 
@@ -289,3 +325,8 @@ def _item_text(item: object) -> str:
         for part in content
         if isinstance(part, dict) and isinstance(part.get("text"), str)
     )
+
+
+def _optional_str(payload: dict[str, object], name: str) -> str | None:
+    value = payload.get(name)
+    return value if isinstance(value, str) else None
