@@ -43,7 +43,9 @@ PREFIX = "/v1/responses/"
 
 
 def event(kind: str, sequence: int, payload: Mapping[str, object]) -> bytes:
-    body = dumps({**payload, "sequence_number": sequence, "type": kind})
+    # OpenAI's event models declare their fields alphabetically; vLLM dumps them so.
+    fields = {**payload, "sequence_number": sequence, "type": kind}
+    body = dumps(dict(sorted(fields.items())))
     return b"event: " + kind.encode() + b"\ndata: " + body + b"\n\n"
 
 
