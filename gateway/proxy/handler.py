@@ -72,8 +72,7 @@ class ProxyOptions:
     shed_waiting_above: int | None = None
     shed_status: int = 503
     shed_retry_after: int = 2
-    # multipart uploads (the audio routes), and the API families each model serves.
-    max_upload_bytes: int = 25 * 1024 * 1024
+    max_upload_bytes: int = 25 * 1024 * 1024  # multipart/form-data (the audio routes)
     apis: ModelApis = field(default_factory=ModelApis)
 
 
@@ -134,10 +133,9 @@ class ProxyApp:
     ) -> None:
         headers = scope["headers"]
         declared = header_value(headers, b"content-length")
-        options = self._options
         body = await read_body(
             receive,
-            options.max_upload_bytes if route.audio else options.max_body_bytes,
+            self._options.max_upload_bytes if route.audio else self._options.max_body_bytes,
             int(declared) if declared and declared.isdigit() else None,
         )
         payload, model = parse_upload(body, headers) if route.audio else parse_request(body)
@@ -147,7 +145,7 @@ class ProxyApp:
         if not principal.may_use(model):
             # Exactly a missing model's 404: a 403 would tell which models exist.
             raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
-        options.apis.check(route, model)
+        self._options.apis.check(route, model)
         edited = self._edit(route, payload, body, principal, pool)
         ticket = await self._limits.admit(principal, model, edited.token_estimate)
         if context.span is not None:
@@ -180,18 +178,18 @@ class ProxyApp:
         """The request contract, shedding, then the key's caps: the body to send and the
         tokens to reserve."""
         policy = self._policy(principal)
-        if route.anthropic or route.pooling or route.audio:
-            if route.audio:
-                edited = edit_upload(payload, body, policy)
-            elif route.pooling:
-                edited = edit_pooling(route, payload, body, policy)
-            else:
-                edited = edit_messages(route, payload, body, policy)
+        if route.audio:
+            edited = edit_upload(payload, body, policy)
+        elif route.pooling:
+            edited = edit_pooling(route, payload, body, policy)
+        elif route.anthropic:
+            edited = edit_messages(route, payload, body, policy)
+        else:
+            terms = read_terms(route, payload, len(body))
             self._shed(pool)
-            return edited
-        terms = read_terms(route, payload, len(body))
+            return edit_request(route, payload, body, terms, policy)
         self._shed(pool)
-        return edit_request(route, payload, body, terms, policy)
+        return edited
 
     def _policy(self, principal: Principal) -> TokenPolicy:
         options = self._options
