@@ -235,12 +235,30 @@ class DiscoverySettings(_Strict):
         return self
 
 
+ApiFamily = Literal[
+    "chat",
+    "completions",
+    "embeddings",
+    "messages",
+    "responses",
+    "rerank",
+    "score",
+    "embed_v2",
+    "transcriptions",
+    "translations",
+]
+DEFAULT_APIS: tuple[ApiFamily, ...] = ("chat", "completions", "embeddings", "messages", "responses")
+
+
 class ModelSettings(_Strict):
     name: str = Field(min_length=1)
     replicas: list[ReplicaSettings] = Field(default_factory=list)
     discovery: list[DiscoverySettings] = Field(default_factory=list)
     # The vLLM --api-key of discovered replicas (static ones may carry their own).
     api_key: Secret = None
+    # The API families forwarded for this model (gateway.proxy.apis): pooling and audio
+    # routes (rerank, score, embed_v2, transcriptions, translations) only when named here.
+    apis: list[ApiFamily] = Field(default_factory=lambda: list(DEFAULT_APIS), min_length=1)
 
 
 class HealthSettings(_Strict):
@@ -510,6 +528,8 @@ class Settings(_Strict):
     timeouts: TimeoutSettings = TimeoutSettings()
     upstream_tls: UpstreamTLSSettings = UpstreamTLSSettings()
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # multipart/form-data uploads (audio routes): OpenAI's own limit is 25 MB.
+    max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     # 0 means no limit; vLLM replicas take hundreds of concurrent streams each.
     upstream_max_connections: int = Field(default=0, ge=0)
     models: list[ModelSettings] = Field(default_factory=list)

@@ -22,11 +22,14 @@ from gateway.limits.admission import Admissions, Ticket
 from gateway.metrics import Metrics, replica_label
 from gateway.principal import Principal
 from gateway.proxy.anthropic import edit_messages
+from gateway.proxy.apis import ModelApis
+from gateway.proxy.audio import edit_upload, parse_upload
 from gateway.proxy.body import ClientGone, parse_request, read_body
 from gateway.proxy.contract import read_terms
 from gateway.proxy.forward import Exchange, StreamMeters, UpstreamRequest, failure_kind
-from gateway.proxy.framing import ANTHROPIC, OPENAI, Framing
+from gateway.proxy.framing import Framing, framing_of
 from gateway.proxy.headers import header_value, upstream_headers
+from gateway.proxy.pooling import edit_pooling
 from gateway.proxy.request_edit import EditedRequest, TokenPolicy, edit_request
 from gateway.proxy.routes import Route, match_route
 from gateway.proxy.upstream import UpstreamClient
@@ -69,6 +72,8 @@ class ProxyOptions:
     shed_waiting_above: int | None = None
     shed_status: int = 503
     shed_retry_after: int = 2
+    max_upload_bytes: int = 25 * 1024 * 1024  # multipart/form-data (the audio routes)
+    apis: ModelApis = field(default_factory=ModelApis)
 
 
 class ProxyApp:
@@ -130,22 +135,23 @@ class ProxyApp:
         declared = header_value(headers, b"content-length")
         body = await read_body(
             receive,
-            self._options.max_body_bytes,
+            self._options.max_upload_bytes if route.audio else self._options.max_body_bytes,
             int(declared) if declared and declared.isdigit() else None,
         )
-        payload, model = parse_request(body)
+        payload, model = parse_upload(body, headers) if route.audio else parse_request(body)
         context.model = model
         pool = self._pools.get(model)
         context.known_model = True
         if not principal.may_use(model):
             # Exactly a missing model's 404: a 403 would tell which models exist.
             raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
+        self._options.apis.check(route, model)
         edited = self._edit(route, payload, body, principal, pool)
         ticket = await self._limits.admit(principal, model, edited.token_estimate)
         if context.span is not None:
             context.span.add_event("gateway.admitted")
         context.outcome = Outcome()
-        framing = ANTHROPIC if route.anthropic else OPENAI
+        framing = framing_of(route)
         try:
             outcome = await self._attempts(
                 scope,
@@ -172,13 +178,18 @@ class ProxyApp:
         """The request contract, shedding, then the key's caps: the body to send and the
         tokens to reserve."""
         policy = self._policy(principal)
-        if route.anthropic:
+        if route.audio:
+            edited = edit_upload(payload, body, policy)
+        elif route.pooling:
+            edited = edit_pooling(route, payload, body, policy)
+        elif route.anthropic:
             edited = edit_messages(route, payload, body, policy)
+        else:
+            terms = read_terms(route, payload, len(body))
             self._shed(pool)
-            return edited
-        terms = read_terms(route, payload, len(body))
+            return edit_request(route, payload, body, terms, policy)
         self._shed(pool)
-        return edit_request(route, payload, body, terms, policy)
+        return edited
 
     def _policy(self, principal: Principal) -> TokenPolicy:
         options = self._options

@@ -24,6 +24,14 @@ class Route(enum.Enum):
     # Anthropic's Messages API, as vLLM serves it (gateway.proxy.anthropic).
     MESSAGES = "/v1/messages"
     COUNT_TOKENS = "/v1/messages/count_tokens"
+    # Pooling and audio routes: forwarded only for a model whose `apis` names their family
+    # (gateway.proxy.apis); their contracts are gateway.proxy.pooling and gateway.proxy.audio.
+    RERANK = "/v1/rerank"
+    RERANK_V2 = "/v2/rerank"
+    SCORE = "/v1/score"
+    EMBED_V2 = "/v2/embed"
+    TRANSCRIPTIONS = "/v1/audio/transcriptions"
+    TRANSLATIONS = "/v1/audio/translations"
 
     @property
     def forwarded(self) -> bool:
@@ -34,9 +42,22 @@ class Route(enum.Enum):
         """Anthropic's dialect: `x-api-key`, its error shape and its event framing."""
         return self in ANTHROPIC
 
+    @property
+    def pooling(self) -> bool:
+        return self in POOLING
 
+    @property
+    def audio(self) -> bool:
+        """A multipart/form-data upload, under its own size limit."""
+        return self in AUDIO
+
+
+POOLING = frozenset({Route.RERANK, Route.RERANK_V2, Route.SCORE, Route.EMBED_V2})
+AUDIO = frozenset({Route.TRANSCRIPTIONS, Route.TRANSLATIONS})
 FORWARDED = frozenset(
     {Route.CHAT, Route.COMPLETIONS, Route.EMBEDDINGS, Route.MESSAGES, Route.COUNT_TOKENS}
+    | POOLING
+    | AUDIO
 )
 ANTHROPIC = frozenset({Route.MESSAGES, Route.COUNT_TOKENS})
 ANTHROPIC_PATHS = frozenset(route.value for route in ANTHROPIC)
