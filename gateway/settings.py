@@ -533,6 +533,8 @@ class Settings(_Strict):
     # 0 means no limit; vLLM replicas take hundreds of concurrent streams each.
     upstream_max_connections: int = Field(default=0, ge=0)
     models: list[ModelSettings] = Field(default_factory=list)
+    # Another name for one or more models, tried in order (gateway.upstreams.aliases).
+    aliases: dict[str, list[str]] = Field(default_factory=dict)
     upstreams: UpstreamSettings = UpstreamSettings()
     auth: AuthSettings = AuthSettings()
     admin: AdminSettings = AdminSettings()
@@ -597,6 +599,33 @@ class Settings(_Strict):
         if duplicates:
             raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
         return models
+
+    @model_validator(mode="after")
+    def _aliases_name_models(self) -> Settings:
+        models = {model.name for model in self.models}
+        for alias, targets in self.aliases.items():
+            _check_alias(alias, targets, models, self.aliases)
+        return self
+
+
+def _check_alias(
+    alias: str, targets: list[str], models: set[str], aliases: dict[str, list[str]]
+) -> None:
+    """An alias names configured models only: no alias of an alias (no cycles), no
+    alias that hides a model, no empty or repeated target."""
+    if not alias:
+        raise ValueError("aliases: an alias name must be a non-empty string")
+    if alias in models:
+        raise ValueError(f"aliases: '{alias}' is a model's name; an alias needs a name of its own")
+    if not targets:
+        raise ValueError(f"aliases: '{alias}' needs at least one model")
+    for target in targets:
+        if target in aliases:
+            raise ValueError(f"aliases: '{alias}' names the alias '{target}'; name models only")
+        if target not in models:
+            raise ValueError(f"aliases: '{alias}' names '{target}', which is not in models")
+    if len(set(targets)) != len(targets):
+        raise ValueError(f"aliases: '{alias}' names a model more than once")
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -5,22 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.asgi import RawHeaders, Receive, Scope, Send, send_bytes
 from gateway.drain import Drain
-from gateway.errors import (
-    ModelBusy,
-    ModelNotFound,
-    ModelOverloaded,
-    UpstreamError,
-)
+from gateway.errors import InvalidRequest, ModelNotFound, UpstreamError
 from gateway.limits.admission import Admissions, Ticket
 from gateway.metrics import Metrics, replica_label
 from gateway.principal import Principal
+from gateway.proxy.aliases import ModelRouter, Shedding, retarget
 from gateway.proxy.anthropic import edit_messages
 from gateway.proxy.apis import ModelApis
 from gateway.proxy.audio import edit_upload, parse_upload
@@ -74,6 +70,8 @@ class ProxyOptions:
     shed_retry_after: int = 2
     max_upload_bytes: int = 25 * 1024 * 1024  # multipart/form-data (the audio routes)
     apis: ModelApis = field(default_factory=ModelApis)
+    # Alias -> the models it stands for, in order (gateway.proxy.aliases).
+    aliases: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
 class ProxyApp:
@@ -91,6 +89,10 @@ class ProxyApp:
         drain: Drain | None = None,
     ) -> None:
         self._pools = pools
+        shedding = Shedding(
+            options.shed_waiting_above, options.shed_status, options.shed_retry_after
+        )
+        self._router = ModelRouter(pools, options.aliases, shedding)
         self._drain = drain
         self._upstream = upstream
         self._auth = auth
@@ -140,13 +142,16 @@ class ProxyApp:
         )
         payload, model = parse_upload(body, headers) if route.audio else parse_request(body)
         context.model = model
-        pool = self._pools.get(model)
+        self._router.check(model)
         context.known_model = True
         if not principal.may_use(model):
             # Exactly a missing model's 404: a 403 would tell which models exist.
             raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
-        self._options.apis.check(route, model)
-        edited = self._edit(route, payload, body, principal, pool)
+        if not self._router.is_alias(model):
+            self._options.apis.check(route, model)  # before the contract: 404, then 400
+        edited, pool = self._edit(route, payload, body, principal, model)
+        # An alias's request is the serving model's: its limits, usage and metrics.
+        model = context.model = pool.model
         ticket = await self._limits.admit(principal, model, edited.token_estimate)
         if context.span is not None:
             context.span.add_event("gateway.admitted")
@@ -173,10 +178,10 @@ class ProxyApp:
             await self._account(ticket, outcome, principal, model, edited)
 
     def _edit(
-        self, route: Route, payload: dict[str, Any], body: bytes, principal: Principal, pool: Pool
-    ) -> EditedRequest:
-        """The request contract, shedding, then the key's caps: the body to send and the
-        tokens to reserve."""
+        self, route: Route, payload: dict[str, Any], body: bytes, principal: Principal, model: str
+    ) -> tuple[EditedRequest, Pool]:
+        """The request contract, the serving model (shedding, aliases), then the key's
+        caps: the body to send, the tokens to reserve and the pool to send it to."""
         policy = self._policy(principal)
         if route.audio:
             edited = edit_upload(payload, body, policy)
@@ -186,10 +191,18 @@ class ProxyApp:
             edited = edit_messages(route, payload, body, policy)
         else:
             terms = read_terms(route, payload, len(body))
-            self._shed(pool)
-            return edit_request(route, payload, body, terms, policy)
-        self._shed(pool)
-        return edited
+            edited = edit_request(route, payload, body, terms, policy)
+        pool = self._router.choose(model)
+        self._options.apis.check(route, pool.model)
+        if route.audio:
+            # A form goes upstream byte for byte, so it cannot be renamed to a target.
+            if pool.model != model:
+                raise InvalidRequest(
+                    f"'{model}' is an alias; the audio routes need a model's own name.",
+                    param="model",
+                )
+            return edited, pool
+        return retarget(edited, payload, pool.model), pool
 
     def _policy(self, principal: Principal) -> TokenPolicy:
         options = self._options
@@ -225,7 +238,7 @@ class ProxyApp:
                 self._upstream.session,
                 self._upstream.timeouts,
                 strip_usage=edited.strip_usage,
-                headers=ticket.headers,
+                headers=[*ticket.headers, self._router.served_header(pool.model)],
                 refuse_busy=not last,
                 meters=self._stream_meters(pool.model),
                 drain=self._drain,
@@ -330,19 +343,6 @@ class ProxyApp:
             )
         return meters
 
-    def _shed(self, pool: Pool) -> None:
-        threshold = self._options.shed_waiting_above
-        if threshold is None or not pool.all_waiting_above(threshold):
-            return
-        message = (
-            f"Every replica of model '{pool.model}' has more than {threshold} requests "
-            "waiting; try again shortly."
-        )
-        headers = {"retry-after": str(self._options.shed_retry_after)}
-        if self._options.shed_status == HTTPStatus.TOO_MANY_REQUESTS:
-            raise ModelBusy(message, headers=headers)
-        raise ModelOverloaded(message, headers=headers)
-
     async def _account(
         self,
         ticket: Ticket,
@@ -378,11 +378,11 @@ class ProxyApp:
         }
 
     def _model_list(self, principal: Principal) -> bytes:
-        data = [self._card(model) for model in self._pools.models if principal.may_use(model)]
+        data = [self._card(model) for model in self._router.names if principal.may_use(model)]
         return json.dumps({"object": "list", "data": data}, separators=(",", ":")).encode()
 
     def _model_card(self, model: str, principal: Principal) -> bytes:
-        self._pools.get(model)
+        self._router.check(model)
         if not principal.may_use(model):
             # Models a caller may not use are not listed, so they do not exist for it.
             raise ModelNotFound(f"The model '{model}' does not exist.", param="model")

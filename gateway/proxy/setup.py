@@ -41,4 +41,5 @@ def proxy_options(settings: Settings) -> ProxyOptions:
         shed_waiting_above=upstreams.load.shed_waiting_above,
         shed_status=upstreams.load.shed_status,
         shed_retry_after=upstreams.load.shed_retry_after,
+        aliases=settings.aliases,
     )
