@@ -19,6 +19,7 @@ from gateway.errors import (
     UpstreamError,
 )
 from gateway.limits.admission import Admissions, Ticket
+from gateway.limits.quota_admission import QuotaAdmissions, QuotaTicket
 from gateway.metrics import Metrics, replica_label
 from gateway.principal import Principal
 from gateway.proxy.anthropic import edit_messages
@@ -79,6 +80,7 @@ class ProxyApp:
         auth: Authenticate,
         *,
         limits: Admissions,
+        quotas: QuotaAdmissions | None = None,
         usage: RecordUsage,
         options: ProxyOptions,
         metrics: Metrics,
@@ -90,6 +92,7 @@ class ProxyApp:
         self._upstream = upstream
         self._auth = auth
         self._limits = limits
+        self._quotas = quotas
         self._usage = usage
         self._options = options
         self._metrics = metrics
@@ -141,7 +144,13 @@ class ProxyApp:
             # Exactly a missing model's 404: a 403 would tell which models exist.
             raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
         edited = self._edit(route, payload, body, principal, pool)
-        ticket = await self._limits.admit(principal, model, edited.token_estimate)
+        quota = await self._admit_quota(principal, model, edited)
+        try:
+            ticket = await self._limits.admit(principal, model, edited.token_estimate)
+        except BaseException:
+            await self._finish_quota(quota, model, (0, 0))
+            raise
+        ticket.headers = ticket.headers + quota.headers
         if context.span is not None:
             context.span.add_event("gateway.admitted")
         context.outcome = Outcome()
@@ -165,6 +174,21 @@ class ProxyApp:
             raise
         finally:
             await self._account(ticket, outcome, principal, model, edited)
+            await self._finish_quota(quota, model, _settled(outcome, edited))
+
+    async def _admit_quota(
+        self, principal: Principal, model: str, edited: EditedRequest
+    ) -> QuotaTicket:
+        if self._quotas is None:
+            return QuotaTicket(None)
+        estimate = edited.prompt_estimate, edited.completion_reserve
+        return await self._quotas.admit(principal, model, *estimate)
+
+    async def _finish_quota(
+        self, quota: QuotaTicket, model: str, usage: tuple[int, int] | None
+    ) -> None:
+        if self._quotas is not None:
+            await self._quotas.finish(quota, model, usage)
 
     def _edit(
         self, route: Route, payload: dict[str, Any], body: bytes, principal: Principal, pool: Pool
@@ -376,6 +400,15 @@ class ProxyApp:
             # Models a caller may not use are not listed, so they do not exist for it.
             raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
         return json.dumps(self._card(model), separators=(",", ":")).encode()
+
+
+def _settled(outcome: Outcome, edited: EditedRequest) -> tuple[int, int] | None:
+    """What a quota is charged, as `_account` charges the limits: nothing for an answer
+    that never started or generated nothing, the reservation (None) when usage is unknown."""
+    usage = outcome.usage
+    if outcome.status != HTTPStatus.OK or not edited.billed:
+        return (0, 0)
+    return None if usage is None else (usage.prompt_tokens, usage.completion_tokens)
 
 
 def _credential(headers: RawHeaders, route: Route) -> bytes | None:
