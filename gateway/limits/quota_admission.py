@@ -32,6 +32,7 @@ from gateway.limits.quotas import (
     QuotaRefusal,
     amounts,
     counters_for,
+    owner_name,
 )
 from gateway.principal import Principal, Quotas
 
@@ -75,6 +76,13 @@ class QuotaAdmissions:
         self._fail_open = fail_open
         self._clock = clock
         self._paused_until = 0.0
+        metrics.prepare(
+            [
+                Counter(owner_name("tenant", tenant), "tenant", tenant, *item)
+                for tenant, quotas in self.tenants.items()
+                for item in quotas.items()
+            ]
+        )
 
     def counters(self, principal: Principal) -> tuple[Counter, ...]:
         return counters_for(principal, self.tenants.get(principal.tenant))

@@ -33,6 +33,13 @@ class QuotaMetrics:
             registry=metrics.registry,
         )
 
+    def prepare(self, counters: list[Counter]) -> None:
+        """Series at 0 for quotas known at start (tenants'), so rate() sees their first step."""
+        for counter in counters:
+            labels = (counter.scope, counter.period, counter.kind, counter.tenant)
+            self.refusals.labels(*labels)
+            self.soft_crossings.labels(*labels)
+
     def refused(self, counter: Counter) -> None:
         self.refusals.labels(counter.scope, counter.period, counter.kind, counter.tenant).inc()
 
