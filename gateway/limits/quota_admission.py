@@ -124,8 +124,8 @@ class QuotaAdmissions:
         try:
             await self.backend.settle(ticket.grant, used)
         except LimiterBackendError as exc:
-            self._metrics.backend_error("quota_settle", "lost")
-            logger.warning("quota backend unavailable, a settlement was lost: %s", exc)
+            self._metrics.backend_error("quota_settle", "kept")
+            logger.warning("quota backend unavailable, a reservation stays charged: %s", exc)
 
     def _unavailable(self, exc: LimiterBackendError | None) -> QuotaTicket:
         outcome = "open" if self._fail_open else "closed"
