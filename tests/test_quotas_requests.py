@@ -159,6 +159,19 @@ def test_soft_threshold_is_reported_once_per_period(gateway: Process) -> None:
     assert key_id not in httpx.get(f"{gateway.url}/metrics").text
 
 
+def test_a_request_refused_by_a_rate_limit_costs_no_quota(gateway: Process) -> None:
+    body = {
+        "tenant": "acme",
+        "limits": {"requests_per_minute": 1, "quotas": {"requests_per_day": 5}},
+    }
+    created = httpx.post(f"{gateway.url}/admin/v1/keys", json=body, headers=ADMIN).json()
+    assert chat(gateway, created["key"]).status_code == 200
+    refused = chat(gateway, created["key"])
+    assert refused.status_code == 429 and refused.json()["error"]["type"] == "requests"
+    state = quota(gateway, f"keys/{created['id']}")[("requests", "day")]
+    assert (state["used"], state["reserved"]) == (1, 0)
+
+
 def test_a_quota_lowered_below_the_usage_refuses_at_once(gateway: Process) -> None:
     key, key_id = new_key(gateway, tokens_per_day=10_000)
     assert chat(gateway, key).status_code == 200

@@ -127,6 +127,17 @@ class QuotaAdmissions:
             self._metrics.backend_error("quota_settle", "kept")
             logger.warning("quota backend unavailable, a reservation stays charged: %s", exc)
 
+    async def cancel(self, ticket: QuotaTicket) -> None:
+        """Undo an admission entirely (another limit refused the request): it counts as
+        no request and no tokens."""
+        if ticket.grant is None:
+            return
+        try:
+            await self.backend.settle(ticket.grant, Amounts(0, 0, 0, 0))
+        except LimiterBackendError as exc:
+            self._metrics.backend_error("quota_settle", "kept")
+            logger.warning("quota backend unavailable, a reservation stays charged: %s", exc)
+
     def _unavailable(self, exc: LimiterBackendError | None) -> QuotaTicket:
         outcome = "open" if self._fail_open else "closed"
         self._metrics.backend_error("quota_admit", outcome)

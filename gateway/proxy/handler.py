@@ -148,7 +148,8 @@ class ProxyApp:
         try:
             ticket = await self._limits.admit(principal, model, edited.token_estimate)
         except BaseException:
-            await self._finish_quota(quota, model, (0, 0))
+            if self._quotas is not None:
+                await self._quotas.cancel(quota)
             raise
         ticket.headers = ticket.headers + quota.headers
         if context.span is not None:
