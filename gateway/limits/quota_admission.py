@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from gateway.limits.admission import PAUSE_S, LimiterUnavailable, RateLimited
+from gateway.limits.admission import LOG_EVERY_S, PAUSE_S, LimiterUnavailable, RateLimited
 from gateway.limits.limiter import LimiterBackendError
 from gateway.limits.periods import go_duration
 from gateway.limits.quota_metrics import QuotaMetrics
@@ -38,6 +38,7 @@ from gateway.principal import Principal, Quotas
 
 logger = logging.getLogger("gateway.limits")
 Headers = list[tuple[bytes, bytes]]
+NOTHING = Amounts(0, 0, 0, 0)
 
 
 class QuotaExceeded(RateLimited):
@@ -76,6 +77,7 @@ class QuotaAdmissions:
         self._fail_open = fail_open
         self._clock = clock
         self._paused_until = 0.0
+        self._last_log = -math.inf
         metrics.prepare(
             [
                 Counter(owner_name("tenant", tenant), "tenant", tenant, *item)
@@ -116,34 +118,37 @@ class QuotaAdmissions:
 
     async def finish(self, ticket: QuotaTicket, model: str, usage: tuple[int, int] | None) -> None:
         """Settle to USAGE (prompt, completion tokens); None keeps the reservation."""
-        if ticket.grant is None:
-            return
-        used = None
-        if usage is not None:
-            used = amounts(self._prices, model, usage[0], usage[1])
-        try:
-            await self.backend.settle(ticket.grant, used)
-        except LimiterBackendError as exc:
-            self._metrics.backend_error("quota_settle", "kept")
-            logger.warning("quota backend unavailable, a reservation stays charged: %s", exc)
+        if ticket.grant is not None:
+            used = None if usage is None else amounts(self._prices, model, *usage)
+            await self._settle(ticket.grant, used)
 
     async def cancel(self, ticket: QuotaTicket) -> None:
         """Undo an admission entirely (another limit refused the request): it counts as
         no request and no tokens."""
-        if ticket.grant is None:
-            return
+        if ticket.grant is not None:
+            await self._settle(ticket.grant, NOTHING)
+
+    async def _settle(self, grant: QuotaGrant, used: Amounts | None) -> None:
         try:
-            await self.backend.settle(ticket.grant, Amounts(0, 0, 0, 0))
+            await self.backend.settle(grant, used)
         except LimiterBackendError as exc:
+            # The reservation stays charged until the period ends: never undercounted.
             self._metrics.backend_error("quota_settle", "kept")
-            logger.warning("quota backend unavailable, a reservation stays charged: %s", exc)
+            self._warn("reservations stay charged", exc)
+
+    def _warn(self, outcome: str, exc: LimiterBackendError) -> None:
+        """At most one warning every LOG_EVERY_S: the metric counts every failure."""
+        now = self._clock()
+        if now - self._last_log >= LOG_EVERY_S:
+            self._last_log = now
+            logger.warning("quota backend unavailable, %s: %s", outcome, exc)
 
     def _unavailable(self, exc: LimiterBackendError | None) -> QuotaTicket:
         outcome = "open" if self._fail_open else "closed"
         self._metrics.backend_error("quota_admit", outcome)
         if exc is not None:
             self._paused_until = self._clock() + PAUSE_S
-            logger.warning("quota backend unavailable, failing %s: %s", outcome, exc)
+            self._warn(f"failing {outcome}", exc)
         if self._fail_open:
             return QuotaTicket(None)
         raise LimiterUnavailable(
