@@ -213,6 +213,9 @@ def test_quotas_are_set_merged_and_cleared(admin_gateway: Process) -> None:
     assert got["quotas"]["tokens_per_day"] is None
     assert (got["quotas"]["requests_per_month"], got["quotas"]["cost_per_month"]) == (7, 25.5)
     assert got["requests_per_minute"] == 9
+    details = ok(keys(admin_gateway, "get", key_id)).splitlines()
+    row = next(line for line in details if line.startswith("quotas:"))
+    assert row.split(":", 1)[1].strip() == "requests_per_month 7, cost_per_month 25.5 USD"
     for bad in ("tokens_per_week=5", "tokens_per_day=-1", "cost_per_day=abc", "tokens_per_day"):
         refused = keys(admin_gateway, "create", "--tenant", "initech", "--quota", bad)
         assert refused.returncode == 2, bad

@@ -226,3 +226,23 @@ async def test_concurrent_reservations_never_pass_the_limit(backend: QuotaBacken
     granted_count = sum(isinstance(answer, QuotaGrant) for answer in answers)
     assert granted_count == 100 // 7
     assert (await backend.read([tokens]))[0].reserved == 7 * (100 // 7)
+
+
+async def test_overshoot_is_bounded_by_the_usage_beyond_reservations_in_flight(
+    backend: QuotaBackend,
+) -> None:
+    limit, reservation = 100, 9
+    tokens = counter(limit=limit)
+    answers = await asyncio.gather(
+        *(backend.reserve(demand(tokens, prompt=reservation)) for _ in range(30))
+    )
+    grants = [answer for answer in answers if isinstance(answer, QuotaGrant)]
+    # Every grant in flight uses twice its reservation (a replica that under-reported).
+    await asyncio.gather(*(backend.settle(g, Amounts(2 * reservation, 0, 1, 0)) for g in grants))
+    used = (await backend.read([tokens]))[0].used
+    excess = len(grants) * reservation
+    overshoot = used - limit
+    assert overshoot <= excess, f"overshoot {overshoot} past {excess} beyond reservations"
+    assert used == 2 * reservation * len(grants), f"used {used}, overshoot {overshoot}"
+    # Spent: refused until the period ends.
+    assert isinstance(await backend.reserve(demand(tokens, prompt=1)), QuotaRefusal)
