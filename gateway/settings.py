@@ -310,11 +310,34 @@ class RatesSettings(_Strict):
     concurrent_requests: int | None = Field(default=None, ge=0)
 
 
+class QuotaSettings(_Strict):
+    """Quotas per UTC day and calendar month (UTC); costs in USD, from `pricing`."""
+
+    tokens_per_day: int | None = Field(default=None, ge=0, le=10**15)
+    tokens_per_month: int | None = Field(default=None, ge=0, le=10**15)
+    prompt_tokens_per_day: int | None = Field(default=None, ge=0, le=10**15)
+    prompt_tokens_per_month: int | None = Field(default=None, ge=0, le=10**15)
+    completion_tokens_per_day: int | None = Field(default=None, ge=0, le=10**15)
+    completion_tokens_per_month: int | None = Field(default=None, ge=0, le=10**15)
+    requests_per_day: int | None = Field(default=None, ge=0, le=10**15)
+    requests_per_month: int | None = Field(default=None, ge=0, le=10**15)
+    cost_per_day: float | None = Field(default=None, ge=0, le=10**9, allow_inf_nan=False)
+    cost_per_month: float | None = Field(default=None, ge=0, le=10**9, allow_inf_nan=False)
+
+
+class PriceSettings(_Strict):
+    """USD per million prompt tokens and per million completion tokens."""
+
+    prompt: float = Field(ge=0, le=10**6, allow_inf_nan=False)
+    completion: float = Field(ge=0, le=10**6, allow_inf_nan=False)
+
+
 class TenantLimitsSettings(RatesSettings):
     """A tenant's limits, shared by all its keys and JWT subjects; `models` adds
     per-model rates on top of the tenant-wide ones."""
 
     models: dict[str, RatesSettings] = Field(default_factory=dict)
+    quotas: QuotaSettings = QuotaSettings()
     # Sequences one request of the tenant's keys may ask for, unless a key says otherwise.
     max_batch: int | None = Field(default=None, ge=1)
 
@@ -340,6 +363,8 @@ class RateLimitSettings(_Strict):
     # unless the key or its tenant says otherwise; OpenAI's own bound on embedding inputs.
     max_batch: int = Field(default=2048, ge=1)
     tenants: dict[str, TenantLimitsSettings] = Field(default_factory=dict)
+    # A quota whose use (with reservations) passes this share of it is reported.
+    quota_soft_threshold: float = Field(default=0.8, gt=0, le=1)
 
 
 class KeyStoreSettings(_Strict):
@@ -539,6 +564,8 @@ class Settings(_Strict):
     auth: AuthSettings = AuthSettings()
     admin: AdminSettings = AdminSettings()
     limits: RateLimitSettings = RateLimitSettings()
+    # Model -> price, for cost quotas; a model without a price costs nothing.
+    pricing: dict[str, PriceSettings] = Field(default_factory=dict)
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
     tracing: TracingSettings = TracingSettings()

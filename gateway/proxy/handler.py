@@ -14,8 +14,10 @@ from gateway.asgi import RawHeaders, Receive, Scope, Send, send_bytes
 from gateway.drain import Drain
 from gateway.errors import InvalidRequest, ModelNotFound, UpstreamError
 from gateway.limits.admission import Admissions, Ticket
+from gateway.limits.quota_admission import QuotaAdmissions
 from gateway.metrics import Metrics, replica_label
 from gateway.principal import Principal
+from gateway.proxy.admission_gate import AdmissionGate, Admitted
 from gateway.proxy.aliases import ModelRouter, Shedding, retarget
 from gateway.proxy.anthropic import edit_messages
 from gateway.proxy.apis import ModelApis
@@ -82,6 +84,7 @@ class ProxyApp:
         auth: Authenticate,
         *,
         limits: Admissions,
+        quotas: QuotaAdmissions | None = None,
         usage: RecordUsage,
         options: ProxyOptions,
         metrics: Metrics,
@@ -96,7 +99,7 @@ class ProxyApp:
         self._drain = drain
         self._upstream = upstream
         self._auth = auth
-        self._limits = limits
+        self._gate = AdmissionGate(limits, quotas)
         self._usage = usage
         self._options = options
         self._metrics = metrics
@@ -152,7 +155,8 @@ class ProxyApp:
         edited, pool = self._edit(route, payload, body, principal, model)
         # An alias's request is the serving model's: its limits, usage and metrics.
         model = context.model = pool.model
-        ticket = await self._limits.admit(principal, model, edited.token_estimate)
+        admitted = await self._gate.admit(principal, model, edited)
+        ticket = admitted.ticket
         if context.span is not None:
             context.span.add_event("gateway.admitted")
         context.outcome = Outcome()
@@ -175,7 +179,7 @@ class ProxyApp:
             outcome = context.outcome
             raise
         finally:
-            await self._account(ticket, outcome, principal, model, edited)
+            await self._account(admitted, outcome, principal, model, edited)
 
     def _edit(
         self, route: Route, payload: dict[str, Any], body: bytes, principal: Principal, model: str
@@ -345,28 +349,31 @@ class ProxyApp:
 
     async def _account(
         self,
-        ticket: Ticket,
+        admitted: Admitted,
         outcome: Outcome,
         principal: Principal,
         model: str,
         edited: EditedRequest,
     ) -> None:
-        """Settle the limits and record the usage, however the request ended.
+        """Settle the limits and quotas and record the usage, however the request ended.
 
         An answer (200) whose usage never arrived (a client that left mid-stream,
         a replica that sent none) is charged its whole reservation, and recorded
         as that estimate, marked estimated: never as 0. An answer that never
         started costs nothing, and so does one that generates nothing (a token count).
         """
-        usage = outcome.usage
+        usage, gate = outcome.usage, self._gate
         if outcome.status != HTTPStatus.OK or not edited.billed:
-            await self._limits.finish(ticket, 0 if usage is None else usage.total_tokens)
+            await gate.finish(admitted, model, 0 if usage is None else usage.total_tokens, (0, 0))
             return
         estimated = usage is None
         if usage is None:
             usage = TokenUsage(edited.prompt_estimate, edited.completion_reserve)
             self._metrics.child(self._metrics.usage_estimated, model).inc()
-        await self._limits.finish(ticket, None if estimated else usage.total_tokens)
+            await gate.finish(admitted, model, None, None)
+        else:
+            counts = usage.prompt_tokens, usage.completion_tokens
+            await gate.finish(admitted, model, usage.total_tokens, counts)
         self._usage.record(principal.id, principal.tenant, model, usage, estimated=estimated)
 
     def _card(self, model: str) -> dict[str, object]:
