@@ -13,6 +13,7 @@ from gateway.asgi import ASGIApp, Receive, Scope, Send, send_bytes
 from gateway.auth.service import AuthService
 from gateway.drain import Drain
 from gateway.errors import error_body
+from gateway.limits.quota_setup import quota_admissions, quota_backend
 from gateway.limits.setup import admissions, limiter_backend
 from gateway.metrics import Metrics
 from gateway.middleware.context import RequestContextMiddleware
@@ -74,6 +75,7 @@ class Gateway:
         )
         self.limiter = limiter_backend(settings, self.metrics)
         self.admissions = admissions(settings, self.limiter, self.metrics)
+        self.quotas = quota_admissions(settings, quota_backend(settings), self.metrics)
         # Writes to the usage store once the lifespan has opened it, beside the keys.
         self.recorder = UsageRecorder()
         # Set on SIGTERM by the server (gateway/cli/shutdown.py); read by the proxy,
@@ -105,6 +107,7 @@ class Gateway:
             self.upstream,
             self.auth,
             limits=self.admissions,
+            quotas=self.quotas,
             usage=self.recorder,
             options=proxy_options(settings),
             metrics=self.metrics,
@@ -169,6 +172,7 @@ class Gateway:
         async with AsyncExitStack() as stack:
             stack.callback(self.access_log.flush)
             stack.push_async_callback(self.limiter.close)
+            stack.push_async_callback(self.quotas.backend.close)
             if self.tracer is not None:
                 # Closed after everything else: spans of requests still ending get out.
                 self.tracer.export.open()
@@ -235,6 +239,7 @@ class Gateway:
             admin_jwt_check(self.auth, settings.admin.jwt_claim),
             usage=usage_store,
             pools=self.pools,
+            quotas=self.quotas,
             scrape_token=None if scrape_token is None else scrape_token.get_secret_value(),
         )
 

@@ -23,6 +23,39 @@ class Rates:
         )
 
 
+QUOTA_KINDS = ("tokens", "prompt_tokens", "completion_tokens", "requests", "cost")
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """Quotas per UTC day and calendar month; None means no quota of that kind.
+
+    Costs are integer micro-dollars (USD 1 = 1,000,000), so that counters add up
+    exactly; the admin API and settings speak USD.
+    """
+
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
+    prompt_tokens_per_day: int | None = None
+    prompt_tokens_per_month: int | None = None
+    completion_tokens_per_day: int | None = None
+    completion_tokens_per_month: int | None = None
+    requests_per_day: int | None = None
+    requests_per_month: int | None = None
+    cost_per_day: int | None = None
+    cost_per_month: int | None = None
+
+    def items(self) -> list[tuple[str, str, int]]:
+        """(kind, period, limit) for every quota that is set."""
+        found = []
+        for kind in QUOTA_KINDS:
+            for period in ("day", "month"):
+                limit = getattr(self, f"{kind}_per_{period}")
+                if limit is not None:
+                    found.append((kind, period, limit))
+        return found
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Per-principal limits; None means no limit of that kind.
@@ -38,6 +71,7 @@ class Limits:
     # Sequences one request may ask for: prompts x max(n, best_of), or embedding inputs.
     max_batch: int | None = None
     models: Mapping[str, Rates] = field(default_factory=dict)
+    quotas: Quotas = field(default_factory=Quotas)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", dict(self.models))  # a copy the caller cannot mutate

@@ -235,12 +235,30 @@ class DiscoverySettings(_Strict):
         return self
 
 
+ApiFamily = Literal[
+    "chat",
+    "completions",
+    "embeddings",
+    "messages",
+    "responses",
+    "rerank",
+    "score",
+    "embed_v2",
+    "transcriptions",
+    "translations",
+]
+DEFAULT_APIS: tuple[ApiFamily, ...] = ("chat", "completions", "embeddings", "messages", "responses")
+
+
 class ModelSettings(_Strict):
     name: str = Field(min_length=1)
     replicas: list[ReplicaSettings] = Field(default_factory=list)
     discovery: list[DiscoverySettings] = Field(default_factory=list)
     # The vLLM --api-key of discovered replicas (static ones may carry their own).
     api_key: Secret = None
+    # The API families forwarded for this model (gateway.proxy.apis): pooling and audio
+    # routes (rerank, score, embed_v2, transcriptions, translations) only when named here.
+    apis: list[ApiFamily] = Field(default_factory=lambda: list(DEFAULT_APIS), min_length=1)
 
 
 class HealthSettings(_Strict):
@@ -292,11 +310,34 @@ class RatesSettings(_Strict):
     concurrent_requests: int | None = Field(default=None, ge=0)
 
 
+class QuotaSettings(_Strict):
+    """Quotas per UTC day and calendar month (UTC); costs in USD, from `pricing`."""
+
+    tokens_per_day: int | None = Field(default=None, ge=0, le=10**15)
+    tokens_per_month: int | None = Field(default=None, ge=0, le=10**15)
+    prompt_tokens_per_day: int | None = Field(default=None, ge=0, le=10**15)
+    prompt_tokens_per_month: int | None = Field(default=None, ge=0, le=10**15)
+    completion_tokens_per_day: int | None = Field(default=None, ge=0, le=10**15)
+    completion_tokens_per_month: int | None = Field(default=None, ge=0, le=10**15)
+    requests_per_day: int | None = Field(default=None, ge=0, le=10**15)
+    requests_per_month: int | None = Field(default=None, ge=0, le=10**15)
+    cost_per_day: float | None = Field(default=None, ge=0, le=10**9, allow_inf_nan=False)
+    cost_per_month: float | None = Field(default=None, ge=0, le=10**9, allow_inf_nan=False)
+
+
+class PriceSettings(_Strict):
+    """USD per million prompt tokens and per million completion tokens."""
+
+    prompt: float = Field(ge=0, le=10**6, allow_inf_nan=False)
+    completion: float = Field(ge=0, le=10**6, allow_inf_nan=False)
+
+
 class TenantLimitsSettings(RatesSettings):
     """A tenant's limits, shared by all its keys and JWT subjects; `models` adds
     per-model rates on top of the tenant-wide ones."""
 
     models: dict[str, RatesSettings] = Field(default_factory=dict)
+    quotas: QuotaSettings = QuotaSettings()
     # Sequences one request of the tenant's keys may ask for, unless a key says otherwise.
     max_batch: int | None = Field(default=None, ge=1)
 
@@ -322,6 +363,8 @@ class RateLimitSettings(_Strict):
     # unless the key or its tenant says otherwise; OpenAI's own bound on embedding inputs.
     max_batch: int = Field(default=2048, ge=1)
     tenants: dict[str, TenantLimitsSettings] = Field(default_factory=dict)
+    # A quota whose use (with reservations) passes this share of it is reported.
+    quota_soft_threshold: float = Field(default=0.8, gt=0, le=1)
 
 
 class KeyStoreSettings(_Strict):
@@ -521,13 +564,19 @@ class Settings(_Strict):
     timeouts: TimeoutSettings = TimeoutSettings()
     upstream_tls: UpstreamTLSSettings = UpstreamTLSSettings()
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # multipart/form-data uploads (audio routes): OpenAI's own limit is 25 MB.
+    max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     # 0 means no limit; vLLM replicas take hundreds of concurrent streams each.
     upstream_max_connections: int = Field(default=0, ge=0)
     models: list[ModelSettings] = Field(default_factory=list)
+    # Another name for one or more models, tried in order (gateway.upstreams.aliases).
+    aliases: dict[str, list[str]] = Field(default_factory=dict)
     upstreams: UpstreamSettings = UpstreamSettings()
     auth: AuthSettings = AuthSettings()
     admin: AdminSettings = AdminSettings()
     limits: RateLimitSettings = RateLimitSettings()
+    # Model -> price, for cost quotas; a model without a price costs nothing.
+    pricing: dict[str, PriceSettings] = Field(default_factory=dict)
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
     tracing: TracingSettings = TracingSettings()
@@ -589,6 +638,33 @@ class Settings(_Strict):
         if duplicates:
             raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
         return models
+
+    @model_validator(mode="after")
+    def _aliases_name_models(self) -> Settings:
+        models = {model.name for model in self.models}
+        for alias, targets in self.aliases.items():
+            _check_alias(alias, targets, models, self.aliases)
+        return self
+
+
+def _check_alias(
+    alias: str, targets: list[str], models: set[str], aliases: dict[str, list[str]]
+) -> None:
+    """An alias names configured models only: no alias of an alias (no cycles), no
+    alias that hides a model, no empty or repeated target."""
+    if not alias:
+        raise ValueError("aliases: an alias name must be a non-empty string")
+    if alias in models:
+        raise ValueError(f"aliases: '{alias}' is a model's name; an alias needs a name of its own")
+    if not targets:
+        raise ValueError(f"aliases: '{alias}' needs at least one model")
+    for target in targets:
+        if target in aliases:
+            raise ValueError(f"aliases: '{alias}' names the alias '{target}'; name models only")
+        if target not in models:
+            raise ValueError(f"aliases: '{alias}' names '{target}', which is not in models")
+    if len(set(targets)) != len(targets):
+        raise ValueError(f"aliases: '{alias}' names a model more than once")
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -60,6 +60,8 @@ OPERATIONS = [
     ("POST", "/admin/v1/keys/{key_id}/rotate"),
     ("GET", "/admin/v1/keys/{key_id}/usage"),
     ("GET", "/admin/v1/tenants/{tenant}/usage"),
+    ("GET", "/admin/v1/keys/{key_id}/quota"),
+    ("GET", "/admin/v1/tenants/{tenant}/quota"),
     ("GET", "/admin/v1/audit"),
     ("GET", "/admin/v1/upstreams"),
     ("GET", "/admin/v1/prometheus/targets"),

@@ -32,7 +32,7 @@ from gateway.keys.store import (
     KeyStoreUnavailable,
     MemoryKeyStore,
 )
-from gateway.principal import Limits, Rates
+from gateway.principal import Limits, Quotas, Rates
 from tests.backends import BACKENDS, Backend, open_backend
 from tests.servers import RedisServer
 
@@ -76,6 +76,7 @@ def full_record(key: ApiKey) -> KeyRecord:
             concurrent_requests=4,
             max_tokens=512,
             models={"llama-3-8b": Rates(requests_per_minute=10, concurrent_requests=1)},
+            quotas=Quotas(tokens_per_day=10**15, requests_per_month=0, cost_per_day=2_500_000),
         ),
         expires_at=NOW + timedelta(days=30),
         last_used_at=NOW - timedelta(minutes=5),
@@ -564,6 +565,9 @@ def test_limits_written_before_per_model_limits_still_read() -> None:
     )
     limits = Limits(max_tokens=9, models={"m": Rates(requests_per_minute=1)})
     assert decode_limits(encode_limits(limits)) == limits
+    quotas = Limits(quotas=Quotas(prompt_tokens_per_month=7, cost_per_month=1))
+    assert '"cost_micro_usd_per_month": 1' in encode_limits(quotas)
+    assert decode_limits(encode_limits(quotas)) == quotas
 
 
 @pytest.mark.parametrize(
@@ -574,6 +578,11 @@ def test_limits_written_before_per_model_limits_still_read() -> None:
         '{"models": {"m": {"requests_per_minute": "5"}}}',
         '{"models": {"m": {"tokens_per_minute": true}}}',
         '{"models": {"m": {"concurrent_requests": 1.5}}}',
+        '{"quotas": []}',
+        '{"quotas": {"tokens_per_day": "5"}}',
+        '{"quotas": {"tokens_per_day": -1}}',
+        '{"quotas": {"cost_per_day": 5}}',
+        '{"quotas": {"tokens_per_week": 5}}',
     ],
 )
 def test_malformed_per_model_limits_are_refused(text: str) -> None:

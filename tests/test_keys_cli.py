@@ -195,3 +195,28 @@ def test_usage_errors_exit_2(args: list[str], env: dict[str, str], message: str)
     assert result.returncode == 2
     assert message in result.stderr
     assert ADMIN_TOKEN not in result.stdout + result.stderr
+
+
+def test_quotas_are_set_merged_and_cleared(admin_gateway: Process) -> None:
+    created = ok_json(
+        keys(
+            admin_gateway, "create", "--json", "--tenant", "initech",
+            "--quota", "tokens_per_day=100000", "--quota", "cost_per_month=25.5",
+        )
+    )  # fmt: skip
+    quotas = created["limits"]["quotas"]
+    assert (quotas["tokens_per_day"], quotas["cost_per_month"]) == (100000, 25.5)
+    key_id = created["id"]
+    args = ["--quota", "tokens_per_day=none", "--quota", "requests_per_month=7", "--rpm", "9"]
+    ok(keys(admin_gateway, "update", key_id, *args))
+    got = ok_json(keys(admin_gateway, "get", key_id, "--json"))["limits"]
+    assert got["quotas"]["tokens_per_day"] is None
+    assert (got["quotas"]["requests_per_month"], got["quotas"]["cost_per_month"]) == (7, 25.5)
+    assert got["requests_per_minute"] == 9
+    details = ok(keys(admin_gateway, "get", key_id)).splitlines()
+    row = next(line for line in details if line.startswith("quotas:"))
+    assert row.split(":", 1)[1].strip() == "requests_per_month 7, cost_per_month 25.5 USD"
+    for bad in ("tokens_per_week=5", "tokens_per_day=-1", "cost_per_day=abc", "tokens_per_day"):
+        refused = keys(admin_gateway, "create", "--tenant", "initech", "--quota", bad)
+        assert refused.returncode == 2, bad
+        assert "--quota" in refused.stderr

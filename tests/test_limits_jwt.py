@@ -19,7 +19,7 @@ MODEL = "sim-model"
 
 
 @pytest.fixture(scope="module")
-def jwt_gateway(module_tmp: Path, sim: Process) -> Iterator[tuple[Process, str]]:
+def jwt_gateway(module_tmp: Path, sim: Process) -> Iterator[tuple[Process, str, str]]:
     config = gateway_config(free_port(), {MODEL: [sim.url]})
     config["auth"] = {
         "pepper": "pepper-for-the-jwt-limit-tests-0123456789",
@@ -33,10 +33,16 @@ def jwt_gateway(module_tmp: Path, sim: Process) -> Iterator[tuple[Process, str]]
             }
         ],
     }
-    config["limits"] = {"tenants": {"shared": {"requests_per_minute": 3}}}
+    config["limits"] = {
+        "tenants": {
+            "shared": {"requests_per_minute": 3},
+            "metered": {"quotas": {"requests_per_day": 2}},
+        }
+    }
     key = create_key(config, tenant="shared")
+    metered = create_key(config, tenant="metered")
     with run_gateway(module_tmp, config) as gateway:
-        yield gateway, key
+        yield gateway, key, metered
 
 
 def token(subject: str, **claims: object) -> str:
@@ -51,8 +57,8 @@ def status(gateway: Process, credential: str) -> httpx.Response:
     return httpx.post(f"{gateway.url}/v1/completions", json=body, headers=headers, timeout=30)
 
 
-def test_a_subjects_own_claims_limit_it(jwt_gateway: tuple[Process, str]) -> None:
-    gateway, _ = jwt_gateway
+def test_a_subjects_own_claims_limit_it(jwt_gateway: tuple[Process, str, str]) -> None:
+    gateway, _, _ = jwt_gateway
     bob = token("bob", rpm=2)
     answers = [status(gateway, bob) for _ in range(3)]
     assert [answer.status_code for answer in answers] == [200, 200, 429]
@@ -62,8 +68,19 @@ def test_a_subjects_own_claims_limit_it(jwt_gateway: tuple[Process, str]) -> Non
     assert status(gateway, token("carol", rpm=2)).status_code == 200
 
 
-def test_a_tenant_is_shared_by_its_keys_and_subjects(jwt_gateway: tuple[Process, str]) -> None:
-    gateway, key = jwt_gateway
+def test_a_tenant_is_shared_by_its_keys_and_subjects(jwt_gateway: tuple[Process, str, str]) -> None:
+    gateway, key, _ = jwt_gateway
     subject = token("dave", tenant="shared")
     statuses = [status(gateway, credential).status_code for credential in (key, subject) * 3]
     assert statuses == [200, 200, 200, 429, 429, 429]
+
+
+def test_a_subject_counts_against_its_tenants_quota(jwt_gateway: tuple[Process, str, str]) -> None:
+    gateway, _, key = jwt_gateway
+    subject = token("erin", tenant="metered")
+    answers = [status(gateway, credential) for credential in (key, subject, subject, key)]
+    assert [answer.status_code for answer in answers] == [200, 200, 429, 429]
+    assert answers[1].headers["x-ratelimit-remaining-requests-day"] == "0"
+    error = answers[2].json()["error"]
+    assert error["type"] == "requests_per_day_quota_exceeded"
+    assert "tenant" in error["message"]

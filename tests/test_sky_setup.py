@@ -93,7 +93,7 @@ def stand_in_gpu(node: Node, driver_cuda: str) -> dict[str, str]:
     lib = node.tmp / "pylib"
     for module, text in {
         "torch": '__version__ = "2.8.0"\nclass version:\n    cuda = "12.8"\n',
-        "vllm": '__version__ = "0.11.0"\n',
+        "vllm": '__version__ = "0.32.0"\n',
     }.items():
         (lib / module).mkdir(parents=True)
         (lib / module / "__init__.py").write_text(text)

@@ -22,7 +22,7 @@ import pytest
 
 from gateway.keys.records import KeyChanges, new_key, new_secret
 from gateway.keys.sqlite import SqliteKeyStore
-from gateway.principal import Limits
+from gateway.principal import Limits, Quotas
 from tests.servers import TEST_PEPPER, Process, RedisServer, free_port, run_gateway
 from tests.store_transfer import (
     admin,
@@ -35,6 +35,7 @@ from tests.store_transfer import (
     wait_for_requests,
 )
 
+QUOTAS = Quotas(tokens_per_month=10**9, cost_per_day=1_500_000)
 CLI_PORT = 8080  # the CLI reads the settings' store, never their listener
 OTHER_PEPPER = "another-pepper-for-tests-only-0123456789"
 # (token name, requests made with it before the move, answer after it)
@@ -46,7 +47,10 @@ async def _seed(path: Path) -> tuple[dict[str, str], dict[str, str]]:
     pepper = TEST_PEPPER.encode()
     now = datetime.now(UTC)
     specs = {
-        "active": {"tenant": "acme", "limits": Limits(requests_per_minute=600, max_tokens=64)},
+        "active": {
+            "tenant": "acme",
+            "limits": Limits(requests_per_minute=600, max_tokens=64, quotas=QUOTAS),
+        },
         "revoked": {"tenant": "acme"},
         "expiring": {"tenant": "beta", "expires_at": now + timedelta(days=1)},
         "expired": {"tenant": "beta", "expires_at": now - timedelta(minutes=1)},
@@ -158,6 +162,13 @@ def test_old_keys_work_on_redis_with_the_same_usage(moved: Moved) -> None:
             assert chat(gateway, tokens[name]) == 401, name
     audit = admin(first, "GET", "audit")["data"]
     assert [entry["action"] for entry in audit][:2] == ["store.import", "key.update"], audit
+
+
+def test_quotas_move_with_their_keys(moved: Moved) -> None:
+    for gateway in moved.gateways:
+        quotas = admin(gateway, "GET", f"keys/{moved.ids['active']}")["limits"]["quotas"]
+        assert (quotas["tokens_per_month"], quotas["cost_per_day"]) == (10**9, 1.5)
+        assert quotas["tokens_per_day"] is None
 
 
 def test_a_revocation_on_one_gateway_is_refused_by_the_other(moved: Moved) -> None:

@@ -25,10 +25,13 @@ from gateway.admin.audit import CURSOR_PATTERN, MAX_PAGE, AuditLog, AuditLogErro
 from gateway.admin.auth import AdminAuthMiddleware, AdminAuthorizer
 from gateway.admin.keys import Admin, KeyRoutes, UsageRoutes
 from gateway.admin.prometheus_sd import PrometheusTargetRoutes
+from gateway.admin.quotas import QuotaRoutes
 from gateway.admin.schemas import AuditEntryOut, AuditPage, ErrorOut
 from gateway.admin.upstreams import UpstreamRoutes
 from gateway.errors import error_body
 from gateway.keys.store import KeyExists, KeyNotFound, KeyStore, KeyStoreError
+from gateway.limits.limiter import LimiterBackendError
+from gateway.limits.quota_admission import QuotaAdmissions
 from gateway.upstreams.pool import Pools
 from gateway.upstreams.scrape_targets import TARGETS_PATH
 from gateway.usage.store import MemoryUsageStore, UsageStore, UsageStoreError
@@ -59,6 +62,7 @@ def create_admin_app(
     *,
     usage: UsageStore | None = None,
     pools: Pools | None = None,
+    quotas: QuotaAdmissions | None = None,
 ) -> FastAPI:
     """The admin API over `store`, recording to `audit`, guarded by `authorize`.
 
@@ -81,6 +85,7 @@ def create_admin_app(
     app.include_router(keys.router(), prefix=PREFIX)
     counted = UsageRoutes(store=store, usage=MemoryUsageStore() if usage is None else usage)
     app.include_router(counted.router(), prefix=PREFIX)
+    app.include_router(QuotaRoutes(store=store, quotas=quotas).router(), prefix=PREFIX)
     app.add_api_route(f"{PREFIX}/audit", _audit_route(audit), methods=["GET"], tags=["audit"])
     app.include_router(UpstreamRoutes(pools).router(), prefix=PREFIX)
     app.include_router(PrometheusTargetRoutes(pools).router(), prefix=PREFIX)
@@ -159,6 +164,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(KeyStoreError, store_error)
     app.add_exception_handler(AuditLogError, audit_error)
     app.add_exception_handler(UsageStoreError, usage_error)
+
+    async def quota_error(_: Request, exc: Exception) -> Response:
+        return _json_error(503, str(exc), "quota_backend_unavailable")
+
+    app.add_exception_handler(LimiterBackendError, quota_error)
 
 
 def _problem(error: object) -> str:

@@ -15,6 +15,7 @@ from gateway.admin.audit import AuditLog, SqliteAuditLog
 from gateway.admin.auth import AdminAuthorizer
 from gateway.auth.service import AuthService
 from gateway.keys.store import KeyStore
+from gateway.limits.quota_admission import QuotaAdmissions
 from gateway.settings import KeyStoreSettings
 from gateway.upstreams.pool import Pools
 from gateway.usage.store import UsageStore
@@ -39,13 +40,16 @@ def admin_app(
     *,
     usage: UsageStore | None = None,
     pools: Pools | None = None,
+    quotas: QuotaAdmissions | None = None,
     scrape_token: str | None = None,
 ) -> FastAPI:
     """The admin app; the caller owns (opens and closes) `store`, `audit` and `usage`,
     and `pools`, which the admin API only reads. `scrape_token` (`metrics.token`) may
     read Prometheus' service discovery too."""
     authorizer = AdminAuthorizer(tokens, jwt_check=jwt_check, scrape_token=scrape_token)
-    return create_admin_app(store, audit, pepper, authorizer, usage=usage, pools=pools)
+    return create_admin_app(
+        store, audit, pepper, authorizer, usage=usage, pools=pools, quotas=quotas
+    )
 
 
 def admin_jwt_check(

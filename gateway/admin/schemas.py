@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from gateway.admin.audit import AuditEntry
+from gateway.admin.quota_schemas import KeyQuotas
 from gateway.keys.records import KeyRecord
 from gateway.principal import Limits, Rates
 from gateway.usage.records import UsageCounts
@@ -129,6 +130,7 @@ class KeyLimits(BaseModel):
     max_tokens: Limit | None = None
     max_batch: Limit | None = None
     models: ModelLimits = Field(default_factory=dict)
+    quotas: KeyQuotas = Field(default_factory=KeyQuotas)
 
     def to_limits(self) -> Limits:
         return Limits(
@@ -138,6 +140,7 @@ class KeyLimits(BaseModel):
             max_tokens=self.max_tokens,
             max_batch=self.max_batch,
             models={model: rates.to_rates() for model, rates in self.models.items()},
+            quotas=self.quotas.to_quotas(),
         )
 
     @classmethod
@@ -149,6 +152,7 @@ class KeyLimits(BaseModel):
             max_tokens=limits.max_tokens,
             max_batch=limits.max_batch,
             models={model: ModelRates.of(rates) for model, rates in sorted(limits.models.items())},
+            quotas=KeyQuotas.of(limits.quotas),
         )
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from gateway.admin.schemas import KEY_ID_PATTERN, KeyPage
-from gateway.cli import keys_transfer
+from gateway.cli import key_quotas, keys_transfer
 from gateway.cli.admin_client import TOKEN_ENV, URL_ENV, AdminApi, Json, UsageError, run_admin
 from gateway.cli.output import Output, Printer
 
@@ -178,6 +178,7 @@ def _add_key_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
         help=f"a limit on one model's requests, on top of the key's; FIELD: "
         f"{', '.join(MODEL_LIMIT_FIELDS)}; repeatable; N 0: none",
     )
+    key_quotas.add_option(parser)
     expiry = parser.add_mutually_exclusive_group()
     expiry.add_argument("--expires-in", type=duration, metavar="30d|12h|3600s")
     expiry.add_argument("--expires-at", type=moment, metavar="ISO", help="e.g. 2030-01-01T00:00Z")
@@ -251,6 +252,8 @@ def create(api: AdminApi, args: argparse.Namespace, show: Printer) -> None:
     limits: Json = given_limits(args)
     if args.model_limit:
         limits["models"] = merged_model_limits({}, args)
+    if args.quota:
+        limits["quotas"] = key_quotas.merged_quotas({}, args)
     body = {"tenant": args.tenant, "name": args.name, "limits": limits}
     data = api.call("POST", "keys", {**body, **key_changes(args)})
     show.created(data, f"Created key {data.get('id')} for tenant {args.tenant}.")
@@ -279,12 +282,14 @@ def update(api: AdminApi, args: argparse.Namespace, show: Printer) -> None:
     if args.name is not None:
         body["name"] = args.name
     limits: Json = given_limits(args)
-    if limits or args.model_limit:
+    if limits or args.model_limit or args.quota:
         # The API replaces `limits` whole; keep the ones not given.
         current = api.call("GET", f"keys/{args.id}").get("limits")
         current = current if isinstance(current, dict) else {}
         if args.model_limit:
             limits["models"] = merged_model_limits(current.get("models"), args)
+        if args.quota:
+            limits["quotas"] = key_quotas.merged_quotas(current.get("quotas"), args)
         body["limits"] = {**current, **limits}
     if not body:
         raise UsageError("nothing to change: give at least one option")

@@ -111,6 +111,7 @@ def key_details(key: KeyOut) -> list[str]:
         ("models", models_text(key.models)),
         ("limits", limits_text(key.limits)),
         *model_limits_rows(key.limits),
+        *quota_rows(key.limits),
         ("created", when(key.created_at)),
         ("last used", when(key.last_used_at, "never")),
         ("expires", when(key.expires_at, "never")),
@@ -151,6 +152,16 @@ def model_limits_rows(limits: KeyLimits) -> list[tuple[str, str]]:
         ("model limits" if index == 0 else "", f"{model}: {text}")
         for index, (model, text) in enumerate(rows)
     ]
+
+
+def quota_rows(limits: KeyLimits) -> list[tuple[str, str]]:
+    """One `quotas` row listing those set (costs in USD); none without any."""
+    given = limits.quotas.model_dump(exclude_none=True)
+    parts = [
+        f"{name} {value} USD" if name.startswith("cost_") else f"{name} {value}"
+        for name, value in given.items()
+    ]
+    return [("quotas", ", ".join(parts))] if parts else []
 
 
 def when(moment: datetime | None, missing: str = "-") -> str:

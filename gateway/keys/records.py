@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import TypeVar, overload
 
 from gateway.keys.format import ApiKey, generate, hash_secret, is_key_id, verify
-from gateway.principal import Limits, Principal, Rates
+from gateway.principal import Limits, Principal, Quotas, Rates
 
 T = TypeVar("T")
 
@@ -273,7 +273,36 @@ def _limits_doc(limits: Limits) -> dict[str, object]:
         model: {name: getattr(rates, name) for name in _RATE_FIELDS}
         for model, rates in sorted(limits.models.items())
     }
+    doc["quotas"] = {_QUOTA_DOC_NAMES[name]: value for name, value in _quota_values(limits.quotas)}
     return doc
+
+
+# Costs are kept in micro-dollars; the stored name says so, where the API's says USD.
+_QUOTA_FIELDS = tuple(Quotas.__dataclass_fields__)
+_QUOTA_DOC_NAMES = {
+    name: name.replace("cost_", "cost_micro_usd_") if name.startswith("cost_") else name
+    for name in _QUOTA_FIELDS
+}
+
+
+def _quota_values(quotas: Quotas) -> list[tuple[str, int]]:
+    return [(name, value) for name in _QUOTA_FIELDS if (value := getattr(quotas, name)) is not None]
+
+
+def _quotas_from(doc: object) -> Quotas:
+    """A record from before quotas has none; unknown names are refused, not dropped."""
+    if doc is None:
+        return Quotas()
+    if not isinstance(doc, dict):
+        raise ValueError("limits.quotas is a JSON object")
+    names = {stored: name for name, stored in _QUOTA_DOC_NAMES.items()}
+    unknown = sorted(set(doc) - set(names))
+    if unknown:
+        raise ValueError(f"unknown quota {unknown[0]!r}")
+    values = _limit_values(doc, tuple(doc))
+    if any(value is not None and value < 0 for value in values.values()):
+        raise ValueError("a quota is not negative")
+    return Quotas(**{names[stored]: value for stored, value in values.items()})
 
 
 def _limits_from(doc: object) -> Limits:
@@ -284,7 +313,8 @@ def _limits_from(doc: object) -> Limits:
     if not isinstance(models, dict):
         raise ValueError("limits.models is a JSON object")
     rates = {model: Rates(**_limit_values(entry, _RATE_FIELDS)) for model, entry in models.items()}
-    return Limits(**_limit_values(doc, _LIMIT_FIELDS), models=rates)
+    quotas = _quotas_from(doc.get("quotas"))
+    return Limits(**_limit_values(doc, _LIMIT_FIELDS), models=rates, quotas=quotas)
 
 
 def _limit_values(doc: object, names: tuple[str, ...]) -> dict[str, int | None]:

@@ -15,6 +15,8 @@ from gateway import errors
 from gateway.errors import GatewayError
 from gateway.proxy import anthropic
 from gateway.proxy.anthropic_usage import MessagesStreamUsage, messages_body_usage
+from gateway.proxy.pooling import embed_v2_body_usage
+from gateway.proxy.routes import Route
 from gateway.proxy.usage_scan import BodyUsage, StreamUsage
 from gateway.usage.records import TokenUsage
 
@@ -40,3 +42,11 @@ class Framing:
 
 OPENAI = Framing(StreamUsage, BodyUsage, errors.stream_error_event)
 ANTHROPIC = Framing(MessagesStreamUsage, messages_body_usage, anthropic.stream_error_event)
+# Cohere's v2 embed: OpenAI's framing, its usage in `meta.billed_units`.
+EMBED_V2 = Framing(StreamUsage, embed_v2_body_usage, errors.stream_error_event)
+
+
+def framing_of(route: Route) -> Framing:
+    if route.anthropic:
+        return ANTHROPIC
+    return EMBED_V2 if route is Route.EMBED_V2 else OPENAI

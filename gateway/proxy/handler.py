@@ -5,28 +5,29 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.asgi import RawHeaders, Receive, Scope, Send, send_bytes
 from gateway.drain import Drain
-from gateway.errors import (
-    ModelBusy,
-    ModelNotFound,
-    ModelOverloaded,
-    UpstreamError,
-)
+from gateway.errors import InvalidRequest, ModelNotFound, UpstreamError
 from gateway.limits.admission import Admissions, Ticket
+from gateway.limits.quota_admission import QuotaAdmissions
 from gateway.metrics import Metrics, replica_label
 from gateway.principal import Principal
+from gateway.proxy.admission_gate import AdmissionGate, Admitted
+from gateway.proxy.aliases import ModelRouter, Shedding, retarget
 from gateway.proxy.anthropic import edit_messages
+from gateway.proxy.apis import ModelApis
+from gateway.proxy.audio import edit_upload, parse_upload
 from gateway.proxy.body import ClientGone, parse_request, read_body
 from gateway.proxy.contract import read_terms
 from gateway.proxy.forward import Exchange, StreamMeters, UpstreamRequest, failure_kind
-from gateway.proxy.framing import ANTHROPIC, OPENAI, Framing
+from gateway.proxy.framing import Framing, framing_of
 from gateway.proxy.headers import header_value, upstream_headers
+from gateway.proxy.pooling import edit_pooling
 from gateway.proxy.request_edit import EditedRequest, TokenPolicy, edit_request
 from gateway.proxy.response_store import MemoryResponseStore, ResponseStore
 from gateway.proxy.responses import edit_responses
@@ -72,6 +73,10 @@ class ProxyOptions:
     shed_waiting_above: int | None = None
     shed_status: int = 503
     shed_retry_after: int = 2
+    max_upload_bytes: int = 25 * 1024 * 1024  # multipart/form-data (the audio routes)
+    apis: ModelApis = field(default_factory=ModelApis)
+    # Alias -> the models it stands for, in order (gateway.proxy.aliases).
+    aliases: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
 class ProxyApp:
@@ -82,6 +87,7 @@ class ProxyApp:
         auth: Authenticate,
         *,
         limits: Admissions,
+        quotas: QuotaAdmissions | None = None,
         usage: RecordUsage,
         options: ProxyOptions,
         metrics: Metrics,
@@ -92,10 +98,14 @@ class ProxyApp:
         self._pools = pools
         store = responses or MemoryResponseStore()
         self._stored = StoredResponses(store, pools, upstream, limits, drain=drain)
+        shedding = Shedding(
+            options.shed_waiting_above, options.shed_status, options.shed_retry_after
+        )
+        self._router = ModelRouter(pools, options.aliases, shedding)
         self._drain = drain
         self._upstream = upstream
         self._auth = auth
-        self._limits = limits
+        self._gate = AdmissionGate(limits, quotas)
         self._usage = usage
         self._options = options
         self._metrics = metrics
@@ -140,25 +150,30 @@ class ProxyApp:
         declared = header_value(headers, b"content-length")
         body = await read_body(
             receive,
-            self._options.max_body_bytes,
+            self._options.max_upload_bytes if route.audio else self._options.max_body_bytes,
             int(declared) if declared and declared.isdigit() else None,
         )
-        payload, model = parse_request(body)
+        payload, model = parse_upload(body, headers) if route.audio else parse_request(body)
         context.model = model
-        pool = self._pools.get(model)
+        self._router.check(model)
         context.known_model = True
         if not principal.may_use(model):
             # Exactly a missing model's 404: a 403 would tell which models exist.
             raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
-        edited = self._edit(route, payload, body, principal, pool)
+        if not self._router.is_alias(model):
+            self._options.apis.check(route, model)  # before the contract: 404, then 400
+        edited, pool = self._edit(route, payload, body, principal, model)
+        # An alias's request is the serving model's: its limits, usage and metrics.
+        model = context.model = pool.model
         creation = None
         if route is Route.RESPONSES:
             creation = await self._stored.creation(payload, principal, pool, context, send)
-        ticket = await self._limits.admit(principal, model, edited.token_estimate)
+        admitted = await self._gate.admit(principal, model, edited)
+        ticket = admitted.ticket
         if context.span is not None:
             context.span.add_event("gateway.admitted")
         context.outcome = Outcome()
-        framing = ANTHROPIC if route.anthropic else OPENAI
+        framing = framing_of(route)
         if creation is not None:
             send, framing = creation.send, creation.framing
         try:
@@ -180,22 +195,35 @@ class ProxyApp:
             outcome = context.outcome
             raise
         finally:
-            await self._account(ticket, outcome, principal, model, edited)
+            await self._account(admitted, outcome, principal, model, edited)
 
     def _edit(
-        self, route: Route, payload: dict[str, Any], body: bytes, principal: Principal, pool: Pool
-    ) -> EditedRequest:
-        """The request contract, shedding, then the key's caps: the body to send and the
-        tokens to reserve."""
+        self, route: Route, payload: dict[str, Any], body: bytes, principal: Principal, model: str
+    ) -> tuple[EditedRequest, Pool]:
+        """The request contract, the serving model (shedding, aliases), then the key's
+        caps: the body to send, the tokens to reserve and the pool to send it to."""
         policy = self._policy(principal)
-        if route.anthropic or route is Route.RESPONSES:
+        if route.audio:
+            edited = edit_upload(payload, body, policy)
+        elif route.pooling:
+            edited = edit_pooling(route, payload, body, policy)
+        elif route.anthropic or route is Route.RESPONSES:
             edit = edit_messages if route.anthropic else edit_responses
             edited = edit(route, payload, body, policy)
-            self._shed(pool)
-            return edited
-        terms = read_terms(route, payload, len(body))
-        self._shed(pool)
-        return edit_request(route, payload, body, terms, policy)
+        else:
+            terms = read_terms(route, payload, len(body))
+            edited = edit_request(route, payload, body, terms, policy)
+        pool = self._router.choose(model)
+        self._options.apis.check(route, pool.model)
+        if route.audio:
+            # A form goes upstream byte for byte, so it cannot be renamed to a target.
+            if pool.model != model:
+                raise InvalidRequest(
+                    f"'{model}' is an alias; the audio routes need a model's own name.",
+                    param="model",
+                )
+            return edited, pool
+        return retarget(edited, payload, pool.model), pool
 
     def _policy(self, principal: Principal) -> TokenPolicy:
         options = self._options
@@ -234,7 +262,7 @@ class ProxyApp:
                 self._upstream.session,
                 self._upstream.timeouts,
                 strip_usage=edited.strip_usage,
-                headers=ticket.headers,
+                headers=[*ticket.headers, self._router.served_header(pool.model)],
                 refuse_busy=not last,
                 meters=self._stream_meters(pool.model),
                 drain=self._drain,
@@ -339,43 +367,33 @@ class ProxyApp:
             )
         return meters
 
-    def _shed(self, pool: Pool) -> None:
-        threshold = self._options.shed_waiting_above
-        if threshold is None or not pool.all_waiting_above(threshold):
-            return
-        message = (
-            f"Every replica of model '{pool.model}' has more than {threshold} requests "
-            "waiting; try again shortly."
-        )
-        headers = {"retry-after": str(self._options.shed_retry_after)}
-        if self._options.shed_status == HTTPStatus.TOO_MANY_REQUESTS:
-            raise ModelBusy(message, headers=headers)
-        raise ModelOverloaded(message, headers=headers)
-
     async def _account(
         self,
-        ticket: Ticket,
+        admitted: Admitted,
         outcome: Outcome,
         principal: Principal,
         model: str,
         edited: EditedRequest,
     ) -> None:
-        """Settle the limits and record the usage, however the request ended.
+        """Settle the limits and quotas and record the usage, however the request ended.
 
         An answer (200) whose usage never arrived (a client that left mid-stream,
         a replica that sent none) is charged its whole reservation, and recorded
         as that estimate, marked estimated: never as 0. An answer that never
         started costs nothing, and so does one that generates nothing (a token count).
         """
-        usage = outcome.usage
+        usage, gate = outcome.usage, self._gate
         if outcome.status != HTTPStatus.OK or not edited.billed:
-            await self._limits.finish(ticket, 0 if usage is None else usage.total_tokens)
+            await gate.finish(admitted, model, 0 if usage is None else usage.total_tokens, (0, 0))
             return
         estimated = usage is None
         if usage is None:
             usage = TokenUsage(edited.prompt_estimate, edited.completion_reserve)
             self._metrics.child(self._metrics.usage_estimated, model).inc()
-        await self._limits.finish(ticket, None if estimated else usage.total_tokens)
+            await gate.finish(admitted, model, None, None)
+        else:
+            counts = usage.prompt_tokens, usage.completion_tokens
+            await gate.finish(admitted, model, usage.total_tokens, counts)
         self._usage.record(principal.id, principal.tenant, model, usage, estimated=estimated)
 
     def _card(self, model: str) -> dict[str, object]:
@@ -387,11 +405,11 @@ class ProxyApp:
         }
 
     def _model_list(self, principal: Principal) -> bytes:
-        data = [self._card(model) for model in self._pools.models if principal.may_use(model)]
+        data = [self._card(model) for model in self._router.names if principal.may_use(model)]
         return json.dumps({"object": "list", "data": data}, separators=(",", ":")).encode()
 
     def _model_card(self, model: str, principal: Principal) -> bytes:
-        self._pools.get(model)
+        self._router.check(model)
         if not principal.may_use(model):
             # Models a caller may not use are not listed, so they do not exist for it.
             raise ModelNotFound(f"The model '{model}' does not exist.", param="model")

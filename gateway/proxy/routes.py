@@ -30,6 +30,14 @@ class Route(enum.Enum):
     RESPONSES = "/v1/responses"
     RESPONSE = "/v1/responses/{id}"
     RESPONSE_CANCEL = "/v1/responses/{id}/cancel"
+    # Pooling and audio routes: forwarded only for a model whose `apis` names their family
+    # (gateway.proxy.apis); their contracts are gateway.proxy.pooling and gateway.proxy.audio.
+    RERANK = "/v1/rerank"
+    RERANK_V2 = "/v2/rerank"
+    SCORE = "/v1/score"
+    EMBED_V2 = "/v2/embed"
+    TRANSCRIPTIONS = "/v1/audio/transcriptions"
+    TRANSLATIONS = "/v1/audio/translations"
 
     @property
     def forwarded(self) -> bool:
@@ -44,7 +52,18 @@ class Route(enum.Enum):
     def by_response_id(self) -> bool:
         return self in (Route.RESPONSE, Route.RESPONSE_CANCEL)
 
+    @property
+    def pooling(self) -> bool:
+        return self in POOLING
 
+    @property
+    def audio(self) -> bool:
+        """A multipart/form-data upload, under its own size limit."""
+        return self in AUDIO
+
+
+POOLING = frozenset({Route.RERANK, Route.RERANK_V2, Route.SCORE, Route.EMBED_V2})
+AUDIO = frozenset({Route.TRANSCRIPTIONS, Route.TRANSLATIONS})
 FORWARDED = frozenset(
     {
         Route.CHAT,
@@ -56,6 +75,8 @@ FORWARDED = frozenset(
         Route.RESPONSE,
         Route.RESPONSE_CANCEL,
     }
+    | POOLING
+    | AUDIO
 )
 ANTHROPIC = frozenset({Route.MESSAGES, Route.COUNT_TOKENS})
 ANTHROPIC_PATHS = frozenset(route.value for route in ANTHROPIC)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.proxy.apis import ModelApis
 from gateway.proxy.handler import ProxyOptions
 from gateway.proxy.response_store import MemoryResponseStore, ResponseStore
 from gateway.proxy.upstream import Timeouts, UpstreamClient
@@ -26,6 +27,8 @@ def proxy_options(settings: Settings) -> ProxyOptions:
     upstreams, limits = settings.upstreams, settings.limits
     return ProxyOptions(
         max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        apis=ModelApis.of((model.name, model.apis) for model in settings.models),
         refuse_over_cap=limits.max_tokens_policy == "refuse",
         default_reserve=limits.default_completion_reserve,
         max_batch=limits.max_batch,
@@ -39,6 +42,7 @@ def proxy_options(settings: Settings) -> ProxyOptions:
         shed_waiting_above=upstreams.load.shed_waiting_above,
         shed_status=upstreams.load.shed_status,
         shed_retry_after=upstreams.load.shed_retry_after,
+        aliases=settings.aliases,
     )
 
 

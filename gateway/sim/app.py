@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway.sim.audio import SpeechGenerator, decode_form
 from gateway.sim.config import SimConfig
 from gateway.sim.control import SimControl
 from gateway.sim.engine import Engine
@@ -36,12 +37,14 @@ from gateway.sim.generate import Call, Generator
 from gateway.sim.knobs import Knobs
 from gateway.sim.messages import MessagesGenerator
 from gateway.sim.metrics import SimMetrics
+from gateway.sim.pooling import PoolingGenerator
 from gateway.sim.protocol import DETERMINISTIC_CREATED, models_body
 from gateway.sim.requests import check_content_type
 from gateway.sim.responses import PREFIX as RESPONSES_PREFIX
 from gateway.sim.responses import ResponsesGenerator
 
 Endpoint = Callable[[Call, dict[str, object]], Awaitable[None]]
+Decode = Callable[[Headers, bytes], dict[str, object]]
 
 NOT_FOUND = b'{"detail":"Not Found"}'
 METHOD_NOT_ALLOWED = b'{"detail":"Method Not Allowed"}'
@@ -56,9 +59,6 @@ UNGUARDED_ROUTES = {
     "/score": "POST",
     "/rerank": "POST",
     "/classify": "POST",
-    "/v1/score": "POST",
-    "/v1/rerank": "POST",
-    "/v2/rerank": "POST",
     "/v1/load_lora_adapter": "POST",
     "/v1/unload_lora_adapter": "POST",
     "/reset_prefix_cache": "POST",
@@ -73,6 +73,11 @@ UNGUARDED_ROUTES = {
     "/server_info": "GET",
     "/is_sleeping": "GET",
 }
+
+
+def _decode_json(headers: Headers, body: bytes) -> dict[str, object]:
+    check_content_type(headers.get(b"content-type"))
+    return decode_object(body)
 
 
 def create_sim_app(config: SimConfig) -> SimApp:
@@ -91,6 +96,8 @@ class SimApp:
         self._generator = Generator(config, engine)
         self._messages = MessagesGenerator(config, engine)
         self._responses = ResponsesGenerator(config, engine)
+        self._pooling = PoolingGenerator(config, engine)
+        self._speech = SpeechGenerator(config, engine)
         self._knobs = Knobs.defaults(config)
         self._api_key = config.api_key.encode() if config.api_key is not None else None
         created = DETERMINISTIC_CREATED if config.deterministic else int(time.time())
@@ -115,6 +122,14 @@ class SimApp:
             "/v1/messages": {"POST": generation(self._messages.messages)},
             "/v1/messages/count_tokens": {"POST": generation(self._messages.count_tokens)},
             "/v1/responses": {"POST": generation(self._responses.create)},
+            "/v1/rerank": {"POST": generation(self._pooling.rerank)},
+            "/v2/rerank": {"POST": generation(self._pooling.rerank)},
+            "/v1/score": {"POST": generation(self._pooling.score)},
+            "/v2/embed": {"POST": generation(self._pooling.embed_v2)},
+            "/v1/audio/transcriptions": {
+                "POST": generation(self._speech.transcription, decode_form)
+            },
+            "/v1/audio/translations": {"POST": generation(self._speech.translation, decode_form)},
         }
         for path, method in UNGUARDED_ROUTES.items():
             routes[path] = {method: self._unguarded}
@@ -168,20 +183,20 @@ class SimApp:
     ) -> None:
         await send_response(send, 200, UNGUARDED, JSON_HEADERS)
 
-    def _generation(self, endpoint: Endpoint) -> Handler:
+    def _generation(self, endpoint: Endpoint, decode: Decode = _decode_json) -> Handler:
         async def handle(scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
             try:
                 body = await read_body(receive)
             except ClientGone:
                 return
             exchange = Exchange(send)
-            work = self._answer(endpoint, exchange, headers, body)
+            work = self._answer(endpoint, exchange, headers, body, decode)
             await run_watched(receive, exchange, work)
 
         return handle
 
     async def _answer(
-        self, endpoint: Endpoint, exchange: Exchange, headers: Headers, body: bytes
+        self, endpoint: Endpoint, exchange: Exchange, headers: Headers, body: bytes, decode: Decode
     ) -> None:
         """Stall, fail, validate, then generate; errors before the response starts are JSON."""
         try:
@@ -190,8 +205,7 @@ class SimApp:
                 await asyncio.sleep(knobs.stall_ms / 1000)
             if knobs.fail_status is not None:
                 raise SimError(knobs.fail_status, "Simulated failure (vllm-gateway simulator)")
-            check_content_type(headers.get(b"content-type"))
-            payload = decode_object(body)
+            payload = decode(headers, body)
             request_id = headers.get(b"x-request-id")
             call = Call(exchange, knobs, request_id.decode("latin-1") if request_id else None)
             await endpoint(call, payload)

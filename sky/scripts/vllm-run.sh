@@ -3,7 +3,7 @@
 # variable, and reports ready only when vLLM answers /health, lists the model
 # on /v1/models with the API key, and refuses /v1/models without it.
 #
-#   variable                      vllm serve flag (flags checked against vLLM v0.11.0)
+#   variable                      vllm serve flag (flags checked against vLLM v0.32.0)
 #   MODEL_ID                      the model (positional)
 #   MODEL_REVISION                --revision and --tokenizer-revision
 #   SERVED_MODEL_NAME             --served-model-name (default: MODEL_ID)
@@ -17,9 +17,9 @@
 #   GPU_MEMORY_UTILIZATION        --gpu-memory-utilization (0.90)
 #   QUANTIZATION                  --quantization
 #   KV_CACHE_DTYPE                --kv-cache-dtype (auto)
-#   ATTENTION_BACKEND             environment VLLM_ATTENTION_BACKEND (v0.11.0 has no flag)
+#   ATTENTION_BACKEND             --attention-backend
 #   ENFORCE_EAGER=true            --enforce-eager
-#   CUDAGRAPH_MODE                -O.cudagraph_mode=MODE (NONE, PIECEWISE, FULL,
+#   CUDAGRAPH_MODE                -cc.cudagraph_mode=MODE (NONE, PIECEWISE, FULL,
 #                                 FULL_DECODE_ONLY, FULL_AND_PIECEWISE)
 #   CHAT_TEMPLATE                 --chat-template (a file, relative to the workdir)
 #   CHAT_TEMPLATE_CONTENT_FORMAT  --chat-template-content-format (auto)
@@ -106,8 +106,10 @@ build_args() {
   option --gpu-memory-utilization GPU_MEMORY_UTILIZATION
   option --quantization QUANTIZATION
   option --kv-cache-dtype KV_CACHE_DTYPE
+  option --attention-backend ATTENTION_BACKEND
   if is_true ENFORCE_EAGER; then args+=(--enforce-eager); fi
-  if [ -n "$CUDAGRAPH_MODE" ]; then args+=("-O.cudagraph_mode=${CUDAGRAPH_MODE^^}"); fi
+  # -cc is the compilation config (-O became the optimization level).
+  if [ -n "$CUDAGRAPH_MODE" ]; then args+=("-cc.cudagraph_mode=${CUDAGRAPH_MODE^^}"); fi
   option --chat-template CHAT_TEMPLATE
   option --chat-template-content-format CHAT_TEMPLATE_CONTENT_FORMAT
   if is_true TRUST_REMOTE_CODE; then args+=(--trust-remote-code); fi
@@ -125,7 +127,6 @@ build_args() {
 export_vllm_env() {
   export VLLM_API_KEY
   export VLLM_LOGGING_LEVEL="${LOG_LEVEL:-INFO}"
-  if [ -n "$ATTENTION_BACKEND" ]; then export VLLM_ATTENTION_BACKEND="$ATTENTION_BACKEND"; fi
   # The weights are on the volume (weights.sh): a node must not quietly fetch
   # its own copy. Set HF_HUB_OFFLINE=0 to let vLLM download.
   export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"

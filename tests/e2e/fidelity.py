@@ -51,6 +51,8 @@ RULES = {
     "fingerprint": "system_fingerprint is a string naming the same vLLM version "
     "(vllm-<version>-...)",
     "usage-adds-up": "usage.total_tokens is prompt_tokens + completion_tokens",
+    "content-events": "a stream with usage sends as many generating events (content and "
+    "finish) per completion token on either side: one each, in vLLM 0.32",
     "body-shape": "non-streamed bodies (chat, completions, embeddings, errors, models) have the "
     "same keys, key order, JSON types and nesting",
     "error-status": "errors have the same status code (and Allow header for a 405)",
@@ -289,6 +291,11 @@ def kinds(chunks: Sequence[dict[str, object]]) -> list[str]:
         if not (kind == "content" and found and found[-1] == "content"):
             found.append(kind)
     return found
+
+
+def generating_events(chunks: Sequence[dict[str, object]]) -> int:
+    """How many of CHUNKS carry generated text or its end: content and finish chunks."""
+    return sum(chunk_kind(chunk) in ("content", "finish") for chunk in chunks)
 
 
 def shapes_by_kind(chunks: Sequence[dict[str, object]]) -> dict[str, object]:

@@ -31,6 +31,7 @@ from tests.e2e.fidelity import (
     FIELDS,
     GATEWAY_METRICS,
     chunks_of,
+    generating_events,
     is_compact_json,
     kinds,
     rule,
@@ -220,6 +221,21 @@ def compare_stream_values(
         assert real[0]["choices"] == fake[0]["choices"], rule("role-delta")
     versions = [fingerprint_version(c.get("system_fingerprint")) for c in (real[-1], fake[-1])]
     assert versions[0] == versions[1], rule("fingerprint")
+    compare_event_counts(real, fake)
+
+
+def compare_event_counts(real: list[dict[str, object]], fake: list[dict[str, object]]) -> None:
+    """Generating events per completion token, where the stream reports its usage: the
+    gateway reads a stream's events, so the simulator must send as many as vLLM."""
+    ratios = []
+    for chunks in (real, fake):
+        usage = chunks[-1].get("usage")
+        if not isinstance(usage, dict):
+            return
+        tokens = usage["completion_tokens"]
+        assert isinstance(tokens, int) and tokens > 0, rule("content-events")
+        ratios.append(generating_events(chunks) / tokens)
+    assert ratios[1] == ratios[0], f"{rule('content-events')}: {ratios}"
 
 
 def check_json_response(response: httpx.Response, side: str) -> None:

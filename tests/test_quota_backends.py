@@ -1,0 +1,248 @@
+"""The quota backends, one suite over both: in-process and a real redis-server.
+
+The clock is injected (UTC epoch seconds): periods are crossed by moving it, never
+by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from gateway.limits.limiter import LimiterBackendError
+from gateway.limits.periods import go_duration, window
+from gateway.limits.quota_memory import MemoryQuotas
+from gateway.limits.quota_redis import RedisQuotas
+from gateway.limits.quotas import (
+    GRACE_S,
+    Amounts,
+    Counter,
+    QuotaBackend,
+    QuotaDemand,
+    QuotaGrant,
+    QuotaRefusal,
+)
+from tests.servers import RedisServer
+
+pytestmark = pytest.mark.anyio
+# 2026-01-31 23:59:50 UTC: ten seconds before both a day and a month end.
+EVE = datetime(2026, 1, 31, 23, 59, 50, tzinfo=UTC).timestamp()
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(EVE)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+) -> AsyncIterator[QuotaBackend]:
+    if request.param == "memory":
+        yield MemoryQuotas(clock)
+        return
+    server = RedisServer(tmp_path)
+    server.start()
+    quotas = RedisQuotas.connect(server.url, clock=clock)
+    try:
+        yield quotas
+    finally:
+        await quotas.close()
+        server.stop()
+
+
+def counter(
+    kind: str = "tokens", period: str = "day", limit: int = 1000, owner: str = "key:1:a"
+) -> Counter:
+    return Counter(owner, "key", "acme", kind, period, limit)
+
+
+def demand(*counters: Counter, prompt: int = 0, completion: int = 0, cost: int = 0) -> QuotaDemand:
+    return QuotaDemand(counters, Amounts(prompt, completion, 1, cost))
+
+
+async def granted(backend: QuotaBackend, request: QuotaDemand) -> QuotaGrant:
+    answer = await backend.reserve(request)
+    assert isinstance(answer, QuotaGrant), answer
+    return answer
+
+
+def test_periods_are_utc_days_and_calendar_months() -> None:
+    day, month = window("day", EVE), window("month", EVE)
+    assert (day.name, month.name) == ("2026-01-31", "2026-01")
+    assert day.reset_s == month.reset_s == 10
+    assert window("month", EVE + 10).name == "2026-02"
+    feb = window("month", datetime(2026, 2, 10, tzinfo=UTC).timestamp())
+    assert feb.end - feb.start == 28 * 86400
+    december = window("month", datetime(2026, 12, 31, 12, tzinfo=UTC).timestamp())
+    assert datetime.fromtimestamp(december.end, UTC) == datetime(2027, 1, 1, tzinfo=UTC)
+    assert go_duration(86399) == "23h59m59s" and go_duration(61) == "1m1s"
+
+
+async def test_used_plus_reserved_plus_request_never_passes_the_limit(
+    backend: QuotaBackend,
+) -> None:
+    tokens = counter(limit=100)
+    first = await granted(backend, demand(tokens, prompt=30, completion=30))
+    assert first.states[0].reserved == 60 and first.states[0].remaining == 40
+    refused = await backend.reserve(demand(tokens, prompt=20, completion=21))
+    assert isinstance(refused, QuotaRefusal)
+    assert (refused.state.used, refused.state.reserved) == (0, 60)
+    exact = await granted(backend, demand(tokens, prompt=20, completion=20))
+    assert exact.states[0].remaining == 0
+
+
+async def test_settling_replaces_the_reservation_with_the_real_usage(
+    backend: QuotaBackend,
+) -> None:
+    tokens, prompt = counter(limit=100), counter("prompt_tokens", limit=100)
+    grant = await granted(backend, demand(tokens, prompt, prompt=10, completion=50))
+    await backend.settle(grant, Amounts(10, 5, 1, 0))
+    after = await backend.read([tokens, prompt])
+    assert [(s.used, s.reserved) for s in after] == [(15, 0), (10, 0)]
+
+
+async def test_unknown_usage_keeps_the_reservation(backend: QuotaBackend) -> None:
+    tokens, requests = counter(limit=100), counter("requests", limit=5)
+    grant = await granted(backend, demand(tokens, requests, prompt=10, completion=40))
+    await backend.settle(grant, None)
+    after = await backend.read([tokens, requests])
+    assert [(s.used, s.reserved) for s in after] == [(50, 0), (1, 0)]
+
+
+async def test_one_full_counter_refuses_and_charges_none(backend: QuotaBackend) -> None:
+    roomy, tight = counter(limit=1000), counter("requests", limit=1, owner="tenant:1:t")
+    await granted(backend, demand(tight))
+    refused = await backend.reserve(demand(roomy, tight, prompt=10))
+    assert isinstance(refused, QuotaRefusal)
+    assert refused.state.counter == tight
+    assert [s.reserved for s in await backend.read([roomy, tight])] == [0, 1]
+
+
+async def test_a_refusal_waits_for_the_period_that_ends_last(
+    backend: QuotaBackend, clock: Clock
+) -> None:
+    clock.now = EVE - 10 * 86400  # mid-month: the day ends first
+    day, month = counter(limit=5), counter(period="month", limit=5)
+    await granted(backend, demand(day, month, prompt=5))
+    refused = await backend.reserve(demand(day, month, prompt=1))
+    assert isinstance(refused, QuotaRefusal)
+    assert refused.state.counter.period == "month"
+
+
+async def test_crossing_midnight_starts_a_new_day_but_not_a_new_month(
+    backend: QuotaBackend, clock: Clock
+) -> None:
+    day = counter(limit=10)
+    month = counter(period="month", limit=15, owner="key:1:b")
+    grant = await granted(backend, demand(day, prompt=10))
+    assert isinstance(await backend.reserve(demand(day, prompt=1)), QuotaRefusal)
+    clock.now = EVE + 10  # 2026-02-01 00:00:00: a new day and a new month
+    # Settled after midnight, the usage stays in the day it was admitted in.
+    await backend.settle(grant, Amounts(10, 0, 1, 0))
+    fresh = await granted(backend, demand(day, month, prompt=10))
+    assert [s.window.name for s in fresh.states] == ["2026-02-01", "2026-02"]
+    clock.now = EVE + 10 + 86400  # 2026-02-02: the day resets, the month does not
+    refused = await backend.reserve(demand(day, month, prompt=6))
+    assert isinstance(refused, QuotaRefusal)
+    assert refused.state.counter.period == "month"
+    assert refused.state.window.reset_s == 27 * 86400
+
+
+async def test_a_limit_lowered_below_the_usage_refuses_everything(backend: QuotaBackend) -> None:
+    grant = await granted(backend, demand(counter(limit=100), prompt=80))
+    await backend.settle(grant, Amounts(80, 0, 1, 0))
+    lowered = counter(limit=50)
+    refused = await backend.reserve(demand(lowered, prompt=1))
+    assert isinstance(refused, QuotaRefusal)
+    assert refused.state.remaining == 0
+    assert (await backend.read([lowered]))[0].used == 80
+
+
+async def test_huge_limits_and_amounts_are_exact(backend: QuotaBackend) -> None:
+    huge = counter("cost", limit=10**15)
+    grant = await granted(backend, demand(huge, cost=10**15 - 1))
+    await backend.settle(grant, Amounts(0, 0, 1, 10**15 - 1))
+    state = (await backend.read([huge]))[0]
+    assert (state.used, state.remaining) == (10**15 - 1, 1)
+
+
+async def test_redis_counters_expire_after_their_period(tmp_path: Path, clock: Clock) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    quotas = RedisQuotas.connect(server.url, clock=clock)
+    client = Redis.from_url(server.url)
+    try:
+        await granted(quotas, demand(counter(), counter(period="month"), prompt=1))
+        keys = sorted(key.decode() for key in await client.keys("vgw:quota:*"))
+        assert keys == ["vgw:quota:key:1:a:tokens:2026-01", "vgw:quota:key:1:a:tokens:2026-01-31"]
+        for key in keys:
+            ttl = await client.ttl(key)
+            assert 10 + GRACE_S - 5 <= ttl <= 10 + GRACE_S, (key, ttl)
+    finally:
+        await client.aclose()
+        await quotas.close()
+        server.stop()
+
+
+async def test_redis_down_is_a_backend_error(tmp_path: Path, clock: Clock) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    quotas = RedisQuotas.connect(server.url, clock=clock, timeout_s=0.5)
+    try:
+        grant = await granted(quotas, demand(counter(), prompt=1))
+        server.stop()
+        with pytest.raises(LimiterBackendError):
+            await quotas.reserve(demand(counter(), prompt=1))
+        with pytest.raises(LimiterBackendError):
+            await quotas.settle(grant, None)
+        with pytest.raises(LimiterBackendError):
+            await quotas.read([counter()])
+    finally:
+        await quotas.close()
+
+
+async def test_concurrent_reservations_never_pass_the_limit(backend: QuotaBackend) -> None:
+    tokens = counter(limit=100)
+    answers = await asyncio.gather(*(backend.reserve(demand(tokens, prompt=7)) for _ in range(40)))
+    granted_count = sum(isinstance(answer, QuotaGrant) for answer in answers)
+    assert granted_count == 100 // 7
+    assert (await backend.read([tokens]))[0].reserved == 7 * (100 // 7)
+
+
+async def test_overshoot_is_bounded_by_the_usage_beyond_reservations_in_flight(
+    backend: QuotaBackend,
+) -> None:
+    limit, reservation = 100, 9
+    tokens = counter(limit=limit)
+    answers = await asyncio.gather(
+        *(backend.reserve(demand(tokens, prompt=reservation)) for _ in range(30))
+    )
+    grants = [answer for answer in answers if isinstance(answer, QuotaGrant)]
+    # Every grant in flight uses twice its reservation (a replica that under-reported).
+    await asyncio.gather(*(backend.settle(g, Amounts(2 * reservation, 0, 1, 0)) for g in grants))
+    used = (await backend.read([tokens]))[0].used
+    excess = len(grants) * reservation
+    overshoot = used - limit
+    assert overshoot <= excess, f"overshoot {overshoot} past {excess} beyond reservations"
+    assert used == 2 * reservation * len(grants), f"used {used}, overshoot {overshoot}"
+    # Spent: refused until the period ends.
+    assert isinstance(await backend.reserve(demand(tokens, prompt=1)), QuotaRefusal)
