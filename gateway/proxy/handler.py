@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -27,6 +25,7 @@ from gateway.proxy.contract import read_terms
 from gateway.proxy.forward import Exchange, StreamMeters, UpstreamRequest, failure_kind
 from gateway.proxy.framing import Framing, framing_of
 from gateway.proxy.headers import header_value, upstream_headers
+from gateway.proxy.model_list import ModelCatalog
 from gateway.proxy.pooling import edit_pooling
 from gateway.proxy.request_edit import EditedRequest, TokenPolicy, edit_request
 from gateway.proxy.response_store import MemoryResponseStore, ResponseStore
@@ -102,6 +101,7 @@ class ProxyApp:
             options.shed_waiting_above, options.shed_status, options.shed_retry_after
         )
         self._router = ModelRouter(pools, options.aliases, shedding)
+        self._catalog = ModelCatalog(self._router)
         self._drain = drain
         self._upstream = upstream
         self._auth = auth
@@ -111,7 +111,6 @@ class ProxyApp:
         self._metrics = metrics
         self._tracer = tracer
         self._meters: dict[str, StreamMeters] = {}
-        self._created = int(time.time())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         context = context_of(scope)
@@ -123,9 +122,9 @@ class ProxyApp:
         if context.span is not None:
             context.span.add_event("gateway.authenticated")
         if route is Route.MODELS:
-            await send_bytes(send, 200, self._model_list(principal))
+            await send_bytes(send, 200, self._catalog.listing(principal))
         elif route is Route.MODEL:
-            await send_bytes(send, 200, self._model_card(model or "", principal))
+            await send_bytes(send, 200, self._catalog.card(model or "", principal))
         elif route.by_response_id:
             await self._stored.serve(
                 scope, receive, send, context, principal, route=route, response_id=model or ""
@@ -395,25 +394,6 @@ class ProxyApp:
             counts = usage.prompt_tokens, usage.completion_tokens
             await gate.finish(admitted, model, usage.total_tokens, counts)
         self._usage.record(principal.id, principal.tenant, model, usage, estimated=estimated)
-
-    def _card(self, model: str) -> dict[str, object]:
-        return {
-            "id": model,
-            "object": "model",
-            "created": self._created,
-            "owned_by": "vllm-gateway",
-        }
-
-    def _model_list(self, principal: Principal) -> bytes:
-        data = [self._card(model) for model in self._router.names if principal.may_use(model)]
-        return json.dumps({"object": "list", "data": data}, separators=(",", ":")).encode()
-
-    def _model_card(self, model: str, principal: Principal) -> bytes:
-        self._router.check(model)
-        if not principal.may_use(model):
-            # Models a caller may not use are not listed, so they do not exist for it.
-            raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
-        return json.dumps(self._card(model), separators=(",", ":")).encode()
 
 
 def _credential(headers: RawHeaders, route: Route) -> bytes | None:
