@@ -236,8 +236,8 @@ def test_a_file_of_another_pepper_is_refused(tmp_path: Path, sim: Process) -> No
     ("edit", "message"),
     [
         (
-            lambda lines: [lines[0].replace('"version": 1', '"version": 2'), *lines[1:]],
-            "format version 2",
+            lambda lines: [lines[0].replace('"version": 2', '"version": 3'), *lines[1:]],
+            "format version 3",
         ),
         (lambda lines: lines[:-1], "truncated"),
         (lambda lines: ['{"hello": 1}', *lines[1:]], "not a vllm-gateway export"),
