@@ -135,8 +135,8 @@ def test_the_export_holds_hashes_and_no_secret(moved: Moved) -> None:
     for token in moved.tokens.values():
         assert token.rsplit("_", 1)[1] not in text  # the secret part of every key
     lines = [json.loads(line) for line in text.splitlines()]
-    assert lines[0]["format"] == "vllm-gateway-store" and lines[0]["version"] == 1
-    assert lines[-1] == {"kind": "end", "keys": 5, "usage": 3, "audit": 1}
+    assert lines[0]["format"] == "vllm-gateway-store" and lines[0]["version"] == 2
+    assert lines[-1] == {"kind": "end", "tenants": 0, "keys": 5, "usage": 3, "audit": 1}
 
 
 def test_importing_twice_is_refused_and_counts_nothing_twice(
