@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.admin.quota_schemas import KeyQuotas
-from gateway.admin.schemas import Metadata, Model, Models
+from gateway.admin.schemas import Metadata, Model, Models, _names_by_pattern
 from gateway.principal import Limits, Rates
 from gateway.tenants.records import NAME_PATTERN, TenantRecord, tenant_doc
 
@@ -45,9 +45,9 @@ class TenantLimits(BaseModel):
     concurrent_requests: Count | None = None
     max_tokens: Cap | None = None
     max_batch: Cap | None = None
-    models: Annotated[dict[Model, TenantRates], Field(max_length=1000)] = Field(
-        default_factory=dict
-    )
+    models: Annotated[
+        dict[Model, TenantRates], Field(max_length=1000, json_schema_extra=_names_by_pattern)
+    ] = Field(default_factory=dict)
 
     def over(self, base: Limits) -> Limits:
         """BASE with the fields this body holds (a PATCH names only what changes)."""
