@@ -23,6 +23,10 @@ from gateway.proxy.handler import ProxyApp
 from gateway.proxy.setup import proxy_options, response_store, upstream_client
 from gateway.readiness import ReadinessChecks
 from gateway.settings import Settings
+from gateway.tenants.directory import TenantDirectory
+from gateway.tenants.open import open_tenant_store
+from gateway.tenants.seeds import seed_records
+from gateway.tenants.store import TenantStore
 from gateway.tracing.setup import request_tracer
 from gateway.upstreams.discovery import Discovery
 from gateway.upstreams.monitor import ReplicaMonitor
@@ -68,14 +72,19 @@ class Gateway:
         self.metrics = Metrics(
             key_label=settings.metrics.key_label, multiprocess=metrics_multiprocess
         )
+        # The settings' tenants now; the store's too once the lifespan has opened it.
+        self.tenants = TenantDirectory(seed_records(settings))
         self.auth = AuthService(
             settings.auth,
             settings.auth.pepper.get_secret_value().encode(),
             on_store_error=self.metrics.key_store_error,
+            tenants=self.tenants,
         )
         self.limiter = limiter_backend(settings, self.metrics)
-        self.admissions = admissions(settings, self.limiter, self.metrics)
-        self.quotas = quota_admissions(settings, quota_backend(settings), self.metrics)
+        self.admissions = admissions(settings, self.limiter, self.metrics, self.tenants.limits)
+        self.quotas = quota_admissions(
+            settings, quota_backend(settings), self.metrics, self.tenants.quotas
+        )
         # Writes to the usage store once the lifespan has opened it, beside the keys.
         self.recorder = UsageRecorder()
         # Set on SIGTERM by the server (gateway/cli/shutdown.py); read by the proxy,
@@ -109,7 +118,7 @@ class Gateway:
             limits=self.admissions,
             quotas=self.quotas,
             usage=self.recorder,
-            options=proxy_options(settings),
+            options=proxy_options(settings, self.tenants.max_batch, self.tenants.max_tokens),
             metrics=self.metrics,
             tracer=self.tracer,
             drain=self.drain,
@@ -186,12 +195,16 @@ class Gateway:
             stack.push_async_callback(self.discovery.stop)
             await self.auth.open()
             stack.push_async_callback(self.auth.close)
+            tenant_store = await open_tenant_store(self.settings.auth.key_store)
+            stack.push_async_callback(tenant_store.close)
+            await self.tenants.open(tenant_store)
+            stack.push_async_callback(self.tenants.close)
             usage_store = await open_usage_store(self.settings.auth.key_store)
             stack.push_async_callback(usage_store.close)
             self.recorder.start(usage_store)
             stack.push_async_callback(self.recorder.stop)
             if self._admin_enabled:
-                await self._open_admin(stack, usage_store)
+                await self._open_admin(stack, usage_store, tenant_store)
             # Opened: kept open until `close`.
             self._resources = stack.pop_all()
 
@@ -217,7 +230,9 @@ class Gateway:
             return
         await self._admin(scope, receive, send)
 
-    async def _open_admin(self, stack: AsyncExitStack, usage_store: UsageStore) -> None:
+    async def _open_admin(
+        self, stack: AsyncExitStack, usage_store: UsageStore, tenant_store: TenantStore
+    ) -> None:
         from gateway.admin.mount import (  # noqa: PLC0415 (see mount)
             admin_app,
             admin_jwt_check,
@@ -240,6 +255,7 @@ class Gateway:
             usage=usage_store,
             pools=self.pools,
             quotas=self.quotas,
+            tenants=(tenant_store, self.tenants),
             scrape_token=None if scrape_token is None else scrape_token.get_secret_value(),
         )
 

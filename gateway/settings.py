@@ -340,6 +340,10 @@ class TenantLimitsSettings(RatesSettings):
     quotas: QuotaSettings = QuotaSettings()
     # Sequences one request of the tenant's keys may ask for, unless a key says otherwise.
     max_batch: int | None = Field(default=None, ge=1)
+    # The max_tokens cap of the tenant's keys and JWT subjects that have none of their own.
+    max_tokens: int | None = Field(default=None, ge=1)
+    # Models the tenant's keys and JWT subjects may use (on top of their own lists); None: all.
+    allowed_models: list[str] | None = None
 
 
 class RateLimitSettings(_Strict):

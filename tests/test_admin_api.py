@@ -274,11 +274,16 @@ def test_every_route_refuses_missing_wrong_and_malformed_credentials() -> None:
             key_id = (await admin.create())["id"]
             schema = (await admin.client.get("/admin/openapi.json")).json()
             operations = [
-                (method.upper(), path.replace("{key_id}", key_id).replace("{tenant}", "acme"))
+                (
+                    method.upper(),
+                    path.replace("{key_id}", key_id)
+                    .replace("{tenant}", "acme")
+                    .replace("{name}", "acme"),
+                )
                 for path, methods in schema["paths"].items()
                 for method in methods
             ]
-            assert len(operations) == 13 and all(p.startswith("/admin/v1/") for _, p in operations)
+            assert len(operations) == 18 and all(p.startswith("/admin/v1/") for _, p in operations)
             operations += [("GET", "/admin/v1/no-such-route"), ("DELETE", "/admin/v1/keys")]
             for method, path in operations:
                 for headers in BAD_HEADERS:

@@ -65,6 +65,11 @@ OPERATIONS = [
     ("GET", "/admin/v1/audit"),
     ("GET", "/admin/v1/upstreams"),
     ("GET", "/admin/v1/prometheus/targets"),
+    ("GET", "/admin/v1/tenants"),
+    ("POST", "/admin/v1/tenants"),
+    ("GET", "/admin/v1/tenants/{name}"),
+    ("PATCH", "/admin/v1/tenants/{name}"),
+    ("DELETE", "/admin/v1/tenants/{name}"),
 ]
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 

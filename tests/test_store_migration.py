@@ -135,8 +135,8 @@ def test_the_export_holds_hashes_and_no_secret(moved: Moved) -> None:
     for token in moved.tokens.values():
         assert token.rsplit("_", 1)[1] not in text  # the secret part of every key
     lines = [json.loads(line) for line in text.splitlines()]
-    assert lines[0]["format"] == "vllm-gateway-store" and lines[0]["version"] == 1
-    assert lines[-1] == {"kind": "end", "keys": 5, "usage": 3, "audit": 1}
+    assert lines[0]["format"] == "vllm-gateway-store" and lines[0]["version"] == 2
+    assert lines[-1] == {"kind": "end", "tenants": 0, "keys": 5, "usage": 3, "audit": 1}
 
 
 def test_importing_twice_is_refused_and_counts_nothing_twice(
@@ -236,8 +236,8 @@ def test_a_file_of_another_pepper_is_refused(tmp_path: Path, sim: Process) -> No
     ("edit", "message"),
     [
         (
-            lambda lines: [lines[0].replace('"version": 1', '"version": 2'), *lines[1:]],
-            "format version 2",
+            lambda lines: [lines[0].replace('"version": 2', '"version": 3'), *lines[1:]],
+            "format version 3",
         ),
         (lambda lines: lines[:-1], "truncated"),
         (lambda lines: ['{"hello": 1}', *lines[1:]], "not a vllm-gateway export"),

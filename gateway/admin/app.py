@@ -27,11 +27,20 @@ from gateway.admin.keys import Admin, KeyRoutes, UsageRoutes
 from gateway.admin.prometheus_sd import PrometheusTargetRoutes
 from gateway.admin.quotas import QuotaRoutes
 from gateway.admin.schemas import AuditEntryOut, AuditPage, ErrorOut
+from gateway.admin.tenants import TenantRoutes
 from gateway.admin.upstreams import UpstreamRoutes
 from gateway.errors import error_body
 from gateway.keys.store import KeyExists, KeyNotFound, KeyStore, KeyStoreError
 from gateway.limits.limiter import LimiterBackendError
 from gateway.limits.quota_admission import QuotaAdmissions
+from gateway.tenants.directory import TenantDirectory
+from gateway.tenants.store import (
+    MemoryTenantStore,
+    TenantExists,
+    TenantNotFound,
+    TenantStore,
+    TenantStoreError,
+)
 from gateway.upstreams.pool import Pools
 from gateway.upstreams.scrape_targets import TARGETS_PATH
 from gateway.usage.store import MemoryUsageStore, UsageStore, UsageStoreError
@@ -63,6 +72,7 @@ def create_admin_app(
     usage: UsageStore | None = None,
     pools: Pools | None = None,
     quotas: QuotaAdmissions | None = None,
+    tenants: tuple[TenantStore, TenantDirectory] | None = None,
 ) -> FastAPI:
     """The admin API over `store`, recording to `audit`, guarded by `authorize`.
 
@@ -70,6 +80,8 @@ def create_admin_app(
     hashes new secrets exactly as the request path verifies them. Without `usage`,
     nothing is counted: every usage read answers zeros. `pools` are the gateway's
     live replicas, shown (never changed) by the upstreams route; without, it lists none.
+    `tenants` is the tenant store and the directory that applies its changes; without,
+    tenants live in memory for this app only.
     """
     if not pepper:
         raise ValueError("the key pepper must not be empty")
@@ -86,6 +98,9 @@ def create_admin_app(
     counted = UsageRoutes(store=store, usage=MemoryUsageStore() if usage is None else usage)
     app.include_router(counted.router(), prefix=PREFIX)
     app.include_router(QuotaRoutes(store=store, quotas=quotas).router(), prefix=PREFIX)
+    tenant_store, directory = tenants or (MemoryTenantStore(), TenantDirectory({}))
+    tenant_routes = TenantRoutes(tenant_store, directory, store, audit, clock)
+    app.include_router(tenant_routes.router(), prefix=PREFIX)
     app.add_api_route(f"{PREFIX}/audit", _audit_route(audit), methods=["GET"], tags=["audit"])
     app.include_router(UpstreamRoutes(pools).router(), prefix=PREFIX)
     app.include_router(PrometheusTargetRoutes(pools).router(), prefix=PREFIX)
@@ -164,6 +179,15 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(KeyStoreError, store_error)
     app.add_exception_handler(AuditLogError, audit_error)
     app.add_exception_handler(UsageStoreError, usage_error)
+
+    async def tenant_error(_: Request, exc: Exception) -> Response:
+        if isinstance(exc, TenantNotFound):
+            return _json_error(404, str(exc), "tenant_not_found")
+        if isinstance(exc, TenantExists):
+            return _json_error(409, str(exc), "tenant_exists")
+        return _json_error(503, str(exc), "tenant_store_unavailable")
+
+    app.add_exception_handler(TenantStoreError, tenant_error)
 
     async def quota_error(_: Request, exc: Exception) -> Response:
         return _json_error(503, str(exc), "quota_backend_unavailable")

@@ -17,6 +17,8 @@ from gateway.auth.service import AuthService
 from gateway.keys.store import KeyStore
 from gateway.limits.quota_admission import QuotaAdmissions
 from gateway.settings import KeyStoreSettings
+from gateway.tenants.directory import TenantDirectory
+from gateway.tenants.store import TenantStore
 from gateway.upstreams.pool import Pools
 from gateway.usage.store import UsageStore
 
@@ -41,6 +43,7 @@ def admin_app(
     usage: UsageStore | None = None,
     pools: Pools | None = None,
     quotas: QuotaAdmissions | None = None,
+    tenants: tuple[TenantStore, TenantDirectory] | None = None,
     scrape_token: str | None = None,
 ) -> FastAPI:
     """The admin app; the caller owns (opens and closes) `store`, `audit` and `usage`,
@@ -48,7 +51,7 @@ def admin_app(
     read Prometheus' service discovery too."""
     authorizer = AdminAuthorizer(tokens, jwt_check=jwt_check, scrape_token=scrape_token)
     return create_admin_app(
-        store, audit, pepper, authorizer, usage=usage, pools=pools, quotas=quotas
+        store, audit, pepper, authorizer, usage=usage, pools=pools, quotas=quotas, tenants=tenants
     )
 
 

@@ -20,7 +20,7 @@ from gateway.limits.quota_admission import QuotaAdmissions
 from gateway.limits.quotas import Counter, counters_for, owner_name
 from gateway.principal import Principal, Quotas
 
-TenantName = Annotated[Tenant, Path(description="The tenant, as in limits.tenants.")]
+TenantName = Annotated[Tenant, Path(description="The tenant.")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ class QuotaRoutes:
         return QuotaReport(scope="key", key_id=record.id, tenant=record.tenant, quotas=quotas)
 
     async def tenant_quota(self, tenant: TenantName, _: Admin) -> QuotaReport:
-        """A tenant's quotas (from the settings), shared by all its keys and JWT subjects."""
+        """A tenant's quotas (stored or from the settings), shared by its keys and JWT subjects."""
         given = Quotas() if self.quotas is None else self.quotas.tenants.get(tenant, Quotas())
         owner = owner_name("tenant", tenant)
         counters = [Counter(owner, "tenant", tenant, *item) for item in given.items()]

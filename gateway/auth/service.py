@@ -18,6 +18,7 @@ from gateway.keys.open import open_key_store
 from gateway.keys.store import KeyStore
 from gateway.principal import Principal
 from gateway.settings import AuthSettings
+from gateway.tenants.directory import TenantDirectory
 
 if TYPE_CHECKING:
     from gateway.auth.jwt import JWTVerifier
@@ -42,8 +43,11 @@ class AuthService:
         settings: AuthSettings,
         pepper: bytes,
         on_store_error: Callable[[StoreOperation], None],
+        tenants: TenantDirectory | None = None,
     ) -> None:
         self._settings = settings
+        # Narrows each principal to the models its tenant allows.
+        self._tenants = tenants
         self._pepper = pepper
         # Counts failed key-store calls (gateway_key_store_errors_total).
         self._on_store_error = on_store_error
@@ -96,4 +100,5 @@ class AuthService:
     async def authenticate(self, header: bytes | None) -> Principal:
         if self._authenticator is None:
             raise RuntimeError("authentication is used outside the lifespan")
-        return await self._authenticator.authenticate(header)
+        principal = await self._authenticator.authenticate(header)
+        return principal if self._tenants is None else self._tenants.restrict(principal)

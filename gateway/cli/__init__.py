@@ -1,4 +1,4 @@
-"""The `vllm-gateway` command: serve, simulate, check, keys, upstreams."""
+"""The `vllm-gateway` command: serve, simulate, check, keys, tenants, upstreams."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import gateway.sim.cli as sim_cli
 from gateway import __version__
-from gateway.cli import check, keys, serve, upstreams
+from gateway.cli import check, keys, serve, tenants, upstreams
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keys.add_arguments(keys_parser)
     keys_parser.set_defaults(handler=keys.run)
+
+    tenants_parser = commands.add_parser(
+        "tenants", help="manage tenants: their limits, quotas, models and metadata"
+    )
+    tenants.add_arguments(tenants_parser)
+    tenants_parser.set_defaults(handler=tenants.run)
 
     upstreams_parser = commands.add_parser(
         "upstreams",

@@ -53,6 +53,8 @@ class AdminApi:
             response = self.client.request(method, path, json=body, params=params)
         if response.is_error:
             raise ApiError(response.status_code, error_message(response))
+        if response.status_code == 204:  # done, and nothing to say (a delete)
+            return {}
         try:
             data = response.json()
         except ValueError:

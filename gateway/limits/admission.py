@@ -104,7 +104,8 @@ class Admissions:
     ) -> None:
         self._backend = backend
         self._metrics = metrics
-        self._tenants = dict(tenants)
+        # Read on every request: the tenant directory swaps what it shows when tenants change.
+        self._tenants = tenants
         self._fail_open = fail_open
         self._clock = clock
         self._paused_until = 0.0
@@ -113,20 +114,24 @@ class Admissions:
         # Lease ids: unique across replicas (the prefix) and cheap to make.
         self._lease_prefix = os.urandom(8).hex() + "-"
         self._leases = itertools.count()
-        # (kind, id, tenant, model) -> the principal's Limits it was built from, and the buckets.
-        self._buckets: dict[tuple[str, str, str, str], tuple[Limits, tuple[Bucket, ...]]] = {}
+        # (kind, id, tenant, model) -> the principal's and the tenant's Limits it was built
+        # from, and the buckets.
+        self._buckets: dict[
+            tuple[str, str, str, str], tuple[Limits, Limits | None, tuple[Bucket, ...]]
+        ] = {}
 
     def _buckets_of(self, principal: Principal, model: str) -> tuple[Bucket, ...]:
         """The buckets for this principal and model, built once per version of its limits
-        (a changed key is a new Principal with new Limits)."""
+        and its tenant's (a changed key or tenant comes with new Limits)."""
         key = (principal.kind, principal.id, principal.tenant, model)
+        tenant = self._tenants.get(principal.tenant)
         cached = self._buckets.get(key)
-        if cached is not None and cached[0] is principal.limits:
-            return cached[1]
-        buckets = buckets_for(principal, self._tenants.get(principal.tenant), model)
+        if cached is not None and cached[0] is principal.limits and cached[1] is tenant:
+            return cached[2]
+        buckets = buckets_for(principal, tenant, model)
         if len(self._buckets) >= MAX_CACHED:
             self._buckets.clear()
-        self._buckets[key] = (principal.limits, buckets)
+        self._buckets[key] = (principal.limits, tenant, buckets)
         return buckets
 
     async def admit(self, principal: Principal, model: str, tokens: int) -> Ticket:

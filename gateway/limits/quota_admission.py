@@ -70,7 +70,8 @@ class QuotaAdmissions:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
-        self.tenants = dict(tenants)
+        # Read on every request: the tenant directory swaps what it shows when tenants change.
+        self.tenants = tenants
         self.soft_threshold = soft_threshold
         self._metrics = metrics
         self._prices = dict(prices)

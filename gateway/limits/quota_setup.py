@@ -6,6 +6,7 @@ in the limits' Redis, shared by every replica.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 
 from gateway.limits.quota_admission import QuotaAdmissions
@@ -53,12 +54,16 @@ def quota_backend(settings: Settings) -> QuotaBackend:
 
 
 def quota_admissions(
-    settings: Settings, backend: QuotaBackend, metrics: Metrics
+    settings: Settings,
+    backend: QuotaBackend,
+    metrics: Metrics,
+    tenants: Mapping[str, Quotas] | None = None,
 ) -> QuotaAdmissions:
+    """TENANTS: the live tenant quotas (gateway.tenants.directory); else the settings'."""
     return QuotaAdmissions(
         backend,
         QuotaMetrics(metrics),
-        tenants=tenant_quotas(settings),
+        tenants=tenant_quotas(settings) if tenants is None else tenants,
         prices=prices(settings),
         soft_threshold=settings.limits.quota_soft_threshold,
         fail_open=settings.limits.on_backend_error == "open",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from gateway.limits.admission import Admissions
 from gateway.limits.limiter import RateLimiter
 from gateway.limits.memory import MemoryRateLimiter
@@ -46,10 +48,16 @@ def limiter_backend(settings: Settings, metrics: Metrics) -> RateLimiter:
     return MemoryRateLimiter()
 
 
-def admissions(settings: Settings, backend: RateLimiter, metrics: Metrics) -> Admissions:
+def admissions(
+    settings: Settings,
+    backend: RateLimiter,
+    metrics: Metrics,
+    tenants: Mapping[str, Limits] | None = None,
+) -> Admissions:
+    """TENANTS: the live tenant limits (gateway.tenants.directory); else the settings'."""
     return Admissions(
         backend,
         metrics,
-        tenants=tenant_limits(settings),
+        tenants=tenant_limits(settings) if tenants is None else tenants,
         fail_open=settings.limits.on_backend_error == "open",
     )

@@ -64,6 +64,8 @@ class ProxyOptions:
     # the principal's own limits or its tenant's say otherwise.
     max_batch: int | None = None
     tenant_max_batch: Mapping[str, int] = field(default_factory=dict)
+    # The max_tokens cap of a principal without one of its own, by tenant.
+    tenant_max_tokens: Mapping[str, int] = field(default_factory=dict)
     # Other replicas tried for a request that provably never reached an engine.
     retries: int = 2
     # Consecutive failed requests that eject a replica until a health check passes.
@@ -230,9 +232,10 @@ class ProxyApp:
         max_batch = limits.max_batch
         if max_batch is None:
             max_batch = options.tenant_max_batch.get(principal.tenant, options.max_batch)
-        return TokenPolicy(
-            limits.max_tokens, options.refuse_over_cap, options.default_reserve, max_batch
-        )
+        max_tokens = limits.max_tokens
+        if max_tokens is None:
+            max_tokens = options.tenant_max_tokens.get(principal.tenant)
+        return TokenPolicy(max_tokens, options.refuse_over_cap, options.default_reserve, max_batch)
 
     async def _attempts(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from gateway.proxy.apis import ModelApis
 from gateway.proxy.handler import ProxyOptions
 from gateway.proxy.response_store import MemoryResponseStore, ResponseStore
@@ -23,7 +25,12 @@ def upstream_client(settings: Settings) -> UpstreamClient:
     )
 
 
-def proxy_options(settings: Settings) -> ProxyOptions:
+def proxy_options(
+    settings: Settings,
+    tenant_max_batch: Mapping[str, int] | None = None,
+    tenant_max_tokens: Mapping[str, int] | None = None,
+) -> ProxyOptions:
+    """The TENANT_ mappings are live views of the tenant directory; else the settings'."""
     upstreams, limits = settings.upstreams, settings.limits
     return ProxyOptions(
         max_body_bytes=settings.max_body_bytes,
@@ -36,7 +43,16 @@ def proxy_options(settings: Settings) -> ProxyOptions:
             tenant: given.max_batch
             for tenant, given in limits.tenants.items()
             if given.max_batch is not None
-        },
+        }
+        if tenant_max_batch is None
+        else tenant_max_batch,
+        tenant_max_tokens={
+            tenant: given.max_tokens
+            for tenant, given in limits.tenants.items()
+            if given.max_tokens is not None
+        }
+        if tenant_max_tokens is None
+        else tenant_max_tokens,
         retries=upstreams.retries,
         eject_after=upstreams.health.eject_after,
         shed_waiting_above=upstreams.load.shed_waiting_above,

@@ -1,12 +1,12 @@
 """Reading everything out of a store, and writing it into an empty one.
 
 An import fills an empty store only: it refuses a store that holds any key,
-usage row or audit entry. That is what makes it idempotent: usage is a sum,
+usage row, tenant or audit entry. That is what makes it idempotent: usage is a sum,
 and a second import into the same store is refused instead of counting every
 token twice. Keys keep their ids, hashes, tenant, limits, revocation, expiry,
 rotation grace and `last_used_at`; usage rows keep their principal, tenant,
 model and day; audit entries keep their time, actor and details, and get new
-ids from the target log, which then records the import itself.
+ids from the target log; tenants keep everything, which then records the import itself.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ async def export_store(
     """
     dump = StoreDump(
         keys=await _all_keys(stores.keys),
+        tenants=await stores.tenants.all(),
         usage=await stores.usage.rows(),
         audit=await _all_audit(stores.audit),
     )
@@ -63,6 +64,8 @@ def check_pepper(header: Header, pepper: bytes) -> None:
 async def import_store(stores: Stores, header: Header, dump: StoreDump) -> None:
     """Write `dump` into `stores`, which must be empty; `TransferError` if they are not."""
     await _check_empty(stores)
+    for tenant in dump.tenants:
+        await stores.tenants.create(tenant)
     for record in dump.keys:
         await stores.keys.create(record)
     batch: dict[UsageKey, UsageCounts] = {}
@@ -80,6 +83,8 @@ async def import_store(stores: Stores, header: Header, dump: StoreDump) -> None:
 
 async def _check_empty(stores: Stores) -> None:
     held = []
+    if await stores.tenants.all():
+        held.append("tenants")
     if (await stores.keys.list(limit=1))[0]:
         held.append("keys")
     if await stores.usage.rows():

@@ -1,15 +1,17 @@
 """The export file: JSON Lines, a header first and a count of every kind last.
 
-    {"format": "vllm-gateway-store", "version": 1, "pepper_fingerprint": "…", …}
+    {"format": "vllm-gateway-store", "version": 2, "pepper_fingerprint": "…", …}
+    {"kind": "tenant", "record": {…}}         one per stored tenant (version 2 on)
     {"kind": "key", "record": {…}}            one per key: hashes and metadata, no secret
     {"kind": "usage", "principal": …, …}      one per principal, tenant, model and day
     {"kind": "audit", "at": …, …}             oldest first
-    {"kind": "end", "keys": 3, "usage": 12, "audit": 7}
+    {"kind": "end", "tenants": 1, "keys": 3, "usage": 12, "audit": 7}
 
 The header names the pepper by its fingerprint (gateway/keys/format.py), so an
 import under another pepper, whose keys could never verify, is refused before
 anything is written. The last line makes a truncated file an error, not a
-smaller store. A reader refuses a version it does not know.
+smaller store. A reader refuses a version it does not know, and reads a version 1
+file (written before tenants were stored) as one with no tenants.
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ from gateway.keys.records import (
     record_from_json,
     record_to_json,
 )
+from gateway.tenants import records as tenants
+from gateway.tenants.records import TenantRecord
 from gateway.usage.records import UsageCounts, UsageKey
 
 FORMAT = "vllm-gateway-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "estimated_requests")
 
 UsageRow = tuple[UsageKey, UsageCounts]
@@ -54,11 +59,17 @@ class StoreDump:
     """Everything a store holds, in the order it is written: keys by id, audit oldest first."""
 
     keys: list[KeyRecord] = field(default_factory=list)
+    tenants: list[TenantRecord] = field(default_factory=list)
     usage: list[UsageRow] = field(default_factory=list)
     audit: list[AuditEntry] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
-        return {"keys": len(self.keys), "usage": len(self.usage), "audit": len(self.audit)}
+        return {
+            "tenants": len(self.tenants),
+            "keys": len(self.keys),
+            "usage": len(self.usage),
+            "audit": len(self.audit),
+        }
 
 
 def dump_lines(header: Header, dump: StoreDump) -> Iterator[str]:
@@ -73,6 +84,8 @@ def dump_lines(header: Header, dump: StoreDump) -> Iterator[str]:
             "gateway_version": header.gateway_version,
         }
     )
+    for tenant in dump.tenants:
+        yield _line({"kind": "tenant", "record": json.loads(tenants.record_to_json(tenant))})
     for record in dump.keys:
         yield _line({"kind": "key", "record": json.loads(record_to_json(record))})
     for key, counts in dump.usage:
@@ -95,7 +108,7 @@ def read_header(first_line: str) -> Header:
     if doc.get("format") != FORMAT:
         raise TransferError("this is not a vllm-gateway export: its first line has no header")
     version = doc.get("version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise TransferError(
             f"the file has format version {version!r}; this gateway reads version"
             f" {FORMAT_VERSION}: import it with the gateway version that exported it"
@@ -120,7 +133,9 @@ def read_body(lines: list[str]) -> StoreDump:
         doc = _object(text, number)
         kind = doc.get("kind")
         try:
-            if kind == "key":
+            if kind == "tenant":
+                dump.tenants.append(tenants.record_from_json(json.dumps(doc.get("record"))))
+            elif kind == "key":
                 dump.keys.append(record_from_json(json.dumps(doc.get("record"))))
             elif kind == "usage":
                 dump.usage.append(_usage_row(doc))
@@ -137,7 +152,8 @@ def read_body(lines: list[str]) -> StoreDump:
 
 
 def _check_end(doc: dict[str, object], dump: StoreDump, last: bool) -> None:
-    expected = {name: doc.get(name) for name in dump.counts()}
+    # A version 1 file counts no tenants.
+    expected = {name: doc.get(name, 0 if name == "tenants" else None) for name in dump.counts()}
     if expected != dump.counts() or not last:
         raise ValueError(f"the end line counts {expected}, the file holds {dump.counts()}")
 

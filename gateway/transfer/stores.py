@@ -18,6 +18,8 @@ from gateway.admin.audit import AuditLog, SqliteAuditLog
 from gateway.keys.sqlite import SqliteKeyStore
 from gateway.keys.store import KeyStore
 from gateway.settings import KeyStoreSettings
+from gateway.tenants.open import open_tenant_store
+from gateway.tenants.store import TenantStore
 from gateway.transfer.jsonl import TransferError, UsageRow
 from gateway.usage.sqlite import SqliteUsageStore
 from gateway.usage.store import UsageStore
@@ -33,6 +35,7 @@ class Stores:
     keys: KeyStore
     usage: ExportableUsage
     audit: AuditLog
+    tenants: TenantStore
     description: str  # for messages: never the Redis URL, which may hold a password
 
 
@@ -51,7 +54,9 @@ async def open_stores(settings: KeyStoreSettings, *, must_exist: bool) -> AsyncI
             keys, usage, audit = await _redis(settings, stack)
         else:
             keys, usage, audit = await _sqlite(settings, must_exist, stack)
-        yield Stores(keys, usage, audit, describe(settings))
+        tenants = await open_tenant_store(settings)
+        stack.push_async_callback(tenants.close)
+        yield Stores(keys, usage, audit, tenants, describe(settings))
 
 
 async def _sqlite(

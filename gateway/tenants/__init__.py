@@ -1,0 +1,1 @@
+"""Tenants as data: their limits, quotas, allowed models and metadata, kept in the key store."""
