@@ -28,6 +28,7 @@ from gateway.admin.prometheus_sd import PrometheusTargetRoutes
 from gateway.admin.quotas import QuotaRoutes
 from gateway.admin.schemas import AuditEntryOut, AuditPage, ErrorOut
 from gateway.admin.upstreams import UpstreamRoutes
+from gateway.admin.usage_report import ReportRoutes
 from gateway.errors import error_body
 from gateway.keys.store import KeyExists, KeyNotFound, KeyStore, KeyStoreError
 from gateway.limits.limiter import LimiterBackendError
@@ -83,8 +84,10 @@ def create_admin_app(
     )
     keys = KeyRoutes(store=store, audit=audit, pepper=pepper, clock=clock)
     app.include_router(keys.router(), prefix=PREFIX)
-    counted = UsageRoutes(store=store, usage=MemoryUsageStore() if usage is None else usage)
-    app.include_router(counted.router(), prefix=PREFIX)
+    usage = MemoryUsageStore() if usage is None else usage
+    app.include_router(UsageRoutes(store=store, usage=usage).router(), prefix=PREFIX)
+    report = ReportRoutes(store=store, usage=usage, quotas=quotas, clock=clock)
+    app.include_router(report.router(), prefix=PREFIX)
     app.include_router(QuotaRoutes(store=store, quotas=quotas).router(), prefix=PREFIX)
     app.add_api_route(f"{PREFIX}/audit", _audit_route(audit), methods=["GET"], tags=["audit"])
     app.include_router(UpstreamRoutes(pools).router(), prefix=PREFIX)

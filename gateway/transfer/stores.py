@@ -18,14 +18,13 @@ from gateway.admin.audit import AuditLog, SqliteAuditLog
 from gateway.keys.sqlite import SqliteKeyStore
 from gateway.keys.store import KeyStore
 from gateway.settings import KeyStoreSettings
-from gateway.transfer.jsonl import TransferError, UsageRow
+from gateway.transfer.jsonl import TransferError
 from gateway.usage.sqlite import SqliteUsageStore
 from gateway.usage.store import UsageStore
 
 
 class ExportableUsage(UsageStore, Protocol):
-    async def rows(self) -> list[UsageRow]:
-        """Every stored row, as `add` would take it back."""
+    """A usage store an export reads whole, through `rows()`."""
 
 
 @dataclass(frozen=True, slots=True)
