@@ -15,6 +15,8 @@ from gateway.admin.quota_schemas import QuotaReport
 from gateway.admin.schemas import TEXT_PATTERN, Model, Tenant
 from gateway.usage.report import LineKey, LineTotals, Report, usd
 
+_GROUP = "(key|tenant|model)"
+GROUP_BY_PATTERN = rf"^({_GROUP}(,{_GROUP})*)?$"
 # A key id, or a JWT subject: usage names whichever principal made the request.
 Principal = Annotated[str, Field(min_length=1, max_length=256, pattern=TEXT_PATTERN)]
 
@@ -25,6 +27,8 @@ class ReportParams(BaseModel):
     group_by: str = Field(
         default="tenant,model",
         max_length=64,
+        # Written into the schema, checked by the route: its 422 names the unknown group.
+        json_schema_extra={"pattern": GROUP_BY_PATTERN},
         description="A comma list of `key`, `tenant` and `model`, in the order lines sort "
         "by; empty: one line per period.",
     )
