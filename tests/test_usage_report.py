@@ -24,8 +24,11 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.admin.report_schemas import ReportParams
+from gateway.admin.usage_report import report_query
 from gateway.usage.records import UsageCounts, UsageKey
 from gateway.usage.redis_store import connect
+from gateway.usage.report import MAX_LINES, ReportQuery, ReportTooLarge, build_report
 from gateway.usage.sqlite import SqliteUsageStore
 from tests.servers import (
     Process,
@@ -436,3 +439,24 @@ def test_redis_usage_store(tmp_path: Path, redis_server: RedisServer) -> None:
         text = csv_report(stack.gateway, {**day, "format": "csv"}, {})
         tenants = [row[1] for row in csv.reader(io.StringIO(text, newline=""))]
         assert tenants == ["tenant", f"'{HOSTILE_TENANT}", "acme"]
+
+
+def test_a_report_of_too_many_lines_is_refused_before_it_is_built() -> None:
+    rows = [
+        (UsageKey(f"key-{n}", "acme", "alpha", date(2025, 1, 1)), UsageCounts(1, 1, 1, 0))
+        for n in range(MAX_LINES + 1)
+    ]
+    day = date(2025, 1, 1)
+    by_tenant = build_report(rows, ReportQuery(("tenant",), "day", day, day), {})
+    assert by_tenant.total.counts.requests == MAX_LINES + 1 and len(by_tenant.lines) == 1
+    with pytest.raises(ReportTooLarge, match="more than 50000 lines"):
+        build_report(rows, ReportQuery(("key",), "day", day, day), {})
+
+
+@pytest.mark.parametrize("period", ["day", "month"])
+def test_default_ranges_stop_at_the_first_day_there_is(period: str) -> None:
+    for until in (date.min, date(1, 1, 29), date(1, 12, 31), date(2, 1, 1)):
+        query = report_query(ReportParams(period=period, until=until), until)
+        assert date.min <= query.since <= until
+    assert report_query(ReportParams(period="month"), date(2026, 3, 9)).since == date(2025, 4, 1)
+    assert report_query(ReportParams(), date(2026, 3, 9)).since == date(2026, 2, 8)

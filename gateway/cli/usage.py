@@ -26,6 +26,7 @@ from gateway.cli.admin_client import (
 from gateway.cli.keys import connection_flags
 from gateway.cli.output import Output
 from gateway.cli.upstreams import printable
+from gateway.usage.report import usd
 
 REPORT_HELP = "usage and cost per UTC day or month, per key, tenant and/or model"
 _GROUP_TITLES = {
@@ -128,7 +129,7 @@ def _counts(totals: ReportTotalsOut) -> tuple[str, ...]:
 
 def _quota_row(owner: QuotaReport, quota: QuotaOut) -> tuple[str, ...]:
     def amount(value: int) -> str:
-        return f"{value / 1_000_000:.6f} USD" if quota.unit == "micro_usd" else str(value)
+        return f"{usd(value)} USD" if quota.unit == "micro_usd" else str(value)
 
     name = owner.key_id if owner.scope == "key" and owner.key_id else owner.tenant
     return (
