@@ -283,7 +283,7 @@ def test_every_route_refuses_missing_wrong_and_malformed_credentials() -> None:
                 for path, methods in schema["paths"].items()
                 for method in methods
             ]
-            assert len(operations) == 18 and all(p.startswith("/admin/v1/") for _, p in operations)
+            assert len(operations) == 19 and all(p.startswith("/admin/v1/") for _, p in operations)
             operations += [("GET", "/admin/v1/no-such-route"), ("DELETE", "/admin/v1/keys")]
             for method, path in operations:
                 for headers in BAD_HEADERS:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from schemathesis import Case, GenerationMode
+from schemathesis.checks import positive_data_acceptance
 from schemathesis.schemas import BaseSchema
 
 from gateway.admin.app import create_admin_app
@@ -60,6 +62,7 @@ OPERATIONS = [
     ("POST", "/admin/v1/keys/{key_id}/rotate"),
     ("GET", "/admin/v1/keys/{key_id}/usage"),
     ("GET", "/admin/v1/tenants/{tenant}/usage"),
+    ("GET", "/admin/v1/usage/report"),
     ("GET", "/admin/v1/keys/{key_id}/quota"),
     ("GET", "/admin/v1/tenants/{tenant}/quota"),
     ("GET", "/admin/v1/audit"),
@@ -94,9 +97,18 @@ def test_with_admin_credentials_no_request_fails_the_server(
         response = case.call(headers=ADMIN)
         assert response.status_code < 500, response.text
         if mode is GenerationMode.POSITIVE:
-            case.validate_response(response, headers=ADMIN)
+            excluded = [positive_data_acceptance] if cross_field(method, path, response) else []
+            case.validate_response(response, headers=ADMIN, excluded_checks=excluded)
 
     check()
+
+
+def cross_field(method: str, path: str, response: Any) -> bool:
+    """The report's 422 for a rule between two parameters (since after until, a range
+    over the bound): OpenAPI cannot write it, so a schema-valid query may get it."""
+    if (method, path) != ("GET", "/admin/v1/usage/report") or response.status_code != 422:
+        return False
+    return bool(response.json()["error"]["param"] == "since")
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])

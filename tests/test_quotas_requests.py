@@ -228,3 +228,14 @@ def test_unknown_key_and_tenant_without_quotas(gateway: Process) -> None:
     missing = httpx.get(f"{gateway.url}/admin/v1/keys/aaaaaaaaaaaaaaaa/quota", headers=ADMIN)
     assert missing.status_code == 404
     assert quota(gateway, "tenants/nobody") == {}
+
+
+def test_a_whole_float_is_the_count_json_schema_allows(gateway: Process) -> None:
+    """1000.0 is an integer to JSON Schema (and the API tools that follow it): stored as
+    1000, where "1000", true and 1.5 are refused above."""
+    body = {"tenant": "acme", "limits": {"quotas": {"tokens_per_day": 1000.0}}}
+    created = httpx.post(f"{gateway.url}/admin/v1/keys", json=body, headers=ADMIN)
+    assert created.status_code == 201, created.text
+    got = httpx.get(f"{gateway.url}/admin/v1/keys/{created.json()['id']}", headers=ADMIN).json()
+    stored = got["limits"]["quotas"]["tokens_per_day"]
+    assert stored == 1000 and isinstance(stored, int)

@@ -29,6 +29,7 @@ from gateway.admin.quotas import QuotaRoutes
 from gateway.admin.schemas import AuditEntryOut, AuditPage, ErrorOut
 from gateway.admin.tenants import TenantRoutes
 from gateway.admin.upstreams import UpstreamRoutes
+from gateway.admin.usage_report import ReportRoutes
 from gateway.errors import error_body
 from gateway.keys.store import KeyExists, KeyNotFound, KeyStore, KeyStoreError
 from gateway.limits.limiter import LimiterBackendError
@@ -95,8 +96,10 @@ def create_admin_app(
     )
     keys = KeyRoutes(store=store, audit=audit, pepper=pepper, clock=clock)
     app.include_router(keys.router(), prefix=PREFIX)
-    counted = UsageRoutes(store=store, usage=MemoryUsageStore() if usage is None else usage)
-    app.include_router(counted.router(), prefix=PREFIX)
+    usage = MemoryUsageStore() if usage is None else usage
+    app.include_router(UsageRoutes(store=store, usage=usage).router(), prefix=PREFIX)
+    report = ReportRoutes(store=store, usage=usage, quotas=quotas, clock=clock)
+    app.include_router(report.router(), prefix=PREFIX)
     app.include_router(QuotaRoutes(store=store, quotas=quotas).router(), prefix=PREFIX)
     tenant_store, directory = tenants or (MemoryTenantStore(), TenantDirectory({}))
     tenant_routes = TenantRoutes(tenant_store, directory, store, audit, clock)

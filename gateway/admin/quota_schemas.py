@@ -8,12 +8,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from gateway.limits.quotas import UNITS, CounterState, usd_to_micro
 from gateway.principal import Quotas
 
-Count = Annotated[int, Field(strict=True, ge=0, le=10**15)]
+
+def whole_number(value: object) -> object:
+    """A count as JSON may write it: 1000 or 1000.0 (JSON Schema's integer, which API
+    tools generate), never "1000", true or 1.5."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be a whole number")
+    return value
+
+
+Count = Annotated[int, Field(ge=0, le=10**15), BeforeValidator(whole_number)]
 Usd = Annotated[float, Field(strict=True, ge=0, le=10**9, allow_inf_nan=False)]
 
 

@@ -2,23 +2,24 @@
 tenant object it answers with.
 
 Values are strict: a string, a boolean or a fraction where a count belongs is a
-422, never coerced. Names of new tenants are 1 to 64 of `A-Z a-z 0-9 . _ @ : -`,
-starting with a letter or digit, so they are safe in URLs, logs and Redis keys.
+422, never coerced (a whole float, 1000.0, is the integer JSON Schema allows).
+Names of new tenants are 1 to 64 of `A-Z a-z 0-9 . _ @ : -`, starting with a
+letter or digit, so they are safe in URLs, logs and Redis keys.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from gateway.admin.quota_schemas import KeyQuotas
+from gateway.admin.quota_schemas import KeyQuotas, whole_number
 from gateway.admin.schemas import Metadata, Model, Models, _names_by_pattern
 from gateway.principal import Limits, Rates
 from gateway.tenants.records import NAME_PATTERN, TenantRecord, tenant_doc
 
-Count = Annotated[int, Field(strict=True, ge=0, le=10**12)]
-Cap = Annotated[int, Field(strict=True, ge=1, le=10**12)]
+Count = Annotated[int, Field(ge=0, le=10**12), BeforeValidator(whole_number)]
+Cap = Annotated[int, Field(ge=1, le=10**12), BeforeValidator(whole_number)]
 NewName = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=64)]
 _RATES = ("requests_per_minute", "tokens_per_minute", "concurrent_requests")
 _CAPS = ("max_tokens", "max_batch")

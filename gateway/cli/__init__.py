@@ -1,4 +1,4 @@
-"""The `vllm-gateway` command: serve, simulate, check, keys, tenants, upstreams."""
+"""The `vllm-gateway` command: serve, simulate, check, keys, tenants, upstreams, usage."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import gateway.sim.cli as sim_cli
 from gateway import __version__
-from gateway.cli import check, keys, serve, tenants, upstreams
+from gateway.cli import check, keys, serve, tenants, upstreams, usage
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     upstreams_parser.set_defaults(handler=upstreams.run)
+
+    usage.add_arguments(commands.add_parser("usage", help="usage and cost reports"))
     return parser
 
 

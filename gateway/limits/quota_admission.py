@@ -74,7 +74,8 @@ class QuotaAdmissions:
         self.tenants = tenants
         self.soft_threshold = soft_threshold
         self._metrics = metrics
-        self._prices = dict(prices)
+        # Public: usage reports price tokens with this same table (gateway/usage/report.py).
+        self.prices = dict(prices)
         self._fail_open = fail_open
         self._clock = clock
         self._paused_until = 0.0
@@ -104,7 +105,7 @@ class QuotaAdmissions:
         if self._clock() < self._paused_until:
             return self._unavailable(None)
         demand = QuotaDemand(
-            counters, amounts(self._prices, model, prompt_tokens, completion_tokens)
+            counters, amounts(self.prices, model, prompt_tokens, completion_tokens)
         )
         try:
             answer = await self.backend.reserve(demand)
@@ -120,7 +121,7 @@ class QuotaAdmissions:
     async def finish(self, ticket: QuotaTicket, model: str, usage: tuple[int, int] | None) -> None:
         """Settle to USAGE (prompt, completion tokens); None keeps the reservation."""
         if ticket.grant is not None:
-            used = None if usage is None else amounts(self._prices, model, *usage)
+            used = None if usage is None else amounts(self.prices, model, *usage)
             await self._settle(ticket.grant, used)
 
     async def cancel(self, ticket: QuotaTicket) -> None:

@@ -20,14 +20,13 @@ from gateway.keys.store import KeyStore
 from gateway.settings import KeyStoreSettings
 from gateway.tenants.open import open_tenant_store
 from gateway.tenants.store import TenantStore
-from gateway.transfer.jsonl import TransferError, UsageRow
+from gateway.transfer.jsonl import TransferError
 from gateway.usage.sqlite import SqliteUsageStore
 from gateway.usage.store import UsageStore
 
 
 class ExportableUsage(UsageStore, Protocol):
-    async def rows(self) -> list[UsageRow]:
-        """Every stored row, as `add` would take it back."""
+    """A usage store an export reads whole, through `rows()`."""
 
 
 @dataclass(frozen=True, slots=True)

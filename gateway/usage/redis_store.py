@@ -130,8 +130,12 @@ class RedisUsageStore:
     ) -> dict[str, UsageCounts]:
         return await self._totals(self._tenant_key(tenant), since, until)
 
-    async def rows(self) -> list[tuple[UsageKey, UsageCounts]]:
-        """Every principal's rows, for an export; the tenant as `add` last recorded it."""
+    async def rows(
+        self, since: date | None = None, until: date | None = None
+    ) -> list[tuple[UsageKey, UsageCounts]]:
+        """Every principal's rows of the days in [since, until], for an export or a
+        report; the tenant as `add` last recorded it."""
+        first, last = (day.isoformat() for day in day_bounds(since, until))
         start = len(self._principal_key(""))
         with _mapped("read every usage row"):
             tenants = {
@@ -150,6 +154,8 @@ class RedisUsageStore:
             tenant = tenants.get(principal, UNKNOWN_TENANT)
             for raw, value in fields.items():
                 day, model, counter = _parse_field(raw)
+                if not first <= day <= last:  # ISO days sort as dates
+                    continue
                 key = UsageKey(principal, tenant, model, date.fromisoformat(day))
                 found.setdefault(key, UsageCounts()).add(_counts(counter, value))
         return list(found.items())

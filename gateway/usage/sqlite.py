@@ -69,7 +69,7 @@ _TOTALS = {
 _ALL_ROWS = """
     SELECT principal, day, model, tenant, requests, prompt_tokens, completion_tokens,
         estimated_requests
-    FROM token_usage ORDER BY principal, day, model, tenant
+    FROM token_usage WHERE day BETWEEN ? AND ? ORDER BY principal, day, model, tenant
 """
 _Row = tuple[str, str, str, str, int, int, int, int]
 
@@ -110,11 +110,15 @@ class SqliteUsageStore:
     ) -> dict[str, UsageCounts]:
         return await self._totals("tenant", tenant, since, until)
 
-    async def rows(self) -> list[tuple[UsageKey, UsageCounts]]:
-        """Every stored row, as `add` would take it back: what an export carries."""
+    async def rows(
+        self, since: date | None = None, until: date | None = None
+    ) -> list[tuple[UsageKey, UsageCounts]]:
+        """Every stored row of the days in [since, until], as `add` would take it back."""
+        first, last = day_bounds(since, until)
+        days = (first.isoformat(), last.isoformat())
 
         def select(db: sqlite3.Connection) -> list[_Row]:
-            return db.execute(_ALL_ROWS).fetchall()
+            return db.execute(_ALL_ROWS, days).fetchall()
 
         stored = await self._run("read every row of", select)
         return [(_key(row), UsageCounts(*row[4:])) for row in stored]

@@ -51,6 +51,12 @@ class UsageStore(Protocol):
     ) -> dict[str, UsageCounts]:
         """Totals per model over the tenant's days in [since, until] (either end open)."""
 
+    async def rows(
+        self, since: date | None = None, until: date | None = None
+    ) -> list[tuple[UsageKey, UsageCounts]]:
+        """Every stored row of the days in [since, until] (either end open), as `add`
+        would take it back: what an export carries and a usage report sums."""
+
     async def close(self) -> None:
         """Release the store's connections; idempotent."""
 
@@ -93,6 +99,16 @@ class MemoryUsageStore:
     ) -> dict[str, UsageCounts]:
         return self._totals(lambda key: key.tenant == tenant, since, until)
 
+    async def rows(
+        self, since: date | None = None, until: date | None = None
+    ) -> list[tuple[UsageKey, UsageCounts]]:
+        first, last = day_bounds(since, until)
+        return [
+            (key, UsageCounts(**_fields(counts)))
+            for key, counts in self._rows.items()
+            if first <= key.day <= last
+        ]
+
     async def close(self) -> None:
         return None
 
@@ -105,3 +121,12 @@ class MemoryUsageStore:
             for key, counts in self._rows.items()
             if wanted(key) and first <= key.day <= last
         )
+
+
+def _fields(counts: UsageCounts) -> dict[str, int]:
+    return {
+        "requests": counts.requests,
+        "prompt_tokens": counts.prompt_tokens,
+        "completion_tokens": counts.completion_tokens,
+        "estimated_requests": counts.estimated_requests,
+    }
