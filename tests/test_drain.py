@@ -64,12 +64,18 @@ def new_key(gateway: Process, tenant: str) -> dict[str, str]:
     body = {"tenant": tenant, "name": "drain"}
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     deadline = time.monotonic() + WAIT_S
+    response = None
     while True:  # workers may still be starting behind the supervisor's port
-        response = httpx.post(f"{gateway.url}/admin/v1/keys", json=body, headers=headers)
-        if response.status_code == 201 or time.monotonic() > deadline:
+        try:
+            response = httpx.post(
+                f"{gateway.url}/admin/v1/keys", json=body, headers=headers, timeout=30
+            )
+        except httpx.TransportError:
+            response = None
+        if (response and response.status_code == 201) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert response.status_code == 201, response.text
+    assert response is not None and response.status_code == 201, response and response.text
     return {"Authorization": f"Bearer {response.json()['key']}"}
 
 

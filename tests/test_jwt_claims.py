@@ -182,12 +182,12 @@ def test_a_gateway_accepts_a_rotated_in_kid_within_its_refresh_interval(
             assert time.monotonic() - rotated_at < interval + 3.0, "the new kid is still refused"
             time.sleep(0.05)
         hits_before, flood_started, sent = jwks_server.hits, time.monotonic(), 0
-        while time.monotonic() - flood_started < 3.0:
+        # At least 3 s and at least 30 made-up kids, however slow a loaded machine is.
+        while time.monotonic() - flood_started < 3.0 or sent < 30:
             assert status(keys.rsa2, f"made-up-{random.random()}") == 401
             sent += 1
         flood_s = time.monotonic() - flood_started
         fetches = jwks_server.hits - hits_before
-    assert sent > 20
     assert fetches <= flood_s / interval + 1, (fetches, flood_s)
 
 
