@@ -218,6 +218,7 @@ class Gateway:
             admin_app,
             admin_jwt_check,
             open_audit_log,
+            ui_sessions,
         )
 
         settings = self.settings
@@ -237,6 +238,7 @@ class Gateway:
             pools=self.pools,
             quotas=self.quotas,
             scrape_token=None if scrape_token is None else scrape_token.get_secret_value(),
+            sessions=ui_sessions(settings.admin.ui, settings.workers),
         )
 
 
