@@ -106,7 +106,9 @@ def test_the_cookie_reads_the_api_but_changes_need_the_csrf_header(gateway: Proc
 
 def test_bearer_tokens_work_as_before_and_ignore_the_cookie(gateway: Process) -> None:
     bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    assert httpx.post(f"{gateway.url}/admin/v1/keys", json={"tenant": "b"}, headers=bearer).is_success
+    assert httpx.post(
+        f"{gateway.url}/admin/v1/keys", json={"tenant": "b"}, headers=bearer
+    ).is_success
     with httpx.Client(base_url=gateway.url) as client:
         csrf = sign_in(client).json()["csrf_token"]
         # A wrong Bearer credential decides alone: the valid cookie beside it does not help.
@@ -160,9 +162,7 @@ def test_the_ui_files_hold_no_inline_code_and_no_other_origin() -> None:
             assert banned not in text, (path, banned)
 
 
-def test_without_the_ui_there_is_no_page_and_no_cookie_login(
-    tmp_path: Path, sim: Process
-) -> None:
+def test_without_the_ui_there_is_no_page_and_no_cookie_login(tmp_path: Path, sim: Process) -> None:
     config = ui_config(sim, tmp_path, ui={"enabled": False})
     with run_gateway(tmp_path, config) as gateway:
         assert httpx.get(f"{gateway.url}/admin/ui").status_code == 404

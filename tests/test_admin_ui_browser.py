@@ -117,7 +117,9 @@ def until(driver: WebDriver, check: Any) -> Any:
 
 
 def row_of(driver: WebDriver, key_id: str) -> WebElement:
-    rows = [r for r in driver.find_elements(By.CSS_SELECTOR, "#keys-table tbody tr") if key_id in r.text]
+    rows = [
+        r for r in driver.find_elements(By.CSS_SELECTOR, "#keys-table tbody tr") if key_id in r.text
+    ]
     assert len(rows) == 1, [r.text for r in rows]
     return rows[0]
 
@@ -190,7 +192,9 @@ def test_keys_created_copied_once_rotated_revoked_and_counted(
     grace.clear()
     grace.send_keys("3600")
     wait(browser, "dialog [data-confirm]").click()
-    rotated = wait_text(browser, "#secret-title", "Rotated key") and wait(browser, "#new-secret").text
+    rotated = (
+        wait_text(browser, "#secret-title", "Rotated key") and wait(browser, "#new-secret").text
+    )
     assert rotated != secret and rotated.startswith("vgw_")
     assert chat(gateway, rotated) == 200
     assert chat(gateway, secret) == 200
@@ -211,7 +215,9 @@ def test_keys_created_copied_once_rotated_revoked_and_counted(
     open_page(browser, gateway, "keys")
     wait(browser, f'[data-revoke="{key_id}"]').click()
     wait(browser, "dialog")
-    next(b for b in browser.find_elements(By.CSS_SELECTOR, "dialog button") if b.text == "Cancel").click()
+    next(
+        b for b in browser.find_elements(By.CSS_SELECTOR, "dialog button") if b.text == "Cancel"
+    ).click()
     assert "active" in row_of(browser, key_id).text
     wait(browser, f'[data-revoke="{key_id}"]').click()
     wait(browser, "dialog [data-confirm]").click()

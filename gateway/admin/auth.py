@@ -129,8 +129,10 @@ class AdminAuthMiddleware:
             identity = SCRAPER_IDENTITY
         if identity is None and self.sessions is not None and not _has(scope, b"authorization"):
             session = self.sessions.get(cookie_value(scope["headers"]))
-            if session is not None and not _safe(scope) and not session.csrf_matches(
-                _header(scope, CSRF_HEADER.encode())
+            if (
+                session is not None
+                and not _safe(scope)
+                and not session.csrf_matches(_header(scope, CSRF_HEADER.encode()))
             ):
                 await _csrf_refused(send)
                 return

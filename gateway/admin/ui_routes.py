@@ -95,7 +95,7 @@ class UIRoutes:
         """Check an admin credential once; from then on the cookie stands for it."""
         token = await _token_sent(request)
         if token is None:
-            return _error(400, "send {\"token\": \"<admin token or JWT>\"} as JSON", "bad_sign_in")
+            return _error(400, 'send {"token": "<admin token or JWT>"} as JSON', "bad_sign_in")
         identity = await self.authorizer.identify(b"Bearer " + token.encode("utf-8"))
         if identity is None:
             return _error(401, "that is not an admin token", "invalid_admin_credentials")
