@@ -6,11 +6,13 @@ What the browser does with it is in test_admin_ui_browser.py.
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Iterator
 from http.cookies import SimpleCookie
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 import trustme
 
@@ -117,6 +119,17 @@ def test_bearer_tokens_work_as_before_and_ignore_the_cookie(gateway: Process) ->
     assert httpx.get(f"{gateway.url}/admin/v1/keys").status_code == 401
 
 
+def test_signing_in_again_ends_the_session_before(gateway: Process) -> None:
+    with httpx.Client(base_url=gateway.url) as client:
+        sign_in(client)
+        first = client.cookies[COOKIE_NAME]
+        sign_in(client)
+        assert client.cookies[COOKIE_NAME] != first
+        assert client.get("/admin/v1/keys").status_code == 200
+    replay = {"Cookie": f"{COOKIE_NAME}={first}"}
+    assert httpx.get(f"{gateway.url}/admin/v1/keys", headers=replay).status_code == 401
+
+
 def test_sign_out_ends_the_session_on_the_server(gateway: Process) -> None:
     with httpx.Client(base_url=gateway.url) as client:
         csrf = sign_in(client).json()["csrf_token"]
@@ -189,6 +202,35 @@ def test_over_https_the_cookie_is_secure(tmp_path: Path, sim: Process) -> None:
             assert response.status_code == 201
             assert set_cookie(response)[COOKIE_NAME]["secure"] is True
             assert client.get("/admin/v1/keys").status_code == 200
+
+
+def test_an_admin_jwt_signs_in_on_the_admin_listener(tmp_path: Path, sim: Process) -> None:
+    secret = "an-hs256-secret-for-the-ui-tests-0123456789abcdef"
+    admin_port = free_port()
+    config = ui_config(sim, tmp_path, jwt_claim="vgw_admin")
+    config["admin"]["listen"] = {"host": "127.0.0.1", "port": admin_port}  # type: ignore[index]
+    config["auth"]["jwt_issuers"] = [  # type: ignore[index]
+        {"issuer": "https://idp.test/", "algorithms": ["HS256"], "hs_secret": secret}
+    ]
+    claims = {"iss": "https://idp.test/", "sub": "ops-alice", "exp": int(time.time()) + 300}
+    admin_jwt = jwt.encode({**claims, "vgw_admin": True}, secret, algorithm="HS256")
+    user_jwt = jwt.encode(claims, secret, algorithm="HS256")
+    with run_gateway(tmp_path, config) as gateway:
+        # Only on the admin listener: the client one has no /admin at all.
+        assert httpx.get(f"{gateway.url}/admin/ui").status_code == 404
+        with httpx.Client(base_url=f"http://127.0.0.1:{admin_port}") as client:
+            assert client.get("/admin/ui").status_code == 200
+            assert sign_in(client, user_jwt).status_code == 401
+            answer = sign_in(client, admin_jwt)
+            assert answer.status_code == 201 and answer.json()["identity"] == "jwt:ops-alice"
+            created = client.post(
+                "/admin/v1/keys",
+                json={"tenant": "jwt"},
+                headers={"X-CSRF-Token": answer.json()["csrf_token"]},
+            )
+            assert created.status_code == 201
+            audit = client.get("/admin/v1/audit").json()["data"]
+    assert audit[0]["actor"] == "jwt:ops-alice"
 
 
 class Clock:

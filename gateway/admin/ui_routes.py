@@ -99,6 +99,8 @@ class UIRoutes:
         identity = await self.authorizer.identify(b"Bearer " + token.encode("utf-8"))
         if identity is None:
             return _error(401, "that is not an admin token", "invalid_admin_credentials")
+        # A fresh id at every sign-in, the one before (if any) ended: no fixation.
+        self.sessions.delete(cookie_value(request.scope["headers"]))
         session_id, session = self.sessions.create(identity)
         response = _session_answer(session, self.sessions, 201)
         response.headers["set-cookie"] = _cookie(session_id, request, self.sessions)

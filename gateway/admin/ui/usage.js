@@ -44,7 +44,8 @@ async function load(ctx, choice, results) {
   try {
     rows = await fromReport(ctx.api, choice, since, until);
   } catch (error) {
-    if (!(error instanceof ApiError) || error.status !== 404) throw error;
+    // 404: no report route; 422: a report that cannot group this way.
+    if (!(error instanceof ApiError) || (error.status !== 404 && error.status !== 422)) throw error;
     const start = choice.period === "day" ? new Date(Math.max(since.getTime(), until.getTime() - (FALLBACK_DAYS - 1) * 86400000)) : since;
     note = unavailable("The usage report is not available on this gateway: figures come from the per-key and "
       + "per-tenant usage routes, over at most the last " + FALLBACK_DAYS + " days per day, and without cost.");
