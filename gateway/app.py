@@ -237,6 +237,7 @@ class Gateway:
             admin_app,
             admin_jwt_check,
             open_audit_log,
+            ui_sessions,
         )
 
         settings = self.settings
@@ -257,6 +258,7 @@ class Gateway:
             quotas=self.quotas,
             tenants=(tenant_store, self.tenants),
             scrape_token=None if scrape_token is None else scrape_token.get_secret_value(),
+            sessions=ui_sessions(settings.admin.ui, settings.workers),
         )
 
 

@@ -435,6 +435,21 @@ class AuthSettings(_Strict):
     jwt_issuers: list[JWTIssuerSettings] = Field(default_factory=list)
 
 
+class AdminUISettings(_Strict):
+    """The admin web UI at /admin/ui: sign-in sessions kept in the process's memory.
+
+    A session ends after `session_idle_seconds` without a request, and at the
+    latest `session_max_age_seconds` after sign-in; past `max_sessions` the least
+    recently used one goes. With `workers > 1` the UI is off (a session lives in one
+    process, and the admin listener's requests go to any of them).
+    """
+
+    enabled: bool = True
+    session_idle_seconds: int = Field(default=900, ge=30, le=86_400)
+    session_max_age_seconds: int = Field(default=28_800, ge=60, le=7 * 86_400)
+    max_sessions: int = Field(default=1000, ge=1, le=100_000)
+
+
 class AdminSettings(_Strict):
     """The admin API: at /admin on the gateway's listener, or only on its own `listen`.
 
@@ -447,6 +462,7 @@ class AdminSettings(_Strict):
     # A JWT from a configured issuer whose claim of this name is `true` is an admin too.
     jwt_claim: str | None = None
     listen: ListenSettings | None = None
+    ui: AdminUISettings = AdminUISettings()
 
     @model_validator(mode="after")
     def _listener_needs_admins(self) -> AdminSettings:

@@ -10,6 +10,10 @@ command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
 # tests/test_dns_discovery.py resolves replicas through a real DNS server. The -base
 # package is the binary alone: no service that would take port 53.
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
+# tests/test_admin_ui_browser.py drives the admin web UI in headless Chromium through
+# Selenium and Debian's chromedriver (no browser is downloaded at test time).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 # tests/test_dashboard.py runs the dashboard's queries on a real Prometheus;
 # tests/test_alerts.py runs promtool (the same Debian package ships it).
 prometheus_missing=false

@@ -27,7 +27,9 @@ from gateway.admin.keys import Admin, KeyRoutes, UsageRoutes
 from gateway.admin.prometheus_sd import PrometheusTargetRoutes
 from gateway.admin.quotas import QuotaRoutes
 from gateway.admin.schemas import AuditEntryOut, AuditPage, ErrorOut
+from gateway.admin.sessions import SessionStore
 from gateway.admin.tenants import TenantRoutes
+from gateway.admin.ui_routes import UIHeadersMiddleware, UIRoutes, load_ui_files
 from gateway.admin.upstreams import UpstreamRoutes
 from gateway.admin.usage_report import ReportRoutes
 from gateway.errors import error_body
@@ -74,6 +76,7 @@ def create_admin_app(
     pools: Pools | None = None,
     quotas: QuotaAdmissions | None = None,
     tenants: tuple[TenantStore, TenantDirectory] | None = None,
+    sessions: SessionStore | None = None,
 ) -> FastAPI:
     """The admin API over `store`, recording to `audit`, guarded by `authorize`.
 
@@ -83,6 +86,8 @@ def create_admin_app(
     live replicas, shown (never changed) by the upstreams route; without, it lists none.
     `tenants` is the tenant store and the directory that applies its changes; without,
     tenants live in memory for this app only.
+    With `sessions`, the web UI is served at /admin/ui and its session cookie (with
+    its CSRF token) authenticates admin API calls too; without, neither exists.
     """
     if not pepper:
         raise ValueError("the key pepper must not be empty")
@@ -111,8 +116,15 @@ def create_admin_app(
     # Prometheus' service discovery may use the read-only scrape token instead.
     scrape_paths = frozenset({f"{PREFIX}{TARGETS_PATH}"})
     app.add_middleware(
-        AdminAuthMiddleware, authorizer=authorize, prefix=PREFIX, scrape_paths=scrape_paths
+        AdminAuthMiddleware,
+        authorizer=authorize,
+        prefix=PREFIX,
+        scrape_paths=scrape_paths,
+        sessions=sessions,
     )
+    if sessions is not None:
+        app.include_router(UIRoutes(authorize, sessions, load_ui_files()).router())
+        app.add_middleware(UIHeadersMiddleware)
     return app
 
 

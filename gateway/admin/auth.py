@@ -11,6 +11,13 @@ The read-only scrape credential (`metrics.token`) is accepted too, on the few
 `scrape_paths` only (Prometheus' service discovery of the replicas): Prometheus
 then holds a token that reads what `/metrics` already shows, not one that can
 mint keys. Everywhere else under the prefix it is refused like any stranger.
+
+The admin web UI's session cookie (`sessions.py`) is accepted too, when the
+request carries no Authorization header at all: a Bearer credential always
+decides alone. With the cookie, a request that may change something (anything
+but GET and HEAD) must also carry the session's CSRF token in `X-CSRF-Token`,
+or it is refused with 403: a cross-site form or script can make the browser
+send the cookie, never the header.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.admin.sessions import CSRF_HEADER, SessionStore, cookie_value
 from gateway.errors import error_body
 
 # Returns the admin's subject when the token is a valid JWT carrying the admin claim.
@@ -103,11 +111,13 @@ class AdminAuthMiddleware:
         *,
         prefix: str,
         scrape_paths: frozenset[str] = frozenset(),
+        sessions: SessionStore | None = None,
     ) -> None:
         self.app = app
         self.authorizer = authorizer
         self.prefix = prefix.rstrip("/")
         self.scrape_paths = scrape_paths
+        self.sessions = sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not _under(scope["path"], self.prefix):
@@ -117,6 +127,16 @@ class AdminAuthMiddleware:
         identity = await self.authorizer.identify(authorization)
         if identity is None and self._scrapes(scope) and self.authorizer.is_scraper(authorization):
             identity = SCRAPER_IDENTITY
+        if identity is None and self.sessions is not None and not _has(scope, b"authorization"):
+            session = self.sessions.get(cookie_value(scope["headers"]))
+            if (
+                session is not None
+                and not _safe(scope)
+                and not session.csrf_matches(_header(scope, CSRF_HEADER.encode()))
+            ):
+                await _csrf_refused(send)
+                return
+            identity = None if session is None else session.identity
         if identity is None:
             await _unauthorized(send)
             return
@@ -125,6 +145,14 @@ class AdminAuthMiddleware:
 
     def _scrapes(self, scope: Scope) -> bool:
         return scope["method"] in ("GET", "HEAD") and scope["path"] in self.scrape_paths
+
+
+def _safe(scope: Scope) -> bool:
+    return scope["method"] in ("GET", "HEAD")
+
+
+def _has(scope: Scope, name: bytes) -> bool:
+    return any(key.lower() == name for key, _ in scope["headers"])
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -144,10 +172,26 @@ async def _unauthorized(send: Send) -> None:
         None,
         "invalid_admin_credentials",
     )
+    await _send_error(send, 401, body, [(b"www-authenticate", b'Bearer realm="admin"')])
+
+
+async def _csrf_refused(send: Send) -> None:
+    body = error_body(
+        "this change needs the session's CSRF token in the X-CSRF-Token header",
+        "invalid_request_error",
+        None,
+        "csrf_token_invalid",
+    )
+    await _send_error(send, 403, body)
+
+
+async def _send_error(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
-        (b"www-authenticate", b'Bearer realm="admin"'),
+        *(extra or []),
     ]
-    await send({"type": "http.response.start", "status": 401, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

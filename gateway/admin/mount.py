@@ -13,10 +13,11 @@ from fastapi import FastAPI
 from gateway.admin.app import create_admin_app
 from gateway.admin.audit import AuditLog, SqliteAuditLog
 from gateway.admin.auth import AdminAuthorizer
+from gateway.admin.sessions import SessionStore
 from gateway.auth.service import AuthService
 from gateway.keys.store import KeyStore
 from gateway.limits.quota_admission import QuotaAdmissions
-from gateway.settings import KeyStoreSettings
+from gateway.settings import AdminUISettings, KeyStoreSettings
 from gateway.tenants.directory import TenantDirectory
 from gateway.tenants.store import TenantStore
 from gateway.upstreams.pool import Pools
@@ -45,13 +46,34 @@ def admin_app(
     quotas: QuotaAdmissions | None = None,
     tenants: tuple[TenantStore, TenantDirectory] | None = None,
     scrape_token: str | None = None,
+    sessions: SessionStore | None = None,
 ) -> FastAPI:
     """The admin app; the caller owns (opens and closes) `store`, `audit` and `usage`,
     and `pools`, which the admin API only reads. `scrape_token` (`metrics.token`) may
-    read Prometheus' service discovery too."""
+    read Prometheus' service discovery too. `sessions`: the web UI's, when it is on."""
     authorizer = AdminAuthorizer(tokens, jwt_check=jwt_check, scrape_token=scrape_token)
     return create_admin_app(
-        store, audit, pepper, authorizer, usage=usage, pools=pools, quotas=quotas, tenants=tenants
+        store,
+        audit,
+        pepper,
+        authorizer,
+        usage=usage,
+        pools=pools,
+        quotas=quotas,
+        tenants=tenants,
+        sessions=sessions,
+    )
+
+
+def ui_sessions(settings: AdminUISettings, workers: int) -> SessionStore | None:
+    """The web UI's session store; None (no UI) when it is off, or when several worker
+    processes share the admin listener: a session lives in one process's memory."""
+    if not settings.enabled or workers > 1:
+        return None
+    return SessionStore(
+        idle_seconds=settings.session_idle_seconds,
+        max_age_seconds=settings.session_max_age_seconds,
+        max_sessions=settings.max_sessions,
     )
 
 
