@@ -77,7 +77,7 @@ def positive_seconds(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    # STYLE.md keeps os.environ in settings.py, but the CLI edge is where OpenAI's own
+    # STYLE.md keeps os.environ in gateway.settings, but the CLI edge is where OpenAI's own
     # clients read OPENAI_API_KEY too, and `check` stands in for such a client.
     api_key: str | None = args.api_key or os.environ.get("OPENAI_API_KEY") or None
     out = Output(sys.stdout, api_key)

@@ -198,7 +198,7 @@ def _add_key_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.action in ("export", "import"):
         return keys_transfer.run(args)
-    # STYLE.md keeps os.environ in settings.py; a client command's own variables are
+    # STYLE.md keeps os.environ in gateway.settings; a client command's own variables are
     # read here, at its edge, as `check` reads OPENAI_API_KEY.
     return run_with(args, os.environ)
 
