@@ -13,9 +13,8 @@ goes on to the client as it came.
 
 from __future__ import annotations
 
-import orjson
-
-from gateway.proxy.usage_scan import MAX_EVENT, USAGE_KEY, BodyUsage, is_count
+from gateway.proxy.event_stream import EventWatcher, data_of
+from gateway.proxy.usage_scan import BodyUsage, is_count
 from gateway.usage.records import TokenUsage
 
 _STOP_REASON = b'"stop_reason":"'
@@ -23,43 +22,16 @@ _STOP_REASON = b'"stop_reason":"'
 _INPUT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
-class MessagesStreamUsage:
+class MessagesStreamUsage(EventWatcher):
     """Watches a Messages event stream. `usage` is set once a `message_delta` gave it;
     with `reasons`, each `stop_reason` seen is added to that list (a traced request's)."""
 
     def __init__(self, *, strip: bool = False, reasons: list[str] | None = None) -> None:
-        self.usage: TokenUsage | None = None
-        self.reasons = reasons
+        super().__init__(reasons=reasons)
         self._input: int | None = None
-        self._partial = b""
-
-    def feed(self, chunk: bytes) -> bytes:
-        """Returns CHUNK: nothing is ever withheld or changed."""
-        if not self._partial and chunk.endswith(b"\n\n"):
-            if USAGE_KEY in chunk:
-                self._scan(chunk)
-            return chunk
-        data = self._partial + chunk
-        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\n\r\n")
-        cut = max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
-        whole, self._partial = data[:cut], data[cut:]
-        if USAGE_KEY in whole:
-            self._scan(whole)
-        if len(self._partial) > MAX_EVENT:
-            self._partial = b""
-        return chunk
-
-    def end(self) -> bytes:
-        self._partial = b""
-        return b""
-
-    def _scan(self, events: bytes) -> None:
-        for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
-            if USAGE_KEY in event:
-                self._read(event)
 
     def _read(self, event: bytes) -> None:
-        data = _data_of(event)
+        data = data_of(event)
         kind = data.get("type") if data else None
         if kind == "message_start":
             message = data.get("message") if data else None
@@ -101,15 +73,3 @@ def _input_tokens(usage: object) -> int | None:
     counts = [usage.get(name) for name in _INPUT_FIELDS]
     total = sum(count for count in counts if is_count(count))
     return total or None
-
-
-def _data_of(event: bytes) -> dict[str, object] | None:
-    """The JSON object on an event's `data:` line (an `event:` line may come first)."""
-    for line in event.split(b"\n"):
-        if line.startswith(b"data:"):
-            try:
-                value = orjson.loads(line[5:])
-            except orjson.JSONDecodeError:
-                return None
-            return value if isinstance(value, dict) else None
-    return None

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import re
 
-import orjson
-
-from gateway.proxy.usage_scan import MAX_EVENT, USAGE_KEY, BodyUsage, is_count
+from gateway.proxy.event_stream import EventWatcher, data_of
+from gateway.proxy.usage_scan import BodyUsage, is_count
 from gateway.usage.records import TokenUsage
 
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -47,44 +46,16 @@ class ResponseWatch:
             self.id = value
 
 
-class StreamUsage:
+class StreamUsage(EventWatcher):
     """Watches a Responses event stream; `usage` is set by its terminal event. With
     `reasons`, each terminal status (completed, incomplete, ...) is added to that list."""
 
     def __init__(self, watch: ResponseWatch, *, reasons: list[str] | None = None) -> None:
-        self.usage: TokenUsage | None = None
-        self.reasons = reasons
+        super().__init__(reasons=reasons)
         self._watch = watch
-        self._partial = b""
-
-    def feed(self, chunk: bytes) -> bytes:
-        """Returns CHUNK: nothing is ever withheld or changed."""
-        if not self._partial and chunk.endswith(b"\n\n"):
-            if USAGE_KEY in chunk:
-                self._scan(chunk)
-            return chunk
-        data = self._partial + chunk
-        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\n\r\n")
-        cut = max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
-        whole, self._partial = data[:cut], data[cut:]
-        if USAGE_KEY in whole:
-            self._scan(whole)
-        if len(self._partial) > MAX_EVENT:
-            self._partial = b""
-        return chunk
-
-    def end(self) -> bytes:
-        self._partial = b""
-        return b""
-
-    def _scan(self, events: bytes) -> None:
-        # Every event holding a whole Response has "usage" (null until the terminal one).
-        for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
-            if USAGE_KEY in event:
-                self._read(event)
 
     def _read(self, event: bytes) -> None:
-        data = _data_of(event)
+        data = data_of(event)
         response = data.get("response") if data is not None else None
         if data is None or not isinstance(response, dict):
             return
@@ -124,16 +95,4 @@ def response_usage(value: object) -> TokenUsage | None:
     prompt, output = value.get("input_tokens"), value.get("output_tokens")
     if is_count(prompt) and is_count(output):
         return TokenUsage(prompt, output)
-    return None
-
-
-def _data_of(event: bytes) -> dict[str, object] | None:
-    """The JSON object on an event's `data:` line (after its `event:` line)."""
-    for line in event.split(b"\n"):
-        if line.startswith(b"data:"):
-            try:
-                value = orjson.loads(line[5:])
-            except orjson.JSONDecodeError:
-                return None
-            return value if isinstance(value, dict) else None
     return None
