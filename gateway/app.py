@@ -92,23 +92,7 @@ class Gateway:
         self.drain = Drain()
         # None when tracing is off: then OpenTelemetry is never imported.
         self.tracer = request_tracer(settings.tracing)
-        upstreams = settings.upstreams
-        watch_load = (
-            upstreams.load.picking == "load_aware" or upstreams.load.shed_waiting_above is not None
-        )
-        self.monitor = ReplicaMonitor(
-            self.pools,
-            lambda: self.upstream.session,
-            upstreams,
-            watch_load=watch_load,
-            replica_up=self.metrics.replica_up,
-        )
-        self.discovery = Discovery(
-            self.pools,
-            discovery_sources(settings),
-            interval=upstreams.discovery_interval,
-            joined=self.monitor.check_all,
-        )
+        self.monitor, self.discovery = self._watch_upstreams(settings)
         # Where each created Response lives (gateway.proxy.stored_responses).
         self.responses = response_store(settings)
         proxy = ProxyApp(
@@ -125,13 +109,43 @@ class Gateway:
             responses=self.responses,
         )
         self._http = build_stack(proxy, self.access_log, self.metrics, self.tracer)
+        self.readiness = ReadinessChecks(self.auth, self.limiter, self.pools)
+        self.probes = self._probes(settings)
+        # Built in the lifespan, once the key store is open; nothing at all without admins.
+        self._admin: ASGIApp | None = None
+        self._admin_enabled = bool(settings.admin.tokens or settings.admin.jwt_claim)
+        # With a listener of its own, the admin API is not reachable on the client one.
+        self._admin_here = self._admin_enabled and settings.admin.listen is None
+        self._resources = AsyncExitStack()
+
+    def _watch_upstreams(self, settings: Settings) -> tuple[ReplicaMonitor, Discovery]:
+        """Health checks and load scrapes of the replicas, and their discovery."""
+        upstreams = settings.upstreams
+        watch_load = (
+            upstreams.load.picking == "load_aware" or upstreams.load.shed_waiting_above is not None
+        )
+        monitor = ReplicaMonitor(
+            self.pools,
+            lambda: self.upstream.session,
+            upstreams,
+            watch_load=watch_load,
+            replica_up=self.metrics.replica_up,
+        )
+        discovery = Discovery(
+            self.pools,
+            discovery_sources(settings),
+            interval=upstreams.discovery_interval,
+            joined=monitor.check_all,
+        )
+        return monitor, discovery
+
+    def _probes(self, settings: Settings) -> Probes:
         token = settings.metrics.token
         trust = Trust(
             token.get_secret_value() if token else None,
             loopback=settings.metrics.trust_loopback,
         )
-        self.readiness = ReadinessChecks(self.auth, self.limiter, self.pools)
-        self.probes = Probes(
+        return Probes(
             self.metrics,
             self.readiness,
             trust,
@@ -139,12 +153,6 @@ class Gateway:
             drain=self.drain,
             models_required=settings.probes.ready_requires_models,
         )
-        # Built in the lifespan, once the key store is open; nothing at all without admins.
-        self._admin: ASGIApp | None = None
-        self._admin_enabled = bool(settings.admin.tokens or settings.admin.jwt_claim)
-        # With a listener of its own, the admin API is not reachable on the client one.
-        self._admin_here = self._admin_enabled and settings.admin.listen is None
-        self._resources = AsyncExitStack()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
