@@ -13,7 +13,7 @@ from gateway.drain import Drain
 from gateway.errors import InvalidRequest, ModelNotFound, UpstreamError
 from gateway.limits.admission import Admissions, Ticket
 from gateway.limits.quota_admission import QuotaAdmissions
-from gateway.metrics import Metrics, replica_label
+from gateway.metrics import Metrics
 from gateway.principal import Principal
 from gateway.proxy.admission_gate import AdmissionGate, Admitted
 from gateway.proxy.aliases import ModelRouter, Shedding, retarget
@@ -22,7 +22,7 @@ from gateway.proxy.apis import ModelApis
 from gateway.proxy.audio import edit_upload, parse_upload
 from gateway.proxy.body import ClientGone, parse_request, read_body
 from gateway.proxy.contract import read_terms
-from gateway.proxy.forward import Exchange, StreamMeters, UpstreamRequest, failure_kind
+from gateway.proxy.forward import Exchange, UpstreamRequest, failure_kind
 from gateway.proxy.framing import Framing, framing_of
 from gateway.proxy.headers import header_value, upstream_headers
 from gateway.proxy.model_list import ModelCatalog
@@ -33,6 +33,7 @@ from gateway.proxy.responses import edit_responses
 from gateway.proxy.routes import Route, match_route
 from gateway.proxy.stored_responses import StoredResponses
 from gateway.proxy.upstream import UpstreamClient
+from gateway.proxy.upstream_meters import UpstreamMeters
 from gateway.request_record import Outcome, RequestContext, context_of
 from gateway.upstreams.pool import Pool, Pools, Replica
 from gateway.usage.records import TokenUsage
@@ -112,7 +113,7 @@ class ProxyApp:
         self._options = options
         self._metrics = metrics
         self._tracer = tracer
-        self._meters: dict[str, StreamMeters] = {}
+        self._meters = UpstreamMeters(metrics, options.eject_after)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         context = context_of(scope)
@@ -147,22 +148,7 @@ class ProxyApp:
         principal: Principal,
         route: Route,
     ) -> None:
-        headers = scope["headers"]
-        declared = header_value(headers, b"content-length")
-        body = await read_body(
-            receive,
-            self._options.max_upload_bytes if route.audio else self._options.max_body_bytes,
-            int(declared) if declared and declared.isdigit() else None,
-        )
-        payload, model = parse_upload(body, headers) if route.audio else parse_request(body)
-        context.model = model
-        self._router.check(model)
-        context.known_model = True
-        if not principal.may_use(model):
-            # Exactly a missing model's 404: a 403 would tell which models exist.
-            raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
-        if not self._router.is_alias(model):
-            self._options.apis.check(route, model)  # before the contract: 404, then 400
+        payload, body, model = await self._read(scope, receive, context, principal, route)
         edited, pool = self._edit(route, payload, body, principal, model)
         # An alias's request is the serving model's: its limits, usage and metrics.
         model = context.model = pool.model
@@ -197,6 +183,34 @@ class ProxyApp:
             raise
         finally:
             await self._account(admitted, outcome, principal, model, edited)
+
+    async def _read(
+        self,
+        scope: Scope,
+        receive: Receive,
+        context: RequestContext,
+        principal: Principal,
+        route: Route,
+    ) -> tuple[dict[str, Any], bytes, str]:
+        """The body, its fields and the model it names, once the caller may use that
+        model on this route."""
+        headers = scope["headers"]
+        declared = header_value(headers, b"content-length")
+        body = await read_body(
+            receive,
+            self._options.max_upload_bytes if route.audio else self._options.max_body_bytes,
+            int(declared) if declared and declared.isdigit() else None,
+        )
+        payload, model = parse_upload(body, headers) if route.audio else parse_request(body)
+        context.model = model
+        self._router.check(model)
+        context.known_model = True
+        if not principal.may_use(model):
+            # Exactly a missing model's 404: a 403 would tell which models exist.
+            raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
+        if not self._router.is_alias(model):
+            self._options.apis.check(route, model)  # before the contract: 404, then 400
+        return payload, body, model
 
     def _edit(
         self, route: Route, payload: dict[str, Any], body: bytes, principal: Principal, model: str
@@ -266,7 +280,7 @@ class ProxyApp:
                 strip_usage=edited.strip_usage,
                 headers=[*ticket.headers, self._router.served_header(pool.model)],
                 refuse_busy=not last,
-                meters=self._stream_meters(pool.model),
+                meters=self._meters.streams(pool.model),
                 drain=self._drain,
                 framing=framing,
             )
@@ -285,12 +299,12 @@ class ProxyApp:
                             exchange, receive, send, request, context=context, attempt=attempt
                         )
                 except UpstreamError as exc:
-                    self._count_attempt(pool, replica, outcome, exc)
+                    self._meters.count(pool, replica, outcome, exc)
                     if exc.never_reached and not last:
                         logger.info("retrying on another replica: %s", exc.message)
                         continue
                     raise
-            self._count_attempt(pool, replica, outcome, None)
+            self._meters.count(pool, replica, outcome, None)
             return outcome
         return outcome
 
@@ -331,43 +345,6 @@ class ProxyApp:
             upstream_headers(headers, context.request_id, replica.authorization),
             context.request_id,
         )
-
-    def _count_attempt(
-        self, pool: Pool, replica: Replica, outcome: Outcome, error: UpstreamError | None
-    ) -> None:
-        """Count the attempt in the upstream metrics, and tell the pool how it went (the
-        pool ejects a replica after enough failed requests in a row)."""
-        kind = failure_kind(outcome, error)
-        label = replica_label(replica.url)
-        metrics = self._metrics
-        child = metrics.child
-        child(metrics.upstream_requests, pool.model, label, "error" if kind else "ok").inc()
-        if outcome.upstream_first_byte_at:
-            latency = outcome.upstream_first_byte_at - outcome.upstream_sent_at
-            child(metrics.upstream_latency, pool.model, label).observe(latency)
-        if kind is None or kind == "busy":
-            # A full queue is load, not a fault.
-            replica.request_succeeded()
-            if kind:
-                child(metrics.upstream_errors, pool.model, label, kind).inc()
-            return
-        child(metrics.upstream_errors, pool.model, label, kind).inc()
-        if pool.request_failed(replica, self._options.eject_after):
-            logger.warning(
-                "replica %s ejected after %d failed requests in a row; health checks "
-                "will let it back",
-                label,
-                replica.failures,
-            )
-
-    def _stream_meters(self, model: str) -> StreamMeters:
-        meters = self._meters.get(model)
-        if meters is None:
-            streams = self._metrics.open_streams.labels(model)
-            meters = self._meters[model] = StreamMeters(
-                self._metrics.inter_token.labels(model).observe, streams.inc, streams.dec
-            )
-        return meters
 
     async def _account(
         self,
