@@ -193,3 +193,24 @@ def test_an_overrun_in_the_window_is_charged_once() -> None:
     clock.now = 1060.0  # second 1000 leaves with its 500: the 200 went there, not to 1010
     last = granted(admit(limiter, key, tokens=500, lease="4"))
     assert last.tokens is not None and last.tokens.remaining == 0
+
+
+@pytest.mark.parametrize("start", [999.5, 1000.0, 1000.75])
+def test_a_second_counts_for_exactly_sixty_seconds(start: float) -> None:
+    clock = Clock(start)
+    limiter = MemoryRateLimiter(clock)
+    key = bucket("key:w", rpm=1)
+    granted(admit(limiter, key, lease="1"))
+    second = int(start)
+    clock.now = second + 59.999
+    assert refused(admit(limiter, key, lease="2")).retry_after_s == pytest.approx(0.001)
+    clock.now = second + 60.0
+    granted(admit(limiter, key, lease="3"))
+
+
+def test_a_concurrency_limit_lowered_below_the_slots_held_admits_nobody() -> None:
+    limiter = MemoryRateLimiter(Clock(1000.0))
+    for lease in "123":
+        granted(admit(limiter, bucket("key:l", cc=3), lease=lease))
+    # The key's limit is edited down to 1 while three requests still run.
+    assert refused(admit(limiter, bucket("key:l", cc=1), lease="4")).kind == "concurrent_requests"
