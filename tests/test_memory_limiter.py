@@ -214,3 +214,32 @@ def test_a_concurrency_limit_lowered_below_the_slots_held_admits_nobody() -> Non
         granted(admit(limiter, bucket("key:l", cc=3), lease=lease))
     # The key's limit is edited down to 1 while three requests still run.
     assert refused(admit(limiter, bucket("key:l", cc=1), lease="4")).kind == "concurrent_requests"
+
+
+def test_small_differences_in_tokens_are_kept_exactly() -> None:
+    clock = Clock(1000.0)
+    limiter = MemoryRateLimiter(clock)
+    whole = granted(admit(limiter, bucket("key:0", tpm=100), tokens=100))
+    asyncio.run(limiter.finish(whole, 0))  # nothing used: nothing stays charged
+    granted(admit(limiter, bucket("key:0", tpm=100), tokens=100, lease="2"))
+    one = granted(admit(limiter, bucket("key:1", tpm=100), tokens=50))
+    clock.now = 1070.0
+    asyncio.run(limiter.finish(one, 51))  # one token over, after the minute
+    refused(admit(limiter, bucket("key:1", tpm=100), tokens=100, lease="2"))
+    key = bucket("key:2", tpm=100)
+    granted(admit(limiter, key, tokens=20))
+    clock.now = 1080.0
+    granted(admit(limiter, key, tokens=70))
+    clock.now = 1090.0
+    # The 20 of second 1070 leaving is not enough for 40 (70 + 40 > 100): wait for 1080's.
+    assert refused(admit(limiter, key, tokens=40)).retry_after_s == 50.0
+    assert refused(admit(limiter, key, tokens=31)).retry_after_s == 50.0  # one too many
+    assert refused(admit(limiter, key, tokens=30)).retry_after_s == 40.0
+
+
+def test_a_later_bucket_with_a_longer_wait_is_the_one_reported() -> None:
+    limiter = MemoryRateLimiter(Clock(1000.0))
+    key, tenant = bucket("key:k", cc=1), bucket("tenant:k", rpm=1)
+    granted(admit(limiter, key, tenant, lease="1"))
+    answer = refused(admit(limiter, key, tenant, lease="2"))
+    assert (answer.bucket, answer.kind, answer.retry_after_s) == (tenant, "requests", 60.0)
