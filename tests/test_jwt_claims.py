@@ -59,6 +59,11 @@ def test_claims_map_to_the_principal() -> None:
     )
 
 
+def test_zero_limits_in_claims_are_limits_of_zero() -> None:
+    token = mint(SECRET, "HS256", rpm=0, tpm=0, concurrency=0, max_tokens=0)
+    assert verify([hs_issuer()], token).limits == Limits(0, 0, 0, 0)
+
+
 def test_absent_claims_fall_back_to_the_issuer_defaults() -> None:
     issuer = hs_issuer(
         default_tenant="free",

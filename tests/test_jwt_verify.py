@@ -10,6 +10,7 @@ import json
 import random
 import string
 
+import jwt
 import pytest
 
 from gateway.auth.jwt import (
@@ -79,9 +80,11 @@ def test_expiry_and_not_before_respect_the_leeway() -> None:
     issuer = [hs_issuer(leeway_s=30)]
     assert verify(issuer, mint(SECRET, "HS256", exp=NOW - 29)).id == "alice"
     refused(issuer, mint(SECRET, "HS256", exp=NOW - 30), ExpiredToken, "expired")
+    refused(issuer, mint(SECRET, "HS256", exp=NOW - 3600), ExpiredToken, "expired")
     assert verify(issuer, mint(SECRET, "HS256", nbf=NOW + 29)).id == "alice"
     refused(issuer, mint(SECRET, "HS256", nbf=NOW + 31), NotYetValid, "not_yet_valid")
     refused(issuer, mint(SECRET, "HS256", iat=NOW + 31), NotYetValid)
+    assert verify(issuer, mint(SECRET, "HS256", nbf=NOW + 30, iat=NOW + 30)).id == "alice"
     strict = [hs_issuer(leeway_s=0)]
     refused(strict, mint(SECRET, "HS256", exp=NOW), ExpiredToken)
     refused(strict, mint(SECRET, "HS256", nbf=NOW + 1), NotYetValid)
@@ -92,6 +95,10 @@ def test_expiry_follows_the_injected_clock() -> None:
     token = mint(SECRET, "HS256", exp=NOW + 60)
     assert verify([hs_issuer(leeway_s=0)], token, Clock(NOW + 59)).id == "alice"
     refused([hs_issuer(leeway_s=0)], token, ExpiredToken, clock=Clock(NOW + 60))
+    # Only the injected clock judges times, even one far ahead of the machine's.
+    later = 4_000_000_000.0
+    future = mint(SECRET, "HS256", nbf=later, iat=later, exp=later + 60)
+    assert verify([hs_issuer(leeway_s=0)], future, Clock(later + 1)).id == "alice"
 
 
 def test_issuer_and_audience_checks() -> None:
@@ -157,6 +164,21 @@ def test_a_key_of_the_wrong_type_or_binding_is_refused(keys: Keys, jwks_server: 
     refused(issuer, mint(keys.rsa1, "PS256", kid="bound"), InvalidToken, "bad_algorithm")
     refused(issuer, mint(keys.ed, "EdDSA", kid="ec"), InvalidToken, "bad_algorithm")
     refused(issuer, mint(keys.rsa1, "RS256"), InvalidToken, "missing_kid")
+    no_kid = jwt.encode(claims(), keys.rsa1, algorithm="RS256", headers={"kid": ""})
+    refused(issuer, no_kid, InvalidToken, "missing_kid")
+    # A key's own `alg` binds it both ways, and is honoured when it matches.
+    jwks_server.keys.append(jwk(keys.rsa1, "pss", alg="PS256"))
+    refused(issuer, mint(keys.rsa1, "RS256", kid="pss"), InvalidToken, "bad_algorithm")
+    assert verify(issuer, mint(keys.rsa1, "RS256", kid="bound")).id == "alice"
+
+
+def test_an_algorithm_the_issuer_does_not_allow_is_refused_before_any_key_fetch(
+    keys: Keys, jwks_server: JWKSServer
+) -> None:
+    jwks_server.keys = [jwk(keys.rsa1, "r")]
+    issuer = IssuerConfig(issuer=ISS, algorithms=("RS256",), jwks_url=jwks_server.url)
+    refused([issuer], mint(keys.p256, "ES256", kid="unknown"), InvalidToken, "bad_algorithm")
+    assert jwks_server.hits == 0
 
 
 MALFORMED = [
@@ -188,6 +210,22 @@ def test_malformed_tokens_raise_invalid_token(token: str) -> None:
 def test_an_oversized_token_is_refused_before_parsing() -> None:
     token = mint(SECRET, "HS256", padding="p" * 20_000)
     refused([hs_issuer()], token, InvalidToken, "malformed")
+
+
+def test_a_token_of_16_kib_is_accepted_and_one_character_more_refused() -> None:
+    def of_length(chars: int) -> str:
+        for pad in range(chars * 3 // 4 - 400, chars):
+            token = mint(SECRET, "HS256", padding="p" * pad)
+            if len(token) >= chars:
+                return token
+        raise AssertionError("unreachable")
+
+    largest = of_length(16_384)
+    assert len(largest) == 16_384, len(largest)
+    assert verify([hs_issuer()], largest).id == "alice"
+    over = of_length(16_385)
+    assert len(over) == 16_385, len(over)
+    refused([hs_issuer()], over, InvalidToken, "malformed")
 
 
 B64URL = string.ascii_letters + string.digits + "-_"

@@ -204,6 +204,7 @@ def test_rotation_grace_applies_to_the_stored_hash() -> None:
     assert rotated.secret_matches(PEPPER, new.secret, NOW)
     assert rotated.secret_matches(PEPPER, old.secret, NOW)
     assert not rotated.secret_matches(PEPPER, old.secret, NOW + HOUR)
+    assert not rotated.secret_matches(PEPPER, old.secret, NOW + 2 * HOUR)  # long after, too
     assert rotated.previous_secret_hash not in repr(rotated)
     _, at_once = new_secret(PEPPER, old.id)
     assert not KeyChanges(rotation=at_once).apply(rotated).secret_matches(PEPPER, new.secret, NOW)
@@ -219,6 +220,8 @@ def test_records_refuse_bad_values() -> None:
         replace(record, tenant="")
     with pytest.raises(ValueError, match="go together"):
         replace(record, previous_secret_hash="x")
+    with pytest.raises(ValueError, match="go together"):
+        replace(record, previous_valid_until=NOW + HOUR)
 
 
 def test_record_json_round_trip_and_refusals() -> None:
