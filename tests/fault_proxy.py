@@ -100,22 +100,28 @@ class FaultProxy:
             _reset(client_w)
             return
         self._sockets.add(client_w)
-        await self._flowing.wait()  # frozen: the connection is accepted and goes nowhere
-        try:
-            upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            _reset(client_w)
-            return
-        self._sockets.add(upstream_w)
-        doomed = asyncio.Event()  # set once this connection's next answer is to be lost
-        await asyncio.gather(
-            self._pump(client_r, upstream_w, self.forwarded, doomed),
-            self._pump(upstream_r, client_w, doomed=doomed),
-            return_exceptions=True,
-        )
-        for writer in (client_w, upstream_w):
-            self._sockets.discard(writer)
-            writer.close()
+        upstream_w: asyncio.StreamWriter | None = None
+        try:  # closed however it ends, a `stop` cancelling it half-way included
+            await self._flowing.wait()  # frozen: the connection is accepted and goes nowhere
+            try:
+                upstream_r, upstream_w = await asyncio.open_connection(
+                    "127.0.0.1", self.target_port
+                )
+            except OSError:
+                _reset(client_w)
+                return
+            self._sockets.add(upstream_w)
+            doomed = asyncio.Event()  # set once this connection's next answer is to be lost
+            await asyncio.gather(
+                self._pump(client_r, upstream_w, self.forwarded, doomed),
+                self._pump(upstream_r, client_w, doomed=doomed),
+                return_exceptions=True,
+            )
+        finally:
+            for writer in (client_w, upstream_w):
+                if writer is not None:
+                    self._sockets.discard(writer)
+                    writer.close()
 
     async def _pump(
         self,
