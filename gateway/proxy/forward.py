@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 
-import aiohttp
 from yarl import URL
 
 from gateway.asgi import Receive, Send
@@ -42,7 +41,14 @@ from gateway.proxy.interrupter import (
     DRAINED,
     Interrupter,
 )
-from gateway.proxy.upstream import Timeouts, map_upstream_errors
+from gateway.proxy.upstream import (
+    BROKEN,
+    BodyReader,
+    HttpClient,
+    Timeouts,
+    UpstreamResponse,
+    map_upstream_errors,
+)
 from gateway.proxy.usage_scan import BodyUsage
 from gateway.request_record import Outcome
 
@@ -91,7 +97,7 @@ class Exchange:
 
     def __init__(
         self,
-        client: aiohttp.ClientSession,
+        client: HttpClient,
         timeouts: Timeouts,
         *,
         strip_usage: bool = False,
@@ -116,7 +122,7 @@ class Exchange:
     async def run(self, receive: Receive, send: Send, request: UpstreamRequest) -> None:
         timeouts = self._timeouts
         interrupter = Interrupter(receive, timeouts.first_byte, timeouts.client_write)
-        response: aiohttp.ClientResponse | None = None
+        response: UpstreamResponse | None = None
         started = False
         drain = self._drain
         if drain is not None:
@@ -134,7 +140,7 @@ class Exchange:
             if reason is None:
                 raise
             await self._interrupted(send, reason, request, started, response)
-        except aiohttp.ClientError as exc:
+        except BROKEN as exc:
             if not started:
                 raise _unreachable(request, "closed the connection before answering") from exc
             await self._broken(send, request, response, UpstreamUnreachable(LOST), "was lost")
@@ -147,12 +153,12 @@ class Exchange:
                 # drops the connection, which is what makes vLLM abort.
                 response.close()
 
-    async def _open(self, request: UpstreamRequest) -> tuple[aiohttp.ClientResponse, bytes]:
+    async def _open(self, request: UpstreamRequest) -> tuple[UpstreamResponse, bytes]:
         """Send the request; its response and the first bytes of its body."""
         with map_upstream_errors(request.replica, request.request_id):
             self.outcome.upstream_sent_at = time.perf_counter()
             response = await self._client.request(
-                request.method, request.url, data=request.body, headers=request.headers
+                request.method, request.url, request.body, request.headers
             )
             try:
                 if response.status == HTTPStatus.UNAUTHORIZED:
@@ -169,7 +175,7 @@ class Exchange:
                 raise
         return response, first
 
-    async def _start(self, send: Send, response: aiohttp.ClientResponse) -> None:
+    async def _start(self, send: Send, response: UpstreamResponse) -> None:
         self.outcome.status = response.status
         headers = client_headers(list(response.raw_headers))
         if self._headers:
@@ -177,7 +183,7 @@ class Exchange:
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
 
     async def _stream(
-        self, send: Send, response: aiohttp.ClientResponse, first: bytes, interrupter: Interrupter
+        self, send: Send, response: UpstreamResponse, first: bytes, interrupter: Interrupter
     ) -> None:
         outcome = self.outcome
         streamed = _is_stream(response)
@@ -210,7 +216,7 @@ class Exchange:
     async def _relay(
         self,
         send: Send,
-        content: aiohttp.StreamReader,
+        content: BodyReader,
         chunk: bytes,
         interrupter: Interrupter,
         *,
@@ -251,7 +257,7 @@ class Exchange:
         reason: str,
         request: UpstreamRequest,
         started: bool,
-        response: aiohttp.ClientResponse | None,
+        response: UpstreamResponse | None,
     ) -> None:
         outcome, request_id = self.outcome, request.request_id
         if reason == DISCONNECT:
@@ -284,7 +290,7 @@ class Exchange:
         send: Send,
         request: UpstreamRequest,
         started: bool,
-        response: aiohttp.ClientResponse | None,
+        response: UpstreamResponse | None,
     ) -> None:
         """The shutdown's grace ended first; no fault of the replica's."""
         request_id = request.request_id
@@ -301,7 +307,7 @@ class Exchange:
         self,
         send: Send,
         request: UpstreamRequest,
-        response: aiohttp.ClientResponse | None,
+        response: UpstreamResponse | None,
         error: GatewayError,
         what: str,
     ) -> None:
@@ -315,7 +321,7 @@ class Exchange:
         self,
         send: Send,
         request: UpstreamRequest,
-        response: aiohttp.ClientResponse | None,
+        response: UpstreamResponse | None,
         error: GatewayError,
     ) -> None:
         """End a started response: a stream with one error event, any other body cut off."""
@@ -365,11 +371,11 @@ def _credentials_refused(request: UpstreamRequest) -> UpstreamUnreachable:
     )
 
 
-def _is_stream(response: aiohttp.ClientResponse) -> bool:
+def _is_stream(response: UpstreamResponse) -> bool:
     return _content_type(response).startswith(EVENT_STREAM)
 
 
-def _content_type(response: aiohttp.ClientResponse) -> bytes:
+def _content_type(response: UpstreamResponse) -> bytes:
     for name, value in response.raw_headers:
         if name.lower() == b"content-type":
             return value.lower()

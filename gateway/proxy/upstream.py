@@ -1,7 +1,10 @@
 """The one upstream HTTP client of a gateway process, and its error mapping.
 
-aiohttp serves the hot path: measured in a raw-ASGI proxy it cost a tenth of
-httpx's CPU per request. The session is opened in the lifespan and closed
+Two clients can serve the hot path, chosen by `upstream_client`: aiohttp
+(measured in a raw-ASGI proxy at a tenth of httpx's CPU per request), or the
+gateway's own HTTP/1.1 client (`h1pool`, `h1client`), written for this one job.
+The forwarder sees either through `HttpClient`. The aiohttp session is always
+open: health and load checks use it. Both are opened in the lifespan and closed
 there; nothing creates a client per request.
 """
 
@@ -9,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import aiohttp
+from yarl import URL
 
 from gateway.errors import (
     ReplicaConnectFailed,
@@ -22,6 +27,8 @@ from gateway.errors import (
     UpstreamUnreachable,
 )
 from gateway.metrics import replica_label
+from gateway.proxy.h1client import UpstreamClosed
+from gateway.proxy.h1pool import ConnectFailed, ConnectTimedOut, H1Pool
 
 logger = logging.getLogger("gateway.proxy")
 
@@ -38,14 +45,65 @@ class Timeouts:
     client_write: float = 30.0
 
 
+class BodyReader(Protocol):
+    async def readany(self) -> bytes: ...
+
+    async def read(self) -> bytes: ...
+
+
+class UpstreamResponse(Protocol):
+    """The part of a response the forwarder uses; aiohttp's `ClientResponse` is one."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
+
+    @property
+    def content(self) -> BodyReader: ...
+
+    def close(self) -> None: ...
+
+
+class HttpClient(Protocol):
+    def request(
+        self, method: str, url: URL, body: bytes, headers: dict[str, str]
+    ) -> Awaitable[UpstreamResponse]: ...
+
+
+# What a response's body read raises when the replica's connection breaks, either client.
+BROKEN = (aiohttp.ClientError, UpstreamClosed)
+ClientKind = Literal["aiohttp", "native"]
+
+
+class AiohttpClient:
+    """`HttpClient` over the aiohttp session."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    def request(
+        self, method: str, url: URL, body: bytes, headers: dict[str, str]
+    ) -> Awaitable[UpstreamResponse]:
+        return self._session.request(method, url, data=body, headers=headers)
+
+
 class UpstreamClient:
     def __init__(
-        self, timeouts: Timeouts, ssl_context: ssl.SSLContext, max_connections: int
+        self,
+        timeouts: Timeouts,
+        ssl_context: ssl.SSLContext,
+        max_connections: int,
+        kind: ClientKind = "aiohttp",
     ) -> None:
         self.timeouts = timeouts
         self._ssl_context = ssl_context
         self._max_connections = max_connections
+        self._kind = kind
         self._session: aiohttp.ClientSession | None = None
+        self._http: HttpClient | None = None
+        self._pool: H1Pool | None = None
 
     async def open(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -65,8 +123,17 @@ class UpstreamClient:
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent",),
         )
+        if self._kind == "native":
+            self._pool = H1Pool(self._ssl_context, self.timeouts.connect, self._max_connections)
+            self._http = self._pool
+        else:
+            self._http = AiohttpClient(self._session)
 
     async def close(self) -> None:
+        self._http = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -77,6 +144,13 @@ class UpstreamClient:
             raise RuntimeError("the upstream client is used outside the lifespan")
         return self._session
 
+    @property
+    def http(self) -> HttpClient:
+        """The client that forwards requests (`upstream_client`)."""
+        if self._http is None:
+            raise RuntimeError("the upstream client is used outside the lifespan")
+        return self._http
+
 
 @contextmanager
 def map_upstream_errors(replica: str, request_id: str) -> Iterator[None]:
@@ -86,6 +160,15 @@ def map_upstream_errors(replica: str, request_id: str) -> Iterator[None]:
     """
     try:
         yield
+    except ConnectFailed as exc:
+        what = "TLS handshake failed" if exc.tls else "could not connect"
+        raise _logged(ReplicaConnectFailed, what, replica, request_id) from exc
+    except ConnectTimedOut as exc:
+        raise _logged(ReplicaConnectTimeout, "connect timed out", replica, request_id) from exc
+    except UpstreamClosed as exc:
+        raise _logged(
+            UpstreamUnreachable, "closed the connection before answering", replica, request_id
+        ) from exc
     except aiohttp.ClientSSLError as exc:
         raise _logged(ReplicaConnectFailed, "TLS handshake failed", replica, request_id) from exc
     except aiohttp.ClientConnectorError as exc:
