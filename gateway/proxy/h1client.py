@@ -35,7 +35,7 @@ class H1Response:
     so the forwarder holds either without caring which.
     """
 
-    __slots__ = ("status", "raw_headers", "_conn", "_chunks", "_size", "_done", "_error", "_waiter")
+    __slots__ = ("_chunks", "_conn", "_done", "_error", "_size", "_waiter", "raw_headers", "status")
 
     def __init__(self, conn: H1Connection) -> None:
         self.status = 0
