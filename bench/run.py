@@ -5,6 +5,7 @@ core 1. Each scenario runs twice (direct, then through a fresh gateway) and is
 reported as ratios and added latencies, plus the gateway's CPU and peak RSS.
 
     python bench/run.py [--scenarios S1,S3] [--scale 0.25] [--trace-ratio 0.01]
+                        [--upstream-client native]
 
 With --trace-ratio the gateway traces (tracing.sample_ratio) and exports to a
 sink that discards what it gets (bench/trace_sink.py), started for each pass.
@@ -284,7 +285,16 @@ def main() -> int:
         default=None,
         help="trace through the gateway at this sample ratio (0-1), exported to a sink",
     )
+    parser.add_argument(
+        "--upstream-client",
+        choices=("aiohttp", "native"),
+        default=None,
+        help="the gateway's upstream_client (its default when not given)",
+    )
     args = parser.parse_args()
+    if args.upstream_client is not None:
+        # The gateway reads VGW_* overrides from the environment it inherits.
+        os.environ["VGW_UPSTREAM_CLIENT"] = args.upstream_client
     chosen = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -302,6 +312,7 @@ def main() -> int:
         "date": stamp,
         "variant": args.variant,
         "trace_ratio": args.trace_ratio,
+        "upstream_client": args.upstream_client,
         "python": sys.version.split()[0],
         "results": results,
     }
