@@ -46,33 +46,48 @@ from run import (
 # (component, path fragments of its frames); the first that matches a frame wins.
 COMPONENTS = [
     (
-        "worker threads (batched SQLite usage writes)",
-        ("concurrent/futures/thread", "gateway/sqlite_file", "gateway/usage/sqlite"),
+        "SQLite stores handed to a thread (usage flush, tenant version)",
+        ("asyncio/threads.py", "gateway/sqlite_file"),
     ),
     ("upstream client (aiohttp)", ("/aiohttp/", "/yarl/", "/multidict/")),
     ("upstream client (native)", ("gateway/proxy/h1client", "gateway/proxy/h1pool")),
-    ("server parse/send (uvicorn, httptools)", ("/uvicorn/", "/h11/")),
+    ("server parse/send (uvicorn, httptools, edge limits)", ("/uvicorn/", "gateway/edge")),
     ("authentication", ("gateway/auth/", "gateway/keys/")),
-    ("limits and usage", ("gateway/limits/", "gateway/usage/", "gateway/proxy/admission")),
+    (
+        "limits, quotas, usage reading",
+        ("gateway/limits/", "gateway/usage/", "_usage", "usage_scan", "admission_gate"),
+    ),
     ("metrics", ("gateway/metrics", "/prometheus_client/")),
-    ("access log and request record", ("gateway/access_log", "gateway/request_record")),
+    (
+        "request record, access log",
+        ("gateway/access_log", "gateway/request_record", "gateway/middleware/context"),
+    ),
     ("replica pick", ("gateway/upstreams/",)),
-    ("request contract and edits", ("gateway/proxy/contract", "gateway/proxy/request_edit")),
+    (
+        "request contract, body, header rules",
+        ("proxy/contract", "proxy/request_edit", "proxy/body", "proxy/headers"),
+    ),
     ("forwarding (Exchange, interrupter)", ("gateway/proxy/forward", "gateway/proxy/interrupt")),
     (
-        "edge, middleware, routing and handler",
-        ("gateway/proxy/", "gateway/middleware/", "gateway/edge", "gateway/app"),
+        "routing, handler, error boundary",
+        ("gateway/proxy/", "gateway/middleware/", "gateway/app"),
     ),
     ("other gateway code", ("gateway/",)),
 ]
 LOOP = "event loop (uvloop, asyncio, GC)"
+# Samples of the worker threads, which py-spy counts even while they wait for work;
+# left out of the shares, which are the event loop thread's.
+WORKER = "worker threads (left out)"
 # The process's entry: every stack starts there, so it names no component.
 ENTRY = ("gateway/__main__", "gateway/cli/")
 
 
 def component(stack: str) -> str:
     """The component of one collapsed stack ("outer (file:line);...;inner (file:line)")."""
-    for frame in reversed(stack.split(";")):
+    frames = stack.split(";")
+    if "Thread._bootstrap " in frames[0]:
+        return WORKER
+    for frame in reversed(frames):
         if any(fragment in frame for fragment in ENTRY):
             continue
         for name, fragments in COMPONENTS:
@@ -133,8 +148,10 @@ def profile(  # noqa: PLR0917 (the command line's options, in its order)
 
 
 def report(counts: Counter[str], us_per_request: float, requests: int) -> str:
+    worker = counts.pop(WORKER, 0)
     total = sum(counts.values()) or 1
-    lines = [f"{requests} requests, {us_per_request} µs CPU per request (whole process)", ""]
+    lines = [f"{requests} requests, {us_per_request} µs CPU per request (whole process)"]
+    lines += [f"{total} samples of the event loop's thread, {worker} of worker threads", ""]
     lines += ["| component | share | µs per request |", "|---|---|---|"]
     for name, count in counts.most_common():
         share = count / total
