@@ -43,11 +43,12 @@ from gateway.proxy.interrupter import (
 )
 from gateway.proxy.upstream import (
     BROKEN,
+    UPSTREAM_ERRORS,
     BodyReader,
     HttpClient,
     Timeouts,
     UpstreamResponse,
-    map_upstream_errors,
+    upstream_error,
 )
 from gateway.proxy.usage_scan import BodyUsage
 from gateway.request_record import Outcome
@@ -155,24 +156,29 @@ class Exchange:
 
     async def _open(self, request: UpstreamRequest) -> tuple[UpstreamResponse, bytes]:
         """Send the request; its response and the first bytes of its body."""
-        with map_upstream_errors(request.replica, request.request_id):
-            self.outcome.upstream_sent_at = time.perf_counter()
+        self.outcome.upstream_sent_at = time.perf_counter()
+        try:
             response = await self._client.request(
                 request.method, request.url, request.body, request.headers
             )
-            try:
-                if response.status == HTTPStatus.UNAUTHORIZED:
-                    raise _credentials_refused(request)
-                first = await response.content.readany()
-                self.outcome.upstream_first_byte_at = time.perf_counter()
-                if response.status == HTTPStatus.SERVICE_UNAVAILABLE and self._refuse_busy:
-                    first += await response.content.read()
-                    if QUEUE_FULL in first:
-                        logger.info("replica %s is at its queue limit", _shown(request))
-                        raise ReplicaBusy("A server for this model is at its queue limit.")
-            except BaseException:
-                response.close()
-                raise
+        except UPSTREAM_ERRORS as exc:
+            raise upstream_error(exc, request.replica, request.request_id) from exc
+        try:
+            if response.status == HTTPStatus.UNAUTHORIZED:
+                raise _credentials_refused(request)
+            first = await response.content.readany()
+            self.outcome.upstream_first_byte_at = time.perf_counter()
+            if response.status == HTTPStatus.SERVICE_UNAVAILABLE and self._refuse_busy:
+                first += await response.content.read()
+                if QUEUE_FULL in first:
+                    logger.info("replica %s is at its queue limit", _shown(request))
+                    raise ReplicaBusy("A server for this model is at its queue limit.")
+        except UPSTREAM_ERRORS as exc:
+            response.close()
+            raise upstream_error(exc, request.replica, request.request_id) from exc
+        except BaseException:
+            response.close()
+            raise
         return response, first
 
     async def _start(self, send: Send, response: UpstreamResponse) -> None:

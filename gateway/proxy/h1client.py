@@ -183,7 +183,7 @@ class H1Connection(asyncio.Protocol):
         if self.paused:
             self.resume()
         if keep and not self.closed:
-            self._parser = httptools.HttpResponseParser(self)
+            # The parser goes on with the next response on this connection.
             self._release(self)
         else:
             self.close()

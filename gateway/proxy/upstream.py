@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Awaitable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -152,33 +151,28 @@ class UpstreamClient:
         return self._http
 
 
-@contextmanager
-def map_upstream_errors(replica: str, request_id: str) -> Iterator[None]:
-    """Translate aiohttp's errors before the response started into gateway errors.
+# What either client raises before a response started: `upstream_error` maps them.
+UPSTREAM_ERRORS = (ConnectFailed, ConnectTimedOut, UpstreamClosed, aiohttp.ClientError)
+
+
+def upstream_error(exc: BaseException, replica: str, request_id: str) -> UpstreamError:
+    """The gateway error for one of UPSTREAM_ERRORS raised before the response started.
 
     The client learns what happened, never which replica: its address goes to the log.
+    An `except` clause calls this, so a request that succeeds pays for no context manager.
     """
-    try:
-        yield
-    except ConnectFailed as exc:
+    if isinstance(exc, ConnectFailed):
         what = "TLS handshake failed" if exc.tls else "could not connect"
-        raise _logged(ReplicaConnectFailed, what, replica, request_id) from exc
-    except ConnectTimedOut as exc:
-        raise _logged(ReplicaConnectTimeout, "connect timed out", replica, request_id) from exc
-    except UpstreamClosed as exc:
-        raise _logged(
-            UpstreamUnreachable, "closed the connection before answering", replica, request_id
-        ) from exc
-    except aiohttp.ClientSSLError as exc:
-        raise _logged(ReplicaConnectFailed, "TLS handshake failed", replica, request_id) from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise _logged(ReplicaConnectFailed, "could not connect", replica, request_id) from exc
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise _logged(ReplicaConnectTimeout, "connect timed out", replica, request_id) from exc
-    except aiohttp.ClientError as exc:
-        raise _logged(
-            UpstreamUnreachable, "closed the connection before answering", replica, request_id
-        ) from exc
+        return _logged(ReplicaConnectFailed, what, replica, request_id)
+    if isinstance(exc, ConnectTimedOut | aiohttp.ConnectionTimeoutError):
+        return _logged(ReplicaConnectTimeout, "connect timed out", replica, request_id)
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return _logged(ReplicaConnectFailed, "TLS handshake failed", replica, request_id)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _logged(ReplicaConnectFailed, "could not connect", replica, request_id)
+    return _logged(
+        UpstreamUnreachable, "closed the connection before answering", replica, request_id
+    )
 
 
 CLIENT_MESSAGES = {
