@@ -124,6 +124,24 @@ def test_connections_are_reused_after_complete_answers() -> None:
     run(test)
 
 
+def test_a_connection_idle_too_long_is_not_reused() -> None:
+    """Below the replica's keep-alive timeout, so the gateway never writes to a connection
+    in the instant the replica closes it."""
+
+    async def test() -> None:
+        async with ScriptedServer(replies(answer(b"{}"))) as server:
+            client = H1Pool(ssl.create_default_context(), 5.0, idle_seconds=0.2)
+            await fetch(client, server.url())
+            await fetch(client, server.url())
+            assert server.connections == 1
+            await asyncio.sleep(0.3)
+            await fetch(client, server.url())
+            assert server.connections == 2 and len(server.requests) == 3
+            await client.close()
+
+    run(test)
+
+
 def test_a_request_is_written_as_given() -> None:
     async def test() -> None:
         async with ScriptedServer(replies(answer(b"{}"))) as server:

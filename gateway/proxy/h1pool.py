@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections import deque
 
 from yarl import URL
 
@@ -49,15 +50,21 @@ class Replica:
         host = f"[{self.host}]" if ":" in self.host else self.host
         default = self.port == (443 if self.tls else 80)
         self.prefix = f"\r\nHost: {host if default else f'{host}:{self.port}'}\r\n"
-        self.idle: list[H1Connection] = []
+        # Oldest first: a request takes the newest, a release drops the expired oldest.
+        self.idle: deque[H1Connection] = deque()
 
 
 class H1Pool:
     """Every replica's connections; at most `max_connections` busy at once (0: no limit)."""
 
     def __init__(
-        self, ssl_context: ssl.SSLContext, connect_timeout: float, max_connections: int = 0
+        self,
+        ssl_context: ssl.SSLContext,
+        connect_timeout: float,
+        max_connections: int = 0,
+        idle_seconds: float = IDLE_SECONDS,
     ) -> None:
+        self._idle_seconds = idle_seconds
         self._ssl = ssl_context
         self._connect_timeout = connect_timeout
         self._replicas: dict[str, Replica] = {}
@@ -105,7 +112,7 @@ class H1Pool:
         idle, now = replica.idle, time.monotonic()
         while idle:
             conn = idle.pop()
-            if now - conn.idle_since > IDLE_SECONDS:
+            if now - conn.idle_since > self._idle_seconds:
                 conn.close()
                 continue
             head = conn.send(data)
@@ -146,8 +153,13 @@ class H1Pool:
         if self._closing:
             conn.close()
             return
-        conn.idle_since = time.monotonic()
-        replica.idle.append(conn)
+        now = conn.idle_since = time.monotonic()
+        idle = replica.idle
+        # Connections the replica closed, or that sat unused too long, go here rather than
+        # on a timer; a pool that shrinks after a peak is pruned as it is used.
+        while idle and (idle[0].closed or now - idle[0].idle_since > self._idle_seconds):
+            idle.popleft().close()
+        idle.append(conn)
 
     async def close(self) -> None:
         self._closing = True
