@@ -25,8 +25,10 @@ from yarl import URL
 
 from gateway.proxy.h1client import H1Response, UpstreamClosed
 from gateway.proxy.h1pool import ConnectFailed, ConnectTimedOut, H1Pool
+from gateway.settings import SettingsError, load_settings
 from tests.scripted_server import STREAM_HEAD, ScriptedServer, answer, chunked, replies
-from tests.servers import Process, run_simulator
+from tests.servers import Process, free_port, gateway_config, run_gateway, run_simulator
+from tests.test_streaming import wait_until_idle
 
 MODEL = "sim-model"
 JSON = {"content-type": "application/json"}
@@ -57,7 +59,8 @@ def pool(context: ssl.SSLContext | None = None, **options: float) -> H1Pool:
 
 @pytest.fixture(scope="module")
 def sim(module_tmp: Path) -> Iterator[Process]:
-    with run_simulator(module_tmp, model=MODEL) as process:
+    # 20 ms between tokens: a long stream is still running when its client leaves.
+    with run_simulator(module_tmp, "--itl-ms", "20", model=MODEL) as process:
         yield process
 
 
@@ -108,6 +111,32 @@ def test_a_stream_arrives_piece_by_piece(sim: Process) -> None:
             await client.close()
 
     run(test)
+
+
+def test_a_gateway_forwards_with_it_and_a_leaving_client_aborts(
+    sim: Process, module_tmp: Path
+) -> None:
+    config = gateway_config(free_port(), {MODEL: [sim.url]}, upstream_client="native")
+    with run_gateway(module_tmp, config) as gateway:
+        url = f"{gateway.url}/v1/chat/completions"
+        headers = {**JSON, **gateway.auth}
+        answered = httpx.post(url, content=ask(False), headers=headers, timeout=10)
+        assert answered.status_code == 200 and answered.json()["usage"]["completion_tokens"] == 12
+        streamed = httpx.post(url, content=ask(True), headers=headers, timeout=10)
+        assert streamed.text.endswith("data: [DONE]\n\n")
+        # A long stream the client leaves after its first bytes: the engine stops it.
+        long = json.loads(ask(True, tokens=1000))
+        with httpx.stream("POST", url, json=long, headers=gateway.auth, timeout=10) as response:
+            assert response.status_code == 200
+            next(response.iter_bytes())
+        assert wait_until_idle(sim, within_s=5) == 0
+
+
+def test_the_setting_takes_only_known_clients(tmp_path: Path) -> None:
+    assert load_settings(None, {"VGW_UPSTREAM_CLIENT": "native"}).upstream_client == "native"
+    assert load_settings(None, {}).upstream_client == "aiohttp"
+    with pytest.raises(SettingsError, match="upstream_client"):
+        load_settings(None, {"VGW_UPSTREAM_CLIENT": "curl"})
 
 
 def test_connections_are_reused_after_complete_answers() -> None:
