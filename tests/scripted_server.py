@@ -67,7 +67,8 @@ class ScriptedServer:
                     self.peer_closed.set()
                 if not keep:
                     return
-        except (ConnectionError, ssl.SSLError, asyncio.CancelledError):
+        except (ConnectionError, RuntimeError, ssl.SSLError, asyncio.CancelledError):
+            # The client left first (a write to a closed transport raises RuntimeError).
             self.peer_closed.set()
         finally:
             writer.close()

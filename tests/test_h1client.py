@@ -37,11 +37,19 @@ LIMIT = 10.0
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
+    """Run TEST on uvloop, bounded; nothing may reach the loop's exception handler (a
+    protocol callback that raised, a future whose error nobody read)."""
+    unhandled: list[dict[str, object]] = []
+
     async def bounded() -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _, context: unhandled.append(context)
+        )
         async with asyncio.timeout(LIMIT):
             await test()
 
     uvloop.run(bounded())
+    assert unhandled == []
 
 
 async def fetch(pool: H1Pool, url: str, body: bytes = b"{}") -> tuple[H1Response, bytes]:
@@ -274,8 +282,16 @@ def test_a_body_without_length_ends_at_the_close() -> None:
         b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 7\r\n\r\nhello",
         b"NOT HTTP AT ALL\r\n\r\n",
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA",
+        answer(b"ok") + answer(b"unasked"),
     ],
-    ids=["chunk-size", "chunk-overrun", "two-lengths", "status-line", "trailing-bytes"],
+    ids=[
+        "chunk-size",
+        "chunk-overrun",
+        "two-lengths",
+        "status-line",
+        "trailing-bytes",
+        "unasked-response",
+    ],
 )
 def test_malformed_framing_is_a_clean_error(broken: bytes) -> None:
     """Never a hang, never garbage passed on as a body: a clear error, and the connection
@@ -289,7 +305,7 @@ def test_malformed_framing_is_a_clean_error(broken: bytes) -> None:
             except UpstreamClosed as exc:
                 assert "malformed" in str(exc) or "no request asked" in str(exc)
             else:
-                # Only the trailing bytes case parses: its answer is whole, its connection
+                # Only the trailing bytes cases parse: the answer is whole, its connection
                 # is dropped before another request could read the extra bytes.
                 assert (response.status, body) == (200, b"ok")
                 await asyncio.sleep(0.05)

@@ -156,6 +156,12 @@ class H1Connection(asyncio.Protocol):
 
     # httptools callbacks ------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._response is None:
+            # A second response after the one asked for, in the same read: the error ends
+            # the parse (httptools raises it as a parser error), and the connection.
+            raise UpstreamClosed("the replica sent bytes no request asked for")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self._response is not None
         self._response.raw_headers.append((name, value))
