@@ -3,9 +3,9 @@
 The simulator for ordinary answers (content-length and streamed chunked); a
 scripted server (tests/scripted_server.py) for the ones a replica sends on its
 worst day: closes right after an answer or in the middle of one, broken
-chunked framing, a stall; a TLS server with certificates made here. The
-forwarding path as a whole runs with this client in the gateway's own tests:
-`VGW_UPSTREAM_CLIENT=native pytest tests/test_streaming.py ...`.
+chunked framing, a stall. TLS is in test_h1client_tls.py, random splits and
+garbage in test_h1client_parsing.py. The forwarding path as a whole runs with
+this client in the gateway's own tests: `make test-native`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import trustme
 import uvloop
 from yarl import URL
 
@@ -376,45 +375,6 @@ def test_busy_connections_are_bounded() -> None:
             answers = await asyncio.gather(*(fetch(client, server.url()) for _ in range(4)))
             assert [response.status for response, _ in answers] == [200] * 4
             assert server.connections == 1
-            await client.close()
-
-    run(test)
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-def server_context(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(context)
-    return context
-
-
-def test_tls_with_a_trusted_ca(ca: trustme.CA) -> None:
-    async def test() -> None:
-        trusting = ssl.create_default_context()
-        ca.configure_trust(trusting)
-        async with ScriptedServer(replies(answer(b"{}")), tls=server_context(ca)) as server:
-            client = pool(trusting)
-            for _ in range(2):
-                response, body = await fetch(client, server.url())
-                assert (response.status, body) == (200, b"{}")
-            assert server.connections == 1
-            await client.close()
-
-    run(test)
-
-
-def test_tls_with_an_untrusted_certificate_is_refused(ca: trustme.CA) -> None:
-    async def test() -> None:
-        async with ScriptedServer(replies(answer(b"{}")), tls=server_context(ca)) as server:
-            client = pool()
-            with pytest.raises(ConnectFailed) as refused:
-                await fetch(client, server.url())
-            assert refused.value.tls
-            assert server.requests == []
             await client.close()
 
     run(test)

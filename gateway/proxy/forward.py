@@ -173,11 +173,10 @@ class Exchange:
                 if QUEUE_FULL in first:
                     logger.info("replica %s is at its queue limit", _shown(request))
                     raise ReplicaBusy("A server for this model is at its queue limit.")
-        except UPSTREAM_ERRORS as exc:
+        except BaseException as exc:
             response.close()
-            raise upstream_error(exc, request.replica, request.request_id) from exc
-        except BaseException:
-            response.close()
+            if isinstance(exc, UPSTREAM_ERRORS):
+                raise upstream_error(exc, request.replica, request.request_id) from exc
             raise
         return response, first
 
