@@ -42,6 +42,9 @@ class Load:
     # one instantaneous burst of `concurrency` requests.
     ramp_s: float = 0.0
     api_key: str | None = None
+    # All clients wait at a barrier before each request: `concurrency` requests leave
+    # in the same instant, round after round (the burst scenario).
+    burst: bool = False
 
 
 def request_body(model: str, tokens: int, stream: bool) -> bytes:
@@ -112,7 +115,14 @@ async def run_load(load: Load) -> tuple[list[Sample], float]:
         queue.put_nowait(index)
     samples: list[Sample] = []
 
+    barrier = asyncio.Barrier(load.concurrency) if load.burst else None
+
     async def client(session: aiohttp.ClientSession, index: int) -> None:
+        if barrier is not None:
+            for _ in range(load.requests // load.concurrency):
+                await barrier.wait()
+                samples.append(await _one(session, load))
+            return
         if load.ramp_s:
             await asyncio.sleep(load.ramp_s * index / load.concurrency)
         while not queue.empty():

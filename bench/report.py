@@ -134,7 +134,14 @@ BUDGET: dict[str, list[tuple[str, str, str, float]]] = {
         ("requests/s vs direct >= 50%", "compare", "requests_per_s_ratio", -0.5),
     ],
     "S4": [("added median latency <= 0.5 ms", "compare", "added_e2e_p50_ms", 0.5)],
-    "S5": [("peak RSS <= 150 MB", "gateway", "gateway_peak_rss_mb", 150.0)],
+    "S5": [
+        ("added TTFT p50 <= 300 ms", "compare", "added_ttft_p50_ms", 300.0),
+        ("peak RSS <= 150 MB", "gateway", "gateway_peak_rss_mb", 150.0),
+    ],
+    "S6": [
+        ("added TTFT p50 <= 10 ms", "compare", "added_ttft_p50_ms", 10.0),
+        ("added TTFT p99 <= 25 ms", "compare", "added_ttft_p99_ms", 25.0),
+    ],
 }
 
 

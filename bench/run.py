@@ -5,6 +5,7 @@ core 1. Each scenario runs twice (direct, then through a fresh gateway) and is
 reported as ratios and added latencies, plus the gateway's CPU and peak RSS.
 
     python bench/run.py [--scenarios S1,S3] [--scale 0.25] [--trace-ratio 0.01]
+                        [--upstream-client native]
 
 With --trace-ratio the gateway traces (tracing.sample_ratio) and exports to a
 sink that discards what it gets (bench/trace_sink.py), started for each pass.
@@ -60,6 +61,8 @@ class Scenario:
     ttft_ms: float
     itl_ms: float
     ramp_s: float = 0.0
+    # Every round of `concurrency` requests leaves at once (loadgen.Load.burst).
+    burst: bool = False
 
 
 SCENARIOS = [
@@ -68,6 +71,7 @@ SCENARIOS = [
     Scenario("S3", "non-streaming saturation", False, 16, 6000, 64, 0, 0),
     Scenario("S4", "sequential", False, 4, 500, 1, 0, 0),
     Scenario("S5", "many open streams", True, 10, 2000, 2000, 0, 1000),
+    Scenario("S6", "burst of streams", True, 16, 1024, 256, 50, 20, burst=True),
 ]
 
 
@@ -180,7 +184,9 @@ async def _store(path: Path, record: KeyRecord) -> None:
 
 
 def measure(load: Load, pid: int | None) -> PassResult:
-    size = min(50, load.requests)
+    size = load.concurrency if load.burst else min(50, load.requests)
+    # A burst's warm-up opens every client's connection, so the burst measures requests,
+    # not connection set-up.
     warm = replace(load, requests=size, concurrency=min(size, load.concurrency), ramp_s=0.0)
     # The warm-up opens connections and fills caches; it is not measured.
     uvloop.run(run_load(warm))
@@ -198,7 +204,15 @@ def load_for(
 ) -> Load:
     path = "/v1/chat/completions"
     return Load(
-        url, path, body, scenario.stream, requests, scenario.concurrency, scenario.ramp_s, api_key
+        url,
+        path,
+        body,
+        scenario.stream,
+        requests,
+        scenario.concurrency,
+        scenario.ramp_s,
+        api_key,
+        burst=scenario.burst,
     )
 
 
@@ -226,6 +240,8 @@ def run_scenario(
     scenario: Scenario, scale: float, work: Path, variant: str, trace_ratio: float | None = None
 ) -> dict[str, object]:
     requests = max(scenario.concurrency, int(scenario.requests * scale))
+    if scenario.burst:
+        requests -= requests % scenario.concurrency
     sim_port, gw_port = free_port(), free_port()
     sim_args = ["simulate", "--port", str(sim_port), "--model", MODEL]
     sim_args += ["--ttft-ms", str(scenario.ttft_ms), "--itl-ms", str(scenario.itl_ms)]
@@ -269,7 +285,16 @@ def main() -> int:
         default=None,
         help="trace through the gateway at this sample ratio (0-1), exported to a sink",
     )
+    parser.add_argument(
+        "--upstream-client",
+        choices=("aiohttp", "native"),
+        default=None,
+        help="the gateway's upstream_client (its default when not given)",
+    )
     args = parser.parse_args()
+    if args.upstream_client is not None:
+        # The gateway reads VGW_* overrides from the environment it inherits.
+        os.environ["VGW_UPSTREAM_CLIENT"] = args.upstream_client
     chosen = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -287,6 +312,7 @@ def main() -> int:
         "date": stamp,
         "variant": args.variant,
         "trace_ratio": args.trace_ratio,
+        "upstream_client": args.upstream_client,
         "python": sys.version.split()[0],
         "results": results,
     }

@@ -22,8 +22,22 @@ FLUSH_INTERVAL = 0.2
 MAX_BUFFERED = 256
 
 
-def _timestamp(now: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+class _Clock:
+    """ISO timestamps with milliseconds; the date and time of day are formatted once per
+    second (strftime and gmtime cost more than the rest of a line's fields)."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def timestamp(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int(now % 1 * 1000):03d}Z"
 
 
 class AccessLog:
@@ -35,12 +49,13 @@ class AccessLog:
         # Which worker process answered, when several share the port.
         self._pid = os.getpid()
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._clock = _Clock()
 
     def write(self, fields: dict[str, Any]) -> None:
         now = time.time()
         if self._json:
             head = {
-                "ts": _timestamp(now),
+                "ts": self._clock.timestamp(now),
                 "level": "info",
                 "logger": "gateway.access",
                 "pid": self._pid,
@@ -48,7 +63,7 @@ class AccessLog:
             line = orjson.dumps(head | {"message": "request"} | fields).decode()
         else:
             pairs = " ".join(f"{key}={text_field(value)}" for key, value in fields.items())
-            line = f"{_timestamp(now)} INFO gateway.access: request {pairs}"
+            line = f"{self._clock.timestamp(now)} INFO gateway.access: request {pairs}"
         self._lines.append(line)
         if len(self._lines) >= MAX_BUFFERED:
             self.flush()

@@ -177,6 +177,11 @@ class Gateway:
                 # What start-up built lives as long as the process: keep it out of the
                 # collector's full passes, which otherwise walk it again and again.
                 gc.freeze()
+                # Reference counting frees a request's objects; the collector is for
+                # cycles. At its default (a pass per 700 allocations) it ran several
+                # times per request with thousands of streams open, each pass walking
+                # them all: S5 measured 15-20 % less CPU per request with this.
+                gc.set_threshold(20_000, 20, 20)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.close()

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 
-import aiohttp
 from yarl import URL
 
 from gateway.asgi import Receive, Send
@@ -42,7 +41,15 @@ from gateway.proxy.interrupter import (
     DRAINED,
     Interrupter,
 )
-from gateway.proxy.upstream import Timeouts, map_upstream_errors
+from gateway.proxy.upstream import (
+    BROKEN,
+    UPSTREAM_ERRORS,
+    BodyReader,
+    HttpClient,
+    Timeouts,
+    UpstreamResponse,
+    upstream_error,
+)
 from gateway.proxy.usage_scan import BodyUsage
 from gateway.request_record import Outcome
 
@@ -91,7 +98,7 @@ class Exchange:
 
     def __init__(
         self,
-        client: aiohttp.ClientSession,
+        client: HttpClient,
         timeouts: Timeouts,
         *,
         strip_usage: bool = False,
@@ -116,7 +123,7 @@ class Exchange:
     async def run(self, receive: Receive, send: Send, request: UpstreamRequest) -> None:
         timeouts = self._timeouts
         interrupter = Interrupter(receive, timeouts.first_byte, timeouts.client_write)
-        response: aiohttp.ClientResponse | None = None
+        response: UpstreamResponse | None = None
         started = False
         drain = self._drain
         if drain is not None:
@@ -134,7 +141,7 @@ class Exchange:
             if reason is None:
                 raise
             await self._interrupted(send, reason, request, started, response)
-        except aiohttp.ClientError as exc:
+        except BROKEN as exc:
             if not started:
                 raise _unreachable(request, "closed the connection before answering") from exc
             await self._broken(send, request, response, UpstreamUnreachable(LOST), "was lost")
@@ -147,29 +154,33 @@ class Exchange:
                 # drops the connection, which is what makes vLLM abort.
                 response.close()
 
-    async def _open(self, request: UpstreamRequest) -> tuple[aiohttp.ClientResponse, bytes]:
+    async def _open(self, request: UpstreamRequest) -> tuple[UpstreamResponse, bytes]:
         """Send the request; its response and the first bytes of its body."""
-        with map_upstream_errors(request.replica, request.request_id):
-            self.outcome.upstream_sent_at = time.perf_counter()
+        self.outcome.upstream_sent_at = time.perf_counter()
+        try:
             response = await self._client.request(
-                request.method, request.url, data=request.body, headers=request.headers
+                request.method, request.url, request.body, request.headers
             )
-            try:
-                if response.status == HTTPStatus.UNAUTHORIZED:
-                    raise _credentials_refused(request)
-                first = await response.content.readany()
-                self.outcome.upstream_first_byte_at = time.perf_counter()
-                if response.status == HTTPStatus.SERVICE_UNAVAILABLE and self._refuse_busy:
-                    first += await response.content.read()
-                    if QUEUE_FULL in first:
-                        logger.info("replica %s is at its queue limit", _shown(request))
-                        raise ReplicaBusy("A server for this model is at its queue limit.")
-            except BaseException:
-                response.close()
-                raise
+        except UPSTREAM_ERRORS as exc:
+            raise upstream_error(exc, request.replica, request.request_id) from exc
+        try:
+            if response.status == HTTPStatus.UNAUTHORIZED:
+                raise _credentials_refused(request)
+            first = await response.content.readany()
+            self.outcome.upstream_first_byte_at = time.perf_counter()
+            if response.status == HTTPStatus.SERVICE_UNAVAILABLE and self._refuse_busy:
+                first += await response.content.read()
+                if QUEUE_FULL in first:
+                    logger.info("replica %s is at its queue limit", _shown(request))
+                    raise ReplicaBusy("A server for this model is at its queue limit.")
+        except BaseException as exc:
+            response.close()
+            if isinstance(exc, UPSTREAM_ERRORS):
+                raise upstream_error(exc, request.replica, request.request_id) from exc
+            raise
         return response, first
 
-    async def _start(self, send: Send, response: aiohttp.ClientResponse) -> None:
+    async def _start(self, send: Send, response: UpstreamResponse) -> None:
         self.outcome.status = response.status
         headers = client_headers(list(response.raw_headers))
         if self._headers:
@@ -177,7 +188,7 @@ class Exchange:
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
 
     async def _stream(
-        self, send: Send, response: aiohttp.ClientResponse, first: bytes, interrupter: Interrupter
+        self, send: Send, response: UpstreamResponse, first: bytes, interrupter: Interrupter
     ) -> None:
         outcome = self.outcome
         streamed = _is_stream(response)
@@ -210,7 +221,7 @@ class Exchange:
     async def _relay(
         self,
         send: Send,
-        content: aiohttp.StreamReader,
+        content: BodyReader,
         chunk: bytes,
         interrupter: Interrupter,
         *,
@@ -251,7 +262,7 @@ class Exchange:
         reason: str,
         request: UpstreamRequest,
         started: bool,
-        response: aiohttp.ClientResponse | None,
+        response: UpstreamResponse | None,
     ) -> None:
         outcome, request_id = self.outcome, request.request_id
         if reason == DISCONNECT:
@@ -284,7 +295,7 @@ class Exchange:
         send: Send,
         request: UpstreamRequest,
         started: bool,
-        response: aiohttp.ClientResponse | None,
+        response: UpstreamResponse | None,
     ) -> None:
         """The shutdown's grace ended first; no fault of the replica's."""
         request_id = request.request_id
@@ -301,7 +312,7 @@ class Exchange:
         self,
         send: Send,
         request: UpstreamRequest,
-        response: aiohttp.ClientResponse | None,
+        response: UpstreamResponse | None,
         error: GatewayError,
         what: str,
     ) -> None:
@@ -315,7 +326,7 @@ class Exchange:
         self,
         send: Send,
         request: UpstreamRequest,
-        response: aiohttp.ClientResponse | None,
+        response: UpstreamResponse | None,
         error: GatewayError,
     ) -> None:
         """End a started response: a stream with one error event, any other body cut off."""
@@ -365,11 +376,11 @@ def _credentials_refused(request: UpstreamRequest) -> UpstreamUnreachable:
     )
 
 
-def _is_stream(response: aiohttp.ClientResponse) -> bool:
+def _is_stream(response: UpstreamResponse) -> bool:
     return _content_type(response).startswith(EVENT_STREAM)
 
 
-def _content_type(response: aiohttp.ClientResponse) -> bytes:
+def _content_type(response: UpstreamResponse) -> bytes:
     for name, value in response.raw_headers:
         if name.lower() == b"content-type":
             return value.lower()

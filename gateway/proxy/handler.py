@@ -275,7 +275,7 @@ class ProxyApp:
             last = pinned is not None or attempt == self._options.retries
             last = last or not pool.has_usable(exclude=tried)
             exchange = Exchange(
-                self._upstream.session,
+                self._upstream.http,
                 self._upstream.timeouts,
                 strip_usage=edited.strip_usage,
                 headers=[*ticket.headers, self._router.served_header(pool.model)],

@@ -28,7 +28,7 @@ HOP_BY_HOP = frozenset(
 )
 # Client credentials in every spelling OpenAI-style clients use, and cookies.
 CREDENTIALS = frozenset({b"authorization", b"api-key", b"x-api-key", b"cookie"})
-# Set by the gateway or by aiohttp for the upstream connection.
+# Set by the gateway or by its upstream client for the upstream connection.
 REPLACED_UPSTREAM = frozenset({b"host", b"content-length", b"x-request-id", b"expect"})
 DROP_TO_UPSTREAM = HOP_BY_HOP | CREDENTIALS | REPLACED_UPSTREAM
 DROP_TO_CLIENT = HOP_BY_HOP | frozenset({b"server", b"date", b"x-request-id"})

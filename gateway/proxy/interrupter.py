@@ -46,9 +46,12 @@ class Interrupter:
     def set_limit(self, limit: float) -> None:
         self.limit = limit
         self.last = time.perf_counter()
-        self._timer.cancel()
         first_check = limit if self._watcher is not None else min(limit, WATCH_AFTER)
-        self._timer = self._loop.call_later(first_check, self._check)
+        # The usual request is under WATCH_AFTER old here: its first timer still fires in
+        # time and reads the new limit then, so it is kept rather than replaced.
+        if self._timer.when() > self._loop.time() + first_check:
+            self._timer.cancel()
+            self._timer = self._loop.call_later(first_check, self._check)
 
     def _check(self) -> None:
         if self._watcher is None and self.reason is None:

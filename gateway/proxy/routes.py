@@ -62,23 +62,23 @@ class Route(enum.Enum):
         return self in AUDIO
 
 
-POOLING = frozenset({Route.RERANK, Route.RERANK_V2, Route.SCORE, Route.EMBED_V2})
-AUDIO = frozenset({Route.TRANSCRIPTIONS, Route.TRANSLATIONS})
-FORWARDED = frozenset(
-    {
-        Route.CHAT,
-        Route.COMPLETIONS,
-        Route.EMBEDDINGS,
-        Route.MESSAGES,
-        Route.COUNT_TOKENS,
-        Route.RESPONSES,
-        Route.RESPONSE,
-        Route.RESPONSE_CANCEL,
-    }
-    | POOLING
-    | AUDIO
+# Tuples, not sets: `in` compares members by identity, where a set would hash each one
+# through Enum.__hash__, a Python call, several times per request.
+POOLING = (Route.RERANK, Route.RERANK_V2, Route.SCORE, Route.EMBED_V2)
+AUDIO = (Route.TRANSCRIPTIONS, Route.TRANSLATIONS)
+FORWARDED = (
+    Route.CHAT,
+    Route.COMPLETIONS,
+    Route.EMBEDDINGS,
+    Route.MESSAGES,
+    Route.COUNT_TOKENS,
+    Route.RESPONSES,
+    Route.RESPONSE,
+    Route.RESPONSE_CANCEL,
+    *POOLING,
+    *AUDIO,
 )
-ANTHROPIC = frozenset({Route.MESSAGES, Route.COUNT_TOKENS})
+ANTHROPIC = (Route.MESSAGES, Route.COUNT_TOKENS)
 ANTHROPIC_PATHS = frozenset(route.value for route in ANTHROPIC)
 _GETS = (Route.MODELS, Route.MODEL, Route.RESPONSE)
 _METHODS = {route: ("GET" if route in _GETS else "POST") for route in Route}

@@ -21,7 +21,10 @@ def upstream_client(settings: Settings) -> UpstreamClient:
         client_write=settings.timeouts.client_write,
     )
     return UpstreamClient(
-        timeouts, upstream_context(settings.upstream_tls), settings.upstream_max_connections
+        timeouts,
+        upstream_context(settings.upstream_tls),
+        settings.upstream_max_connections,
+        settings.upstream_client,
     )
 
 

@@ -97,7 +97,7 @@ class StoredResponses:
             context.model, context.known_model = stored.model, True
             replica = self._replica(stored, response_id, "response_id")
             exchange = Exchange(
-                self._upstream.session,
+                self._upstream.http,
                 self._upstream.timeouts,
                 headers=ticket.headers,
                 drain=self._drain,

@@ -1,7 +1,10 @@
 """The one upstream HTTP client of a gateway process, and its error mapping.
 
-aiohttp serves the hot path: measured in a raw-ASGI proxy it cost a tenth of
-httpx's CPU per request. The session is opened in the lifespan and closed
+Two clients can serve the hot path, chosen by `upstream_client`: aiohttp
+(measured in a raw-ASGI proxy at a tenth of httpx's CPU per request), or the
+gateway's own HTTP/1.1 client (`h1pool`, `h1client`), written for this one job.
+The forwarder sees either through `HttpClient`. The aiohttp session is always
+open: health and load checks use it. Both are opened in the lifespan and closed
 there; nothing creates a client per request.
 """
 
@@ -9,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import aiohttp
+from yarl import URL
 
 from gateway.errors import (
     ReplicaConnectFailed,
@@ -22,6 +26,8 @@ from gateway.errors import (
     UpstreamUnreachable,
 )
 from gateway.metrics import replica_label
+from gateway.proxy.h1client import UpstreamClosed
+from gateway.proxy.h1pool import ConnectFailed, ConnectTimedOut, H1Pool
 
 logger = logging.getLogger("gateway.proxy")
 
@@ -38,14 +44,65 @@ class Timeouts:
     client_write: float = 30.0
 
 
+class BodyReader(Protocol):
+    async def readany(self) -> bytes: ...
+
+    async def read(self) -> bytes: ...
+
+
+class UpstreamResponse(Protocol):
+    """The part of a response the forwarder uses; aiohttp's `ClientResponse` is one."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
+
+    @property
+    def content(self) -> BodyReader: ...
+
+    def close(self) -> None: ...
+
+
+class HttpClient(Protocol):
+    def request(
+        self, method: str, url: URL, body: bytes, headers: dict[str, str]
+    ) -> Awaitable[UpstreamResponse]: ...
+
+
+# What a response's body read raises when the replica's connection breaks, either client.
+BROKEN = (aiohttp.ClientError, UpstreamClosed)
+ClientKind = Literal["aiohttp", "native"]
+
+
+class AiohttpClient:
+    """`HttpClient` over the aiohttp session."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    def request(
+        self, method: str, url: URL, body: bytes, headers: dict[str, str]
+    ) -> Awaitable[UpstreamResponse]:
+        return self._session.request(method, url, data=body, headers=headers)
+
+
 class UpstreamClient:
     def __init__(
-        self, timeouts: Timeouts, ssl_context: ssl.SSLContext, max_connections: int
+        self,
+        timeouts: Timeouts,
+        ssl_context: ssl.SSLContext,
+        max_connections: int,
+        kind: ClientKind = "aiohttp",
     ) -> None:
         self.timeouts = timeouts
         self._ssl_context = ssl_context
         self._max_connections = max_connections
+        self._kind = kind
         self._session: aiohttp.ClientSession | None = None
+        self._http: HttpClient | None = None
+        self._pool: H1Pool | None = None
 
     async def open(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -65,8 +122,17 @@ class UpstreamClient:
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent",),
         )
+        if self._kind == "native":
+            self._pool = H1Pool(self._ssl_context, self.timeouts.connect, self._max_connections)
+            self._http = self._pool
+        else:
+            self._http = AiohttpClient(self._session)
 
     async def close(self) -> None:
+        self._http = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -77,25 +143,36 @@ class UpstreamClient:
             raise RuntimeError("the upstream client is used outside the lifespan")
         return self._session
 
+    @property
+    def http(self) -> HttpClient:
+        """The client that forwards requests (`upstream_client`)."""
+        if self._http is None:
+            raise RuntimeError("the upstream client is used outside the lifespan")
+        return self._http
 
-@contextmanager
-def map_upstream_errors(replica: str, request_id: str) -> Iterator[None]:
-    """Translate aiohttp's errors before the response started into gateway errors.
+
+# What either client raises before a response started: `upstream_error` maps them.
+UPSTREAM_ERRORS = (ConnectFailed, ConnectTimedOut, UpstreamClosed, aiohttp.ClientError)
+
+
+def upstream_error(exc: BaseException, replica: str, request_id: str) -> UpstreamError:
+    """The gateway error for one of UPSTREAM_ERRORS raised before the response started.
 
     The client learns what happened, never which replica: its address goes to the log.
+    An `except` clause calls this, so a request that succeeds pays for no context manager.
     """
-    try:
-        yield
-    except aiohttp.ClientSSLError as exc:
-        raise _logged(ReplicaConnectFailed, "TLS handshake failed", replica, request_id) from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise _logged(ReplicaConnectFailed, "could not connect", replica, request_id) from exc
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise _logged(ReplicaConnectTimeout, "connect timed out", replica, request_id) from exc
-    except aiohttp.ClientError as exc:
-        raise _logged(
-            UpstreamUnreachable, "closed the connection before answering", replica, request_id
-        ) from exc
+    if isinstance(exc, ConnectFailed):
+        what = "TLS handshake failed" if exc.tls else "could not connect"
+        return _logged(ReplicaConnectFailed, what, replica, request_id)
+    if isinstance(exc, ConnectTimedOut | aiohttp.ConnectionTimeoutError):
+        return _logged(ReplicaConnectTimeout, "connect timed out", replica, request_id)
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return _logged(ReplicaConnectFailed, "TLS handshake failed", replica, request_id)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _logged(ReplicaConnectFailed, "could not connect", replica, request_id)
+    return _logged(
+        UpstreamUnreachable, "closed the connection before answering", replica, request_id
+    )
 
 
 CLIENT_MESSAGES = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -45,6 +45,9 @@ class Settings(_Strict):
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     # 0 means no limit; vLLM replicas take hundreds of concurrent streams each.
     upstream_max_connections: int = Field(default=0, ge=0)
+    # Which HTTP client forwards requests: aiohttp, or the gateway's own HTTP/1.1 client
+    # (gateway.proxy.h1pool), cheaper per request. Health checks use aiohttp either way.
+    upstream_client: Literal["aiohttp", "native"] = "aiohttp"
     models: list[ModelSettings] = Field(default_factory=list)
     # Another name for one or more models, tried in order (gateway.upstreams.aliases).
     aliases: dict[str, list[str]] = Field(default_factory=dict)
