@@ -6,7 +6,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 STAMP_MUTATION := $(VENV)/.installed-mutation
 
-.PHONY: run test test-native e2e lint bench mutation install dev clean
+.PHONY: run test test-aiohttp e2e lint bench mutation install dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,15 +39,15 @@ test: $(STAMP_DEV)
 	@echo "The simulator, a test double, outside the 90 % floor above:"
 	$(BIN)/python -m coverage report --include='gateway/sim/*' --omit='tests/*'
 
-## make test-native: the forwarding tests again, the gateway on its own upstream client
-## (upstream_client: native, given to every gateway the tests start through VGW_*)
-NATIVE_TESTS := tests/test_streaming.py tests/test_hostile_stream.py tests/test_pools.py \
+## make test-aiohttp: the forwarding tests again, the gateway on aiohttp as its upstream
+## client (upstream_client: aiohttp, given to every gateway the tests start through VGW_*)
+AIOHTTP_TESTS := tests/test_streaming.py tests/test_hostile_stream.py tests/test_pools.py \
 	tests/test_tls.py tests/test_drain.py tests/test_leaks.py tests/test_headers.py \
 	tests/test_responses.py tests/test_anthropic.py tests/test_multipart.py \
 	tests/test_pooling_routes.py tests/test_usage_gateway.py tests/test_metrics.py
-test-native: $(STAMP_DEV)
-	VGW_UPSTREAM_CLIENT=native $(BIN)/python -m pytest -n auto --dist loadscope \
-		$(NATIVE_TESTS) $(PYTEST_ARGS)
+test-aiohttp: $(STAMP_DEV)
+	VGW_UPSTREAM_CLIENT=aiohttp $(BIN)/python -m pytest -n auto --dist loadscope \
+		$(AIOHTTP_TESTS) $(PYTEST_ARGS)
 
 ## make e2e: build (once, cached) real vLLM for CPU and a small model, then test against it
 e2e: $(STAMP_DEV)

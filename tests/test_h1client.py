@@ -5,7 +5,8 @@ scripted server (tests/scripted_server.py) for the ones a replica sends on its
 worst day: closes right after an answer or in the middle of one, broken
 chunked framing, a stall. TLS is in test_h1client_tls.py, random splits and
 garbage in test_h1client_parsing.py. The forwarding path as a whole runs with
-this client in the gateway's own tests: `make test-native`.
+this client, the default, in every gateway test; `make test-aiohttp` runs the
+forwarding tests again on aiohttp.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def test_a_gateway_forwards_with_it_and_a_leaving_client_aborts(
 
 def test_the_setting_takes_only_known_clients(tmp_path: Path) -> None:
     assert load_settings(None, {"VGW_UPSTREAM_CLIENT": "native"}).upstream_client == "native"
-    assert load_settings(None, {}).upstream_client == "aiohttp"
+    assert load_settings(None, {}).upstream_client == "native"
     with pytest.raises(SettingsError, match="upstream_client"):
         load_settings(None, {"VGW_UPSTREAM_CLIENT": "curl"})
 

@@ -47,7 +47,7 @@ class Settings(_Strict):
     upstream_max_connections: int = Field(default=0, ge=0)
     # Which HTTP client forwards requests: aiohttp, or the gateway's own HTTP/1.1 client
     # (gateway.proxy.h1pool), cheaper per request. Health checks use aiohttp either way.
-    upstream_client: Literal["aiohttp", "native"] = "aiohttp"
+    upstream_client: Literal["aiohttp", "native"] = "native"
     models: list[ModelSettings] = Field(default_factory=list)
     # Another name for one or more models, tried in order (gateway.upstreams.aliases).
     aliases: dict[str, list[str]] = Field(default_factory=dict)
