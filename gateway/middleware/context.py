@@ -10,6 +10,8 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from prometheus_client import Gauge
+
 from gateway.access_log import AccessLog
 from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
 from gateway.metrics import Metrics, replica_label
@@ -40,6 +42,9 @@ class RequestContextMiddleware:
         self.access_log = access_log
         self.metrics = metrics
         self.tracer = tracer
+        # A route's path -> its in-flight gauge, made on the route's first request (never
+        # before: a series at 0 would show on /metrics).
+        self._in_flight: dict[str, Gauge] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,12 +66,16 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 context.status = message["status"]
                 headers = message.setdefault("headers", [])
-                if all(name != REQUEST_ID for name, _ in headers):
+                for name, _ in headers:
+                    if name == REQUEST_ID:
+                        break
+                else:
                     headers.append(id_header)
             await send(message)
 
-        route = ROUTE_LABELS.get(scope["path"], "other")
-        in_flight = self.metrics.child(self.metrics.in_flight, route)
+        in_flight = self._in_flight.get(scope["path"])
+        if in_flight is None:
+            in_flight = self._gauge(scope["path"])
         in_flight.inc()
         try:
             await self.app(scope, receive, send_with_context)
@@ -82,6 +91,14 @@ class RequestContextMiddleware:
                 if tracer is not None and span is not None:
                     fields["trace_id"] = tracer.trace_id(span)
                 self.access_log.write(fields)
+
+    def _gauge(self, path: str) -> Gauge:
+        route = ROUTE_LABELS.get(path)
+        if route is None:
+            # Not kept by path: made-up paths must not grow the dict.
+            return self.metrics.child(self.metrics.in_flight, "other")
+        gauge = self._in_flight[path] = self.metrics.child(self.metrics.in_flight, route)
+        return gauge
 
 
 def record_request(metrics: Metrics, context: RequestContext, now: float) -> None:
