@@ -101,7 +101,7 @@ class QuotaAdmissions:
         own, tenant = principal.limits.quotas, self.tenants.get(principal.tenant)
         cached = self._counters.get(key)
         # Equal, not only the same: a JWT's principal comes with new (default) Quotas.
-        if cached is not None and cached[0] == own and cached[1] is tenant:
+        if cached is not None and (cached[0] is own or cached[0] == own) and cached[1] is tenant:
             return cached[2]
         counters = counters_for(principal, tenant)
         if len(self._counters) >= MAX_CACHED:
