@@ -32,9 +32,9 @@ class UpstreamMeters:
         kind = failure_kind(outcome, error)
         if kind is None and outcome.upstream_first_byte_at:
             # The usual attempt: its two series found with one lookup.
-            requests, latency = self._answered(pool.model, replica.url)
+            requests, first_byte = self._answered(pool.model, replica.url)
             requests.inc()
-            latency.observe(outcome.upstream_first_byte_at - outcome.upstream_sent_at)
+            first_byte.observe(outcome.upstream_first_byte_at - outcome.upstream_sent_at)
             replica.request_succeeded()
             return
         label = replica_label(replica.url)
