@@ -54,13 +54,16 @@ class AccessLog:
     def write(self, fields: dict[str, Any]) -> None:
         now = time.time()
         if self._json:
-            head = {
-                "ts": self._clock.timestamp(now),
-                "level": "info",
-                "logger": "gateway.access",
-                "pid": self._pid,
-            }
-            line = orjson.dumps(head | {"message": "request"} | fields).decode()
+            line = orjson.dumps(
+                {
+                    "ts": self._clock.timestamp(now),
+                    "level": "info",
+                    "logger": "gateway.access",
+                    "pid": self._pid,
+                    "message": "request",
+                    **fields,
+                }
+            ).decode()
         else:
             pairs = " ".join(f"{key}={text_field(value)}" for key, value in fields.items())
             line = f"{self._clock.timestamp(now)} INFO gateway.access: request {pairs}"

@@ -48,6 +48,8 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         self.key_label = key_label
         self._children: dict[tuple[int, tuple[str, ...]], object] = {}
+        # A request line's labels -> its series when it was answered (`answered_series`).
+        self.answered: dict[tuple[str, ...], AnsweredSeries] = {}
         r = self.registry
         request_labels = ["model", "route", "status", "tenant", *(["key_id"] if key_label else [])]
         self.requests = Counter(
@@ -213,6 +215,27 @@ class Metrics:
         combined = CollectorRegistry()
         MultiProcessCollector(combined)  # type: ignore[no-untyped-call]  # unannotated upstream
         return generate_latest(combined)
+
+
+# requests, duration, ttft, overhead, chunks, chunk overhead, prompt and completion tokens.
+AnsweredSeries = tuple[Counter, Histogram, Histogram, Histogram, Counter, Counter, Counter, Counter]
+
+
+def answered_series(metrics: Metrics, labels: tuple[str, ...]) -> AnsweredSeries:
+    """Every series an answered request counts in, for its request LABELS (model, route,
+    status, tenant[, key_id]): made together when the first such answer is counted."""
+    model, route, tenant = labels[0], labels[1], labels[3]
+    child = metrics.child
+    return (
+        child(metrics.requests, *labels),
+        child(metrics.request_duration, model, route),
+        child(metrics.ttft, model),
+        child(metrics.overhead, route),
+        child(metrics.chunks, model),
+        child(metrics.chunk_overhead, model),
+        child(metrics.prompt_tokens, model, tenant),
+        child(metrics.completion_tokens, model, tenant),
+    )
 
 
 @functools.cache

@@ -21,9 +21,12 @@ from typing import Protocol
 from gateway.auth.errors import AuthError
 from gateway.auth.key_cache import KeyCache
 from gateway.keys.format import PREFIX, MalformedKey, parse
+from gateway.keys.records import KeyRecord
 from gateway.principal import Principal
 
 MAX_HEADER_BYTES = 4096
+# Principals kept for the records they were made from; a flood of keys stays bounded.
+MAX_PRINCIPALS = 100_000
 
 
 class MissingCredentials(AuthError):
@@ -75,6 +78,9 @@ class Authenticator:
         self._pepper = pepper
         self._jwt = jwt
         self._now = now
+        # Key id -> the record its principal was made from, and that principal: made once
+        # per record the cache reads, not per request.
+        self._principals: dict[str, tuple[KeyRecord, Principal]] = {}
 
     async def authenticate(self, header: bytes | None) -> Principal:
         token = bearer_token(header)
@@ -98,4 +104,14 @@ class Authenticator:
         if not record.is_usable(now):
             raise InvalidApiKey("This API key has expired.", reason="expired")
         self._keys.note_use(record.id, now)
-        return record.principal()
+        return self._principal(record)
+
+    def _principal(self, record: KeyRecord) -> Principal:
+        made = self._principals.get(record.id)
+        if made is not None and made[0] is record:
+            return made[1]
+        if len(self._principals) >= MAX_PRINCIPALS:
+            self._principals.clear()
+        principal = record.principal()
+        self._principals[record.id] = (record, principal)
+        return principal

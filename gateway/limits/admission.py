@@ -222,12 +222,17 @@ _HEADER_NAMES = {
 def quota_headers(requests: Quota | None, tokens: Quota | None) -> Headers:
     """OpenAI's `x-ratelimit-*` headers, for the limits that apply."""
     headers: Headers = []
+    # A grant's two windows reset at the same instant: its text is made once.
+    reset_s: float | None = None
+    reset_text = b""
     for kind, quota in (("requests", requests), ("tokens", tokens)):
         if quota is not None:
             limit, remaining, reset = _HEADER_NAMES[kind]
+            if quota.reset_s != reset_s:
+                reset_s, reset_text = quota.reset_s, _duration(quota.reset_s).encode()
             headers.append((limit, b"%d" % quota.limit))
             headers.append((remaining, b"%d" % quota.remaining))
-            headers.append((reset, _duration(quota.reset_s).encode()))
+            headers.append((reset, reset_text))
     return headers
 
 

@@ -95,12 +95,5 @@ class RateLimiter(Protocol):
     async def close(self) -> None: ...
 
 
-def tighter(current: Quota | None, candidate: Quota) -> Quota:
-    """The quota with the least left: the one a client should pace itself by."""
-    if current is None or candidate.remaining < current.remaining:
-        return candidate
-    return current
-
-
 def charges(demand: Demand) -> Sequence[int]:
     return [bucket.token_charge(demand.tokens) for bucket in demand.buckets]

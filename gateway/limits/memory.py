@@ -18,7 +18,6 @@ from gateway.limits.limiter import (
     Quota,
     Refusal,
     charges,
-    tighter,
 )
 
 CONCURRENCY_RETRY_S = 1.0
@@ -77,62 +76,74 @@ class SlidingWindow:
         return newest + WINDOW_S - now
 
 
+# The counted kinds, in the order of a bucket's pair of windows.
+KINDS = ("requests", "tokens")
+# The tightest window of one kind so far: (remaining, limit, window).
+Tightest = tuple[int, int, SlidingWindow]
+
+
 class MemoryRateLimiter:
     """A `RateLimiter` in this process's memory."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._windows: dict[str, SlidingWindow] = {}
+        # Bucket name -> its (requests, tokens) windows: found with one lookup per bucket.
+        self._windows: dict[str, tuple[SlidingWindow, SlidingWindow]] = {}
         self._leases: dict[str, set[str]] = {}
 
-    def _window(self, name: str) -> SlidingWindow:
-        window = self._windows.get(name)
-        if window is None:
-            window = self._windows[name] = SlidingWindow()
-        return window
+    def _pair(self, name: str) -> tuple[SlidingWindow, SlidingWindow]:
+        pair = self._windows.get(name)
+        if pair is None:
+            pair = self._windows[name] = (SlidingWindow(), SlidingWindow())
+        return pair
 
     async def admit(self, demand: Demand, lease: str) -> Grant | Refusal:
         now = self._clock()
         slot = int(now)
         refusal: Refusal | None = None
-        requests: Quota | None = None
-        tokens: Quota | None = None
+        # Only the tightest window of each kind becomes a Quota, once, at the end.
+        tightest: list[Tightest | None] = [None, None]
         for bucket, charge in zip(demand.buckets, charges(demand), strict=True):
-            rates = bucket.rates
-            for kind, limit, need in (
-                ("requests", rates.requests_per_minute, 1),
-                ("tokens", rates.tokens_per_minute, charge),
-            ):
+            rates, pair = bucket.rates, self._pair(bucket.name)
+            needs = ((rates.requests_per_minute, 1), (rates.tokens_per_minute, charge))
+            for index, (limit, need) in enumerate(needs):
                 if limit is None:
                     continue
-                window = self._window(f"{bucket.name}:{kind[0]}")
+                window = pair[index]
                 used = window.used(slot)
-                quota = Quota(limit, max(0, limit - used - need), window.reset_s(now))
-                if kind == "requests":
-                    requests = tighter(requests, quota)
-                else:
-                    tokens = tighter(tokens, quota)
+                remaining = max(0, limit - used - need)
+                best = tightest[index]
+                if best is None or remaining < best[0]:
+                    tightest[index] = (remaining, limit, window)
                 if limit == 0 or used + need > limit:
                     wait = window.wait_s(now, need, limit) if limit else float(WINDOW_S)
-                    refusal = _longer(refusal, Refusal(bucket, kind, wait))
-            held = self._leases.get(bucket.name, set())
+                    refusal = _longer(refusal, Refusal(bucket, KINDS[index], wait))
+            held = self._leases.get(bucket.name)
             limit = rates.concurrent_requests
-            if limit is not None and len(held) >= limit:
+            if limit is not None and (0 if held is None else len(held)) >= limit:
                 refusal = _longer(
                     refusal, Refusal(bucket, "concurrent_requests", CONCURRENCY_RETRY_S)
                 )
+        requests, tokens = tightest
         if refusal is not None:
-            return Refusal(refusal.bucket, refusal.kind, refusal.retry_after_s, requests, tokens)
+            return Refusal(
+                refusal.bucket,
+                refusal.kind,
+                refusal.retry_after_s,
+                _refused_quota(requests, now),
+                _refused_quota(tokens, now),
+            )
         self._charge(demand, slot, lease)
-        return Grant(demand, slot, lease, _after_charge(requests, now), _after_charge(tokens, now))
+        granted = _granted_quota(requests, now), _granted_quota(tokens, now)
+        return Grant(demand, slot, lease, *granted)
 
     def _charge(self, demand: Demand, slot: int, lease: str) -> None:
         for bucket, charge in zip(demand.buckets, charges(demand), strict=True):
-            rates = bucket.rates
+            rates, pair = bucket.rates, self._pair(bucket.name)
             if rates.requests_per_minute is not None:
-                self._window(f"{bucket.name}:r").add(slot, 1)
+                pair[0].add(slot, 1)
             if rates.tokens_per_minute is not None:
-                self._window(f"{bucket.name}:t").add(slot, charge)
+                pair[1].add(slot, charge)
             if rates.concurrent_requests is not None:
                 self._leases.setdefault(bucket.name, set()).add(lease)
 
@@ -146,9 +157,8 @@ class MemoryRateLimiter:
                 if not held:
                     del self._leases[bucket.name]
             if bucket.rates.tokens_per_minute is not None and tokens_used is not None:
-                _settle(
-                    self._window(f"{bucket.name}:t"), grant.slot, now_slot, tokens_used - charge
-                )
+                tokens = self._pair(bucket.name)[1]
+                _settle(tokens, grant.slot, now_slot, tokens_used - charge)
 
     async def close(self) -> None:
         self._windows.clear()
@@ -169,6 +179,13 @@ def _longer(current: Refusal | None, candidate: Refusal) -> Refusal:
     return current
 
 
-def _after_charge(quota: Quota | None, now: float) -> Quota | None:
+def _refused_quota(tightest: Tightest | None, now: float) -> Quota | None:
+    if tightest is None:
+        return None
+    remaining, limit, window = tightest
+    return Quota(limit, remaining, window.reset_s(now))
+
+
+def _granted_quota(tightest: Tightest | None, now: float) -> Quota | None:
     # A grant was just charged to the current slot: the window empties a minute from now.
-    return None if quota is None else Quota(quota.limit, quota.remaining, WINDOW_S - now % 1)
+    return None if tightest is None else Quota(tightest[1], tightest[0], WINDOW_S - now % 1)

@@ -37,6 +37,7 @@ from gateway.limits.quotas import (
 from gateway.principal import Principal, Quotas
 
 logger = logging.getLogger("gateway.limits")
+MAX_CACHED = 10_000
 Headers = list[tuple[bytes, bytes]]
 NOTHING = Amounts(0, 0, 0, 0)
 
@@ -80,6 +81,11 @@ class QuotaAdmissions:
         self._clock = clock
         self._paused_until = 0.0
         self._last_log = -math.inf
+        # (kind, id, tenant) -> the principal's and the tenant's Quotas it was built from,
+        # and the counters: most requests are of a key seen a moment ago.
+        self._counters: dict[
+            tuple[str, str, str], tuple[Quotas, Quotas | None, tuple[Counter, ...]]
+        ] = {}
         metrics.prepare(
             [
                 Counter(owner_name("tenant", tenant), "tenant", tenant, *item)
@@ -89,7 +95,19 @@ class QuotaAdmissions:
         )
 
     def counters(self, principal: Principal) -> tuple[Counter, ...]:
-        return counters_for(principal, self.tenants.get(principal.tenant))
+        """The counters of PRINCIPAL, built once per version of its quotas and its
+        tenant's (a changed key or tenant comes with new Quotas)."""
+        key = (principal.kind, principal.id, principal.tenant)
+        own, tenant = principal.limits.quotas, self.tenants.get(principal.tenant)
+        cached = self._counters.get(key)
+        # Equal, not only the same: a JWT's principal comes with new (default) Quotas.
+        if cached is not None and (cached[0] is own or cached[0] == own) and cached[1] is tenant:
+            return cached[2]
+        counters = counters_for(principal, tenant)
+        if len(self._counters) >= MAX_CACHED:
+            self._counters.clear()
+        self._counters[key] = (own, tenant, counters)
+        return counters
 
     def crossed(self, state: CounterState) -> bool:
         """Whether used + reserved is at or past the soft threshold of the limit."""

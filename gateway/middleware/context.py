@@ -10,12 +10,14 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from prometheus_client import Gauge
+
 from gateway.access_log import AccessLog
 from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
-from gateway.metrics import Metrics, replica_label
+from gateway.metrics import Metrics, answered_series, replica_label
 from gateway.proxy.headers import REQUEST_ID, header_value, valid_request_id
 from gateway.proxy.routes import Route
-from gateway.request_record import SCOPE_KEY, RequestContext
+from gateway.request_record import SCOPE_KEY, Outcome, RequestContext
 
 if TYPE_CHECKING:
     from gateway.tracing.spans import RequestTracer
@@ -26,6 +28,27 @@ ROUTE_LABELS = {route.value: route.value for route in Route if route is not Rout
     "/readyz": "/readyz",
     "/metrics": "/metrics",
 }
+
+
+ID_BLOCK = 256
+
+
+class RequestIds:
+    """Request ids: 16 random bytes from the OS, as hex. The bytes are read in blocks, one
+    `getrandom` call per ID_BLOCK ids instead of one per request."""
+
+    __slots__ = ("_at", "_block")
+
+    def __init__(self) -> None:
+        self._block = b""
+        self._at = 0
+
+    def new(self) -> str:
+        at = self._at
+        if at >= len(self._block):
+            self._block, at = os.urandom(16 * ID_BLOCK), 0
+        self._at = at + 16
+        return self._block[at : at + 16].hex()
 
 
 class RequestContextMiddleware:
@@ -40,6 +63,10 @@ class RequestContextMiddleware:
         self.access_log = access_log
         self.metrics = metrics
         self.tracer = tracer
+        # A route's path -> its in-flight gauge, made on the route's first request (never
+        # before: a series at 0 would show on /metrics).
+        self._in_flight: dict[str, Gauge] = {}
+        self._ids = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -47,7 +74,7 @@ class RequestContextMiddleware:
             return
         given = header_value(scope["headers"], REQUEST_ID)
         echoed = given if given and valid_request_id(given) else None
-        request_id = os.urandom(16).hex()
+        request_id = self._ids.new()
         context = RequestContext(request_id, time.perf_counter())
         if echoed is not None:
             context.client_request_id = echoed.decode("ascii")
@@ -61,12 +88,16 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 context.status = message["status"]
                 headers = message.setdefault("headers", [])
-                if all(name != REQUEST_ID for name, _ in headers):
+                for name, _ in headers:
+                    if name == REQUEST_ID:
+                        break
+                else:
                     headers.append(id_header)
             await send(message)
 
-        route = ROUTE_LABELS.get(scope["path"], "other")
-        in_flight = self.metrics.child(self.metrics.in_flight, route)
+        in_flight = self._in_flight.get(scope["path"])
+        if in_flight is None:
+            in_flight = self._gauge(scope["path"])
         in_flight.inc()
         try:
             await self.app(scope, receive, send_with_context)
@@ -83,6 +114,14 @@ class RequestContextMiddleware:
                     fields["trace_id"] = tracer.trace_id(span)
                 self.access_log.write(fields)
 
+    def _gauge(self, path: str) -> Gauge:
+        route = ROUTE_LABELS.get(path)
+        if route is None:
+            # Not kept by path: made-up paths must not grow the dict.
+            return self.metrics.child(self.metrics.in_flight, "other")
+        gauge = self._in_flight[path] = self.metrics.child(self.metrics.in_flight, route)
+        return gauge
+
 
 def record_request(metrics: Metrics, context: RequestContext, now: float) -> None:
     """The request's line in every per-request metric."""
@@ -93,6 +132,9 @@ def record_request(metrics: Metrics, context: RequestContext, now: float) -> Non
     labels = [model, route, str(context.status), tenant]
     if metrics.key_label:
         labels.append(principal.id if principal else "")
+    if outcome is not None and _answered(context, outcome):
+        _record_answered(metrics, tuple(labels), outcome, context.started, now)
+        return
     child = metrics.child
     child(metrics.requests, *labels).inc()
     child(metrics.request_duration, model, route).observe(now - context.started)
@@ -112,6 +154,38 @@ def record_request(metrics: Metrics, context: RequestContext, now: float) -> Non
     if outcome.usage is not None:
         child(metrics.prompt_tokens, model, tenant).inc(outcome.usage.prompt_tokens)
         child(metrics.completion_tokens, model, tenant).inc(outcome.usage.completion_tokens)
+
+
+def _answered(context: RequestContext, outcome: Outcome) -> bool:
+    """An answer every per-request series counts, and no series of a client's trouble."""
+    return (
+        outcome.usage is not None
+        and outcome.chunks > 0
+        and outcome.first_byte_at > 0
+        and outcome.upstream_sent_at > 0
+        and not (context.client_disconnected or outcome.client_disconnected)
+        and not outcome.client_stalled
+    )
+
+
+def _record_answered(
+    metrics: Metrics, labels: tuple[str, ...], outcome: Outcome, started: float, now: float
+) -> None:
+    """`record_request` for an answer (`_answered`), its series found with one lookup."""
+    series = metrics.answered.get(labels)
+    if series is None:
+        series = metrics.answered[labels] = answered_series(metrics, labels)
+    requests, duration, ttft, overhead, chunks, chunk_overhead, prompt, completion = series
+    usage = outcome.usage
+    assert usage is not None  # checked by _answered
+    requests.inc()
+    duration.observe(now - started)
+    ttft.observe(outcome.first_byte_at - started)
+    overhead.observe(outcome.upstream_sent_at - started)
+    chunks.inc(outcome.chunks)
+    chunk_overhead.inc(outcome.chunk_seconds)
+    prompt.inc(usage.prompt_tokens)
+    completion.inc(usage.completion_tokens)
 
 
 def _access_fields(scope: Scope, context: RequestContext) -> dict[str, object]:

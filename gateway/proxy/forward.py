@@ -182,7 +182,7 @@ class Exchange:
 
     async def _start(self, send: Send, response: UpstreamResponse) -> None:
         self.outcome.status = response.status
-        headers = client_headers(list(response.raw_headers))
+        headers = client_headers(response.raw_headers)
         if self._headers:
             headers.extend(self._headers)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})

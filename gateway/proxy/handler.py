@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from gateway.tracing.spans import RequestTracer
 
 OWNER = "vllm-gateway"
+MAX_POLICIES = 10_000
 logger = logging.getLogger("gateway.proxy")
 
 
@@ -114,6 +115,7 @@ class ProxyApp:
         self._metrics = metrics
         self._tracer = tracer
         self._meters = UpstreamMeters(metrics, options.eject_after)
+        self._policies: dict[tuple[int | None, int | None], TokenPolicy] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         context = context_of(scope)
@@ -229,7 +231,9 @@ class ProxyApp:
             terms = read_terms(route, payload, len(body))
             edited = edit_request(route, payload, body, terms, policy)
         pool = self._router.choose(model)
-        self._options.apis.check(route, pool.model)
+        if pool.model != model:
+            # An alias's target; a model's own name was checked with the body (`_read`).
+            self._options.apis.check(route, pool.model)
         if route.audio:
             # A form goes upstream byte for byte, so it cannot be renamed to a target.
             if pool.model != model:
@@ -249,7 +253,16 @@ class ProxyApp:
         max_tokens = limits.max_tokens
         if max_tokens is None:
             max_tokens = options.tenant_max_tokens.get(principal.tenant)
-        return TokenPolicy(max_tokens, options.refuse_over_cap, options.default_reserve, max_batch)
+        # One policy per pair of caps: the rest of it is the gateway's own settings.
+        caps = (max_tokens, max_batch)
+        policy = self._policies.get(caps)
+        if policy is None:
+            if len(self._policies) >= MAX_POLICIES:
+                self._policies.clear()
+            policy = self._policies[caps] = TokenPolicy(
+                max_tokens, options.refuse_over_cap, options.default_reserve, max_batch
+            )
+        return policy
 
     async def _attempts(
         self,

@@ -10,6 +10,8 @@ else passes unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from gateway.asgi import RawHeaders
 
 # RFC 9110 section 7.6.1, plus the proxy-* headers and framing the gateway owns.
@@ -52,14 +54,18 @@ def upstream_headers(
     return headers
 
 
-def client_headers(upstream: list[tuple[bytes, bytes]]) -> RawHeaders:
-    """Headers for the client response, built from the replica's raw headers.
+def client_headers(upstream: Iterable[tuple[bytes, bytes]]) -> RawHeaders:
+    """Headers for the client response, built from the replica's raw headers (one pass:
+    a new list, which the caller may extend).
 
     The replica's `x-request-id` is the gateway's own id: the request context adds
     the one the client knows (its own, or the gateway's when it sent none).
     """
-    headers = [(name.lower(), value) for name, value in upstream]
-    return [(name, value) for name, value in headers if name not in DROP_TO_CLIENT]
+    return [
+        (lowered, value)
+        for name, value in upstream
+        if (lowered := name.lower()) not in DROP_TO_CLIENT
+    ]
 
 
 def header_value(headers: RawHeaders, name: bytes) -> bytes | None:

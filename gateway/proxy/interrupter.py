@@ -29,9 +29,22 @@ class Interrupter:
     noticed within that delay. Times are `time.perf_counter()` readings.
     """
 
+    __slots__ = (
+        "_loop",
+        "_receive",
+        "_task",
+        "_timer",
+        "_watcher",
+        "last",
+        "limit",
+        "reason",
+        "write_limit",
+        "writing_since",
+    )
+
     def __init__(self, receive: Receive, limit: float, write_limit: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
+        loop = self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
         assert task is not None
         self._task = task
         self._receive = receive

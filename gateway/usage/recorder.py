@@ -29,6 +29,7 @@ logger = logging.getLogger("gateway.usage")
 WARN_EVERY_S = 60.0
 
 Batch = dict[UsageKey, UsageCounts]
+MAX_KEYS = 10_000
 
 
 def utc_today() -> date:
@@ -49,6 +50,8 @@ class UsageRecorder:
         self._interval_s = interval_s
         self._clock = clock or utc_today
         self._pending: Batch = {}
+        # (principal, tenant, model) as given -> their row's key today (see `_key`).
+        self._keys: dict[tuple[str, str, str], UsageKey] = {}
         self._writer = uuid.uuid4().hex
         self._sequence = 0
         self._unsent: tuple[BatchId, Batch] | None = None  # failed, to be sent again as is
@@ -72,7 +75,7 @@ class UsageRecorder:
 
         Called on the request path: no I/O, no await, nothing that can raise.
         """
-        key = UsageKey(_storable(principal), _storable(tenant), _storable(model), self._clock())
+        key = self._key(principal, tenant, model, self._clock())
         counts = self._pending.get(key)
         if counts is None:
             counts = self._pending[key] = UsageCounts()
@@ -81,6 +84,17 @@ class UsageRecorder:
         if usage is not None:  # a negative count from a confused replica is not taken off
             counts.prompt_tokens += max(usage.prompt_tokens, 0)
             counts.completion_tokens += max(usage.completion_tokens, 0)
+
+    def _key(self, principal: str, tenant: str, model: str, day: date) -> UsageKey:
+        """The row's key, made once per principal, model and day rather than per request."""
+        names = (principal, tenant, model)
+        key = self._keys.get(names)
+        if key is None or key.day != day:
+            if len(self._keys) >= MAX_KEYS:
+                self._keys.clear()
+            key = UsageKey(_storable(principal), _storable(tenant), _storable(model), day)
+            self._keys[names] = key
+        return key
 
     @property
     def pending(self) -> int:
