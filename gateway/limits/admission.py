@@ -238,8 +238,10 @@ def quota_headers(requests: Quota | None, tokens: Quota | None) -> Headers:
 
 def _duration(seconds: float) -> str:
     """OpenAI's reset format: `120ms`, `6.5s`, `1m0s`."""
-    if seconds < 1:
-        return f"{max(0, round(seconds * 1000))}ms"
-    minutes, rest = divmod(seconds, 60)
-    text = f"{round(rest, 3):g}s"
-    return f"{int(minutes)}m{text}" if minutes else text
+    # Rounded to the millisecond first, so that 59.9999 s reads 1m0s, not 60s.
+    millis = max(0, round(seconds * 1000))
+    if millis < 1000:
+        return f"{millis}ms"
+    minutes, rest = divmod(millis, 60_000)
+    text = f"{rest / 1000:g}s"
+    return f"{minutes}m{text}" if minutes else text
