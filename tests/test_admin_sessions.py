@@ -8,6 +8,8 @@ and the edges a browser never sends (a cookie named twice, odd spacing).
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from gateway.admin.sessions import COOKIE_NAME, Session, SessionStore, cookie_value
@@ -64,6 +66,23 @@ def test_a_session_lives_until_idle_longer_than_the_idle_timeout() -> None:
     assert sessions.get(session_id) is None
 
 
+def test_a_session_left_for_long_is_gone_on_its_next_use() -> None:
+    clock = Clock()
+    sessions = store(clock, idle=60, age=100_000)
+    session_id, _ = sessions.create("admin")
+    clock.now = 2000.0  # twice the time it was last seen: idle 1,000 s
+    assert sessions.get(session_id) is None
+
+
+def test_a_session_left_for_long_is_pruned_by_the_next_sign_in() -> None:
+    clock = Clock()
+    sessions = store(clock, idle=60, age=100_000)
+    sessions.create("admin")
+    clock.now = 2000.0
+    sessions.create("admin")
+    assert len(sessions) == 1
+
+
 def test_a_session_in_use_ends_at_its_maximum_age() -> None:
     clock = Clock()
     sessions = store(clock, idle=60, age=100)
@@ -91,7 +110,9 @@ def test_each_session_has_its_own_random_id_and_csrf_token() -> None:
     first_id, first = sessions.create("alice")
     second_id, second = sessions.create("bob")
     assert first_id != second_id and first.csrf_token != second.csrf_token
-    assert len(first_id) >= 40 and len(first.csrf_token) >= 40
+    # 256 random bits each, base64url without padding.
+    for token in (first_id, second_id, first.csrf_token, second.csrf_token):
+        assert len(base64.urlsafe_b64decode(token + "=")) == 32
     assert sessions.get(first_id) is first and first.identity == "alice"
     assert sessions.get(second_id) is second and second.identity == "bob"
     assert first.created == first.last_seen == 1000.0
@@ -165,6 +186,8 @@ def test_cookie_value_is_none_when_absent_nameless_or_given_twice() -> None:
     assert cookie_value([]) is None
     assert cookie_value([(b"set-cookie", name + b"=abc")]) is None
     assert cookie_value([(b"x-cookie", name + b"=abc")]) is None
+    assert cookie_value([(b"a-cookie", name + b"=abc")]) is None
+    assert cookie_value([(b"accept", name + b"=abc")]) is None
     assert cookie_value([(b"cookie", name)]) is None  # no "=": not a value
     assert cookie_value([(b"cookie", name + b"2=abc")]) is None
     assert cookie_value([(b"cookie", b"x" + name + b"=abc")]) is None

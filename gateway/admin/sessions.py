@@ -19,7 +19,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 COOKIE_NAME = "vgw_admin_session"
 CSRF_HEADER = "x-csrf-token"
@@ -30,7 +30,7 @@ class Session:
     identity: str
     csrf_token: str
     created: float
-    last_seen: float = field(default=0.0)
+    last_seen: float
 
     def csrf_matches(self, sent: bytes | None) -> bool:
         """Whether SENT is this session's CSRF token, compared in constant time."""
