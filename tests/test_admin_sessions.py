@@ -74,6 +74,14 @@ def test_a_session_left_for_long_is_gone_on_its_next_use() -> None:
     assert sessions.get(session_id) is None
 
 
+def test_a_session_in_use_for_far_longer_than_its_age_is_gone() -> None:
+    clock = Clock()
+    sessions = store(clock, idle=100_000, age=900)
+    session_id, _ = sessions.create("admin")
+    clock.now = 2000.0  # twice its creation time: 1,000 s old
+    assert sessions.get(session_id) is None
+
+
 def test_a_session_left_for_long_is_pruned_by_the_next_sign_in() -> None:
     clock = Clock()
     sessions = store(clock, idle=60, age=100_000)
