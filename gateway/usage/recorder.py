@@ -45,8 +45,10 @@ class UsageRecorder:
         *,
         interval_s: float = 1.0,
         clock: Callable[[], date] | None = None,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        self._timer = timer  # paces the warnings
         self._interval_s = interval_s
         self._clock = clock or utc_today
         self._pending: Batch = {}
@@ -173,7 +175,7 @@ class UsageRecorder:
 
     def _failed(self, exc: Exception) -> None:
         self._failures += 1
-        now = time.monotonic()
+        now = self._timer()
         if self._warned_at is not None and now - self._warned_at < WARN_EVERY_S:
             return
         self._warned_at = now
