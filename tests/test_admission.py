@@ -25,7 +25,7 @@ from gateway.limits.admission import (
     buckets_for,
     quota_headers,
 )
-from gateway.limits.limiter import Bucket, Quota
+from gateway.limits.limiter import Bucket, Demand, Quota, Refusal
 from gateway.limits.memory import MemoryRateLimiter
 from gateway.limits.redis_limiter import RedisRateLimiter
 from gateway.metrics import Metrics
@@ -137,10 +137,13 @@ async def test_changed_limits_take_effect_for_the_same_key() -> None:
     # The same key with a new limits record (an admin raised it): its own bucket again.
     raised = await made.admit(key(Limits(requests_per_minute=3)), "m", 1)
     assert dict(raised.headers)[b"x-ratelimit-limit-requests"] == b"3"
-    # The tenant's limits replaced in place (the tenant directory swaps its entries).
-    tenants["acme"] = Limits(requests_per_minute=2)
+    # The tenant's limits replaced in place (the tenant directory swaps its entries),
+    # the key's own record unchanged.
+    same = key(Limits(requests_per_minute=10))
+    await made.admit(same, "m", 1)
+    tenants["acme"] = Limits(requests_per_minute=3)
     with pytest.raises(RateLimited) as refused:
-        await made.admit(key(Limits(requests_per_minute=3)), "m", 1)
+        await made.admit(same, "m", 1)
     assert "tenant" in refused.value.message
 
 
@@ -259,6 +262,39 @@ async def test_failing_closed_is_a_503_then_a_pause_without_asking_the_backend(
     assert len(warnings) == 1  # one warning per LOG_EVERY_S, not one per request
     assert "failing closed" in warnings[0].getMessage()
     assert "could not admit a request" in warnings[0].getMessage()
+
+
+async def test_the_first_failure_is_logged_even_soon_after_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    clock.now = 2.0  # a monotonic clock two seconds after boot
+    made, _ = admissions(clock, backend=dead_redis(), fail_open=True)
+    with caplog.at_level(logging.WARNING, "gateway.limits"):
+        await made.admit(key(Limits(requests_per_minute=5)), "m", 1)
+    assert "rate-limit backend unavailable" in caplog.text
+
+
+class Answering:
+    """A backend that gives one fixed answer: here, a refusal whose wait has already
+    passed (a window that emptied between Redis's check and its reply)."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+
+    async def admit(self, demand: Demand, lease: str) -> Refusal:
+        return Refusal(demand.buckets[0], "requests", self.retry_after_s)
+
+
+@pytest.mark.parametrize("retry_after_s", [0.0, -0.5])
+async def test_a_refusal_never_says_retry_after_zero(retry_after_s: float) -> None:
+    made, _ = admissions(Clock(), backend=Answering(retry_after_s))
+    with pytest.raises(RateLimited) as refused:
+        await made.admit(key(Limits(requests_per_minute=5)), "m", 1)
+    assert refused.value.headers is not None
+    assert refused.value.headers["retry-after"] == "1"
+    assert refused.value.headers["retry-after-ms"] == "1"
+    assert refused.value.message.endswith("Please try again in 1ms.")
 
 
 async def test_failing_open_admits_without_a_grant_and_counts_it() -> None:
