@@ -69,21 +69,25 @@ def test_warnings_come_at_most_once_a_minute_and_say_how_much_waits(
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.usage")
     timer = Timer()
+    warned_at: list[float] = []
 
     async def main() -> None:
         store = ScriptedStore()
         recorder = UsageRecorder(store, clock=lambda: DAY, timer=timer)
         store.failure = UsageStoreUnavailable("the store is down")
         recorder.record("k1", "acme", "m", TokenUsage(1, 1))
-        # Each step: move the timer, one failed write; the warnings it gives.
-        for step in (0.0, 30.0, 29.5, 1.0, 59.0, 1001.5):
+        # Each step: move the timer, one failed write; note when a warning came.
+        for step in (0.0, 30.0, 29.5, 0.5, 59.0, 1001.0):
             timer.now += step
+            before = len(caplog.records)
             await recorder._flush_and_report()
+            if len(caplog.records) > before:
+                warned_at.append(timer.now)
 
     asyncio.run(main())
+    # Not at 1030, 1059.5 (59.5 s after the first) or 1119 (59 s after the second).
+    assert warned_at == [1000.0, 1060.0, 2120.0]
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    # At 1000 (first), 1060.5 (60.5 s after it) and 2121 (1060.5 s after that); not at
-    # 1030, 1059.5 (59.5 s) or 1119.5 (59 s).
     assert len(warnings) == 3
     for record in warnings:
         assert "could not write usage (1 rows pending, retrying every 1s)" in record.getMessage()
@@ -138,5 +142,24 @@ def test_by_default_usage_is_written_once_a_second_not_continuously() -> None:
         assert store.attempts == []  # the first write comes a second after the start
         await recorder.stop()
         assert len(store.attempts) == 1
+
+    asyncio.run(main())
+
+
+def test_stop_ends_the_writer_task_and_works_without_one() -> None:
+    async def main() -> None:
+        store = ScriptedStore()
+        recorder = UsageRecorder(store, interval_s=0.01, clock=lambda: DAY)
+        recorder.start()
+        recorder.record("k1", "acme", "m", TokenUsage(1, 1))
+        await recorder.stop()
+        written = len(store.attempts)
+        recorder.record("k1", "acme", "m", TokenUsage(1, 1))
+        await asyncio.sleep(0.2)  # twenty intervals: a writer still running would write
+        assert len(store.attempts) == written and recorder.pending == 1
+        never_started = UsageRecorder(store, clock=lambda: DAY)
+        never_started.record("k2", "acme", "m", TokenUsage(1, 1))
+        await never_started.stop()  # the final write, with no task to stop
+        assert await store.by_principal("k2") == {"m": counts(1, 1, 1)}
 
     asyncio.run(main())
