@@ -163,3 +163,17 @@ def test_stop_ends_the_writer_task_and_works_without_one() -> None:
         assert await store.by_principal("k2") == {"m": counts(1, 1, 1)}
 
     asyncio.run(main())
+
+
+def test_a_negative_count_from_a_replica_is_never_taken_off() -> None:
+    async def main() -> None:
+        store = MemoryUsageStore()
+        recorder = UsageRecorder(store, clock=lambda: DAY)
+        recorder.record("k1", "acme", "m", TokenUsage(5, 5))
+        recorder.record("k1", "acme", "m", TokenUsage(-1, -1))
+        recorder.record("k1", "acme", "m", TokenUsage(-7, 2))
+        recorder.record("k1", "acme", "m", TokenUsage(3, -9))
+        await recorder.flush()
+        assert await store.by_principal("k1") == {"m": counts(4, 8, 7)}
+
+    asyncio.run(main())
