@@ -107,25 +107,35 @@ async def test_a_refusal_tells_when_the_window_frees(
     assert before <= round(refused_ms) <= after
 
 
-async def test_leases_are_renewed_a_third_of_their_lifetime_apart(server: RedisServer) -> None:
-    # A TTL of 1.5 s renews every 0.5 s: not in a loop that never sleeps.
+async def test_leases_are_renewed_together_a_third_of_their_lifetime_apart(
+    server: RedisServer,
+) -> None:
+    # A TTL of 1.5 s renews every 0.5 s: every lease held in one call, not in a loop
+    # that never sleeps, nor in one loop per admission.
     client = Redis.from_url(server.url, socket_timeout=5, socket_connect_timeout=5)
     limiter = RedisRateLimiter.connect(server.url, lease_ttl_s=1.5)
+    key, tenant = Bucket("key:a", Rates(None, None, 5)), Bucket("tenant:t", Rates(None, None, 5))
+    held = [("vgw:rl:key:a:c", "one"), ("vgw:rl:key:a:c", "two"), ("vgw:rl:tenant:t:c", "two")]
     loop = asyncio.get_running_loop()
+
+    async def expiries() -> list[float | None]:
+        return [await client.zscore(name, lease) for name, lease in held]
+
     try:
-        assert isinstance(await limiter.admit(demand(cc=1), "held"), Grant)
-        first = await client.zscore("vgw:rl:key:a:c", "held")
+        assert isinstance(await limiter.admit(Demand((key,), 0), "one"), Grant)
+        assert isinstance(await limiter.admit(Demand((key, tenant), 0), "two"), Grant)
+        first = await expiries()
         calls, start = await evalsha_calls(client), loop.time()
-        while await client.zscore("vgw:rl:key:a:c", "held") == first:
-            assert loop.time() < start + 10, "the lease was never renewed"
+        while any(now == then for now, then in zip(await expiries(), first, strict=True)):
+            assert loop.time() < start + 10, "a lease was not renewed"
             await asyncio.sleep(0.05)
         await asyncio.sleep(1)
         renewals = await evalsha_calls(client) - calls
         elapsed = loop.time() - start
         assert 1 <= renewals <= elapsed / 0.5 + 2
-        # Each renewal moves the expiry a whole TTL past Redis's clock.
-        expiry = await client.zscore("vgw:rl:key:a:c", "held")
-        assert expiry is not None and 0 < expiry - await redis_ms(client) <= 1500
+        # Each renewal moves the expiries a whole TTL past Redis's clock.
+        now = await redis_ms(client)
+        assert all(e is not None and 0 < e - now <= 1500 for e in await expiries())
     finally:
         await limiter.close()
         await client.aclose()
