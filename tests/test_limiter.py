@@ -206,7 +206,9 @@ async def test_leases_of_a_dead_replica_expire_and_live_ones_are_renewed(tmp_pat
     server = RedisServer(tmp_path)
     server.start()
     living = RedisRateLimiter.connect(server.url, lease_ttl_s=3.0)
-    dying = RedisRateLimiter(Redis.from_url(server.url), lease_ttl_s=3.0)
+    # Its own client, with timeouts: no step of this test may wait on Redis forever.
+    client = Redis.from_url(server.url, socket_timeout=5, socket_connect_timeout=5)
+    dying = RedisRateLimiter(client, lease_ttl_s=3.0)
     observer = RedisRateLimiter.connect(server.url, lease_ttl_s=3.0)
     try:
         key = bucket("key:a", cc=2)
