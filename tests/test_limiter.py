@@ -143,6 +143,23 @@ async def test_a_zero_limit_refuses_everything(limiter: RateLimiter) -> None:
     for rates in ({"rpm": 0}, {"tpm": 0}, {"cc": 0}):
         answer = await admit(limiter, bucket(f"key:{rates}", **rates), tokens=5)
         assert isinstance(answer, Refusal)
+        # The headers tell a limit of zero, none left; a limit not set is not told.
+        told = {"rpm": answer.requests, "tpm": answer.tokens}
+        for name, quota in told.items():
+            if name in rates:
+                assert quota is not None and (quota.limit, quota.remaining) == (0, 0)
+            else:
+                assert quota is None
+
+
+async def test_a_bucket_without_a_token_limit_counts_no_tokens(limiter: RateLimiter) -> None:
+    grant = await admit(limiter, bucket("key:a", rpm=10), tokens=10)
+    assert isinstance(grant, Grant) and grant.tokens is None
+    await limiter.finish(grant, 500)  # far beyond its estimate: nothing to settle
+    # A token limit set later (a tenant's limits changed live) starts from an empty minute.
+    answer = await admit(limiter, bucket("key:a", rpm=10, tpm=100), tokens=10, lease="2")
+    assert isinstance(answer, Grant) and answer.tokens is not None
+    assert answer.tokens.remaining == 90
 
 
 async def test_names_keep_buckets_apart(limiter: RateLimiter) -> None:
@@ -189,7 +206,9 @@ async def test_leases_of_a_dead_replica_expire_and_live_ones_are_renewed(tmp_pat
     server = RedisServer(tmp_path)
     server.start()
     living = RedisRateLimiter.connect(server.url, lease_ttl_s=3.0)
-    dying = RedisRateLimiter(Redis.from_url(server.url), lease_ttl_s=3.0)
+    # Its own client, with timeouts: no step of this test may wait on Redis forever.
+    client = Redis.from_url(server.url, socket_timeout=5, socket_connect_timeout=5)
+    dying = RedisRateLimiter(client, lease_ttl_s=3.0)
     observer = RedisRateLimiter.connect(server.url, lease_ttl_s=3.0)
     try:
         key = bucket("key:a", cc=2)

@@ -188,6 +188,7 @@ class RedisRateLimiter:
         # lease id -> the lease sets it is held in, for renewal.
         self._held: dict[str, list[str]] = {}
         self._renewer: asyncio.Task[None] | None = None
+        self._closing = False
         self.renew_failures = 0
 
     @classmethod
@@ -276,7 +277,7 @@ class RedisRateLimiter:
 
     async def _renew_forever(self) -> None:
         interval = self._ttl_ms / 3000
-        while True:
+        while not self._closing:
             await asyncio.sleep(interval)
             pairs = [(key, lease) for lease, keys in self._held.items() for key in keys]
             if pairs:
@@ -298,6 +299,10 @@ class RedisRateLimiter:
             logger.warning("%s", exc)
 
     async def close(self) -> None:
+        # The flag, not only the cancel, ends the renewal: on Python 3.11 a cancel that
+        # lands as redis-py's write completes is swallowed by its `asyncio.wait_for`, and
+        # the loop would renew on while close() waited for it forever.
+        self._closing = True
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
