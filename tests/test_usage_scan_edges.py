@@ -150,6 +150,16 @@ def test_a_finishing_event_with_its_own_fingerprint_is_not_given_a_second() -> N
         assert run(pieces, strip=True) == (event + DONE, USAGE)
 
 
+@pytest.mark.parametrize("choices", [b"", b'"choices":null,', b'"choices":{},'])
+def test_a_usage_event_without_a_choices_list_is_counted_and_passed(choices: bytes) -> None:
+    """Only the usage-only event vLLM sends for include_usage (`"choices": []`) is the
+    gateway's to remove; another server's usage event goes on as sent."""
+    event = b'data: {"id":"x",' + choices + b'"usage":{"prompt_tokens":7,"completion_tokens":9}}'
+    body = b'data: {"choices":[{"index":0,"text":"hi"}]}\n\n' + event + b"\n\n" + DONE
+    for pieces in [[body], *splits_in_two(body)]:
+        assert run(pieces, strip=True) == (body, USAGE)
+
+
 def test_strip_mode_passes_reads_of_several_plain_events_without_copying() -> None:
     """The hot path: a read of whole events with neither usage nor a finish reason
     goes on as the very bytes object read, in strip mode as in observe mode."""
