@@ -255,7 +255,8 @@ def test_a_large_bodys_finish_reasons_are_those_in_its_last_64_kib() -> None:
 
 
 @pytest.mark.parametrize(
-    ("length", "usage"), [(USAGE_OBJECT, TokenUsage(5, 2)), (USAGE_OBJECT + 1, None)]
+    ("length", "usage"),
+    [(USAGE_OBJECT, TokenUsage(5, 2)), (USAGE_OBJECT + 1, None), (USAGE_OBJECT + 2, None)],
 )
 def test_a_usage_object_in_a_large_bodys_tail_is_parsed_up_to_4_kib(
     length: int, usage: TokenUsage | None
