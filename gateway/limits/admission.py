@@ -208,9 +208,11 @@ class Admissions:
 
 
 def _scope_words(bucket: Bucket) -> str:
-    parts = bucket.name.split(":")
-    scope = {"key": "API key", "tenant": "tenant", "jwt": "token subject"}.get(parts[0], parts[0])
-    return f"{scope} for this model" if len(parts) > 3 else scope
+    # Read by the lengths `_bucket_name` wrote: an owner's name may hold colons itself.
+    scope, _, rest = bucket.name.partition(":")
+    length, _, rest = rest.partition(":")
+    words = {"key": "API key", "tenant": "tenant", "jwt": "token subject"}.get(scope, scope)
+    return f"{words} for this model" if len(rest) > int(length) else words
 
 
 _HEADER_NAMES = {
