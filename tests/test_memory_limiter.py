@@ -243,3 +243,27 @@ def test_a_later_bucket_with_a_longer_wait_is_the_one_reported() -> None:
     granted(admit(limiter, key, tenant, lease="1"))
     answer = refused(admit(limiter, key, tenant, lease="2"))
     assert (answer.bucket, answer.kind, answer.retry_after_s) == (tenant, "requests", 60.0)
+
+
+def test_a_grant_in_an_odd_second_resets_a_minute_after_that_second() -> None:
+    limiter = MemoryRateLimiter(Clock(1001.25))
+    grant = granted(admit(limiter, bucket("key:a", rpm=5, tpm=100), tokens=10))
+    assert grant.requests is not None and grant.tokens is not None
+    assert grant.requests.reset_s == 59.75 and grant.tokens.reset_s == 59.75
+
+
+def test_the_headers_tell_the_first_of_buckets_with_as_much_left() -> None:
+    clock = Clock(1000.0)
+    limiter = MemoryRateLimiter(clock)
+    key, tenant = bucket("key:a", rpm=10), bucket("tenant:t", rpm=6)
+    for _ in range(4):  # the key: 4 of 10 used
+        granted(admit(limiter, key))
+    # The key has 10 - 4 - 1 = 5 left after this one, the tenant 6 - 0 - 1 = 5: a tie.
+    grant = granted(admit(limiter, key, tenant))
+    assert grant.requests is not None
+    assert (grant.requests.limit, grant.requests.remaining) == (10, 5)
+    # One less left on the tenant: the tenant's figures.
+    granted(admit(limiter, tenant))
+    grant = granted(admit(limiter, key, tenant))
+    assert grant.requests is not None
+    assert (grant.requests.limit, grant.requests.remaining) == (6, 3)
