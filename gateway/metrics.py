@@ -48,8 +48,8 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         self.key_label = key_label
         self._children: dict[tuple[int, tuple[str, ...]], object] = {}
-        # A request line's labels -> its series when it was answered (`answered_series`).
-        self.answered: dict[tuple[str, ...], AnsweredSeries] = {}
+        # A request line's labels -> its series (`request_series`).
+        self._lines: dict[tuple[str, ...], RequestSeries] = {}
         r = self.registry
         request_labels = ["model", "route", "status", "tenant", *(["key_id"] if key_label else [])]
         self.requests = Counter(
@@ -204,6 +204,14 @@ class Metrics:
             found = self._children[key] = metric.labels(*labels)
         return found  # type: ignore[return-value]
 
+    def request_series(self, labels: tuple[str, ...]) -> RequestSeries:
+        """The series of one request line, LABELS (model, route, status, tenant[, key_id]):
+        found with one lookup per request instead of one per series."""
+        series = self._lines.get(labels)
+        if series is None:
+            series = self._lines[labels] = RequestSeries(self, labels)
+        return series
+
     def key_store_error(self, operation: str) -> None:
         """Count a failed key-store call; OPERATION is one of KEY_STORE_OPERATIONS."""
         self.child(self.key_store_errors, operation).inc()
@@ -217,25 +225,54 @@ class Metrics:
         return generate_latest(combined)
 
 
-# requests, duration, ttft, overhead, chunks, chunk overhead, prompt and completion tokens.
-AnsweredSeries = tuple[Counter, Histogram, Histogram, Histogram, Counter, Counter, Counter, Counter]
+class RequestSeries:
+    """Every series a request line counts in, each made when first counted: a series
+    shows on /metrics only once something counted in it (as with `Metrics.child`)."""
 
+    def __init__(self, metrics: Metrics, labels: tuple[str, ...]) -> None:
+        self._metrics = metrics
+        self._labels = labels
+        self._model, self._route, self._tenant = labels[0], labels[1], labels[3]
 
-def answered_series(metrics: Metrics, labels: tuple[str, ...]) -> AnsweredSeries:
-    """Every series an answered request counts in, for its request LABELS (model, route,
-    status, tenant[, key_id]): made together when the first such answer is counted."""
-    model, route, tenant = labels[0], labels[1], labels[3]
-    child = metrics.child
-    return (
-        child(metrics.requests, *labels),
-        child(metrics.request_duration, model, route),
-        child(metrics.ttft, model),
-        child(metrics.overhead, route),
-        child(metrics.chunks, model),
-        child(metrics.chunk_overhead, model),
-        child(metrics.prompt_tokens, model, tenant),
-        child(metrics.completion_tokens, model, tenant),
-    )
+    @functools.cached_property
+    def requests(self) -> Counter:
+        return self._metrics.child(self._metrics.requests, *self._labels)
+
+    @functools.cached_property
+    def duration(self) -> Histogram:
+        return self._metrics.child(self._metrics.request_duration, self._model, self._route)
+
+    @functools.cached_property
+    def ttft(self) -> Histogram:
+        return self._metrics.child(self._metrics.ttft, self._model)
+
+    @functools.cached_property
+    def overhead(self) -> Histogram:
+        return self._metrics.child(self._metrics.overhead, self._route)
+
+    @functools.cached_property
+    def chunks(self) -> Counter:
+        return self._metrics.child(self._metrics.chunks, self._model)
+
+    @functools.cached_property
+    def chunk_overhead(self) -> Counter:
+        return self._metrics.child(self._metrics.chunk_overhead, self._model)
+
+    @functools.cached_property
+    def prompt_tokens(self) -> Counter:
+        return self._metrics.child(self._metrics.prompt_tokens, self._model, self._tenant)
+
+    @functools.cached_property
+    def completion_tokens(self) -> Counter:
+        return self._metrics.child(self._metrics.completion_tokens, self._model, self._tenant)
+
+    @functools.cached_property
+    def client_disconnects(self) -> Counter:
+        return self._metrics.child(self._metrics.client_disconnects, self._model)
+
+    @functools.cached_property
+    def client_stalls(self) -> Counter:
+        return self._metrics.child(self._metrics.client_stalls, self._model)
 
 
 @functools.cache

@@ -14,10 +14,10 @@ from prometheus_client import Gauge
 
 from gateway.access_log import AccessLog
 from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
-from gateway.metrics import Metrics, answered_series, replica_label
+from gateway.metrics import Metrics, replica_label
 from gateway.proxy.headers import REQUEST_ID, header_value, valid_request_id
 from gateway.proxy.routes import Route
-from gateway.request_record import SCOPE_KEY, Outcome, RequestContext
+from gateway.request_record import SCOPE_KEY, RequestContext
 
 if TYPE_CHECKING:
     from gateway.tracing.spans import RequestTracer
@@ -132,60 +132,25 @@ def record_request(metrics: Metrics, context: RequestContext, now: float) -> Non
     labels = [model, route, str(context.status), tenant]
     if metrics.key_label:
         labels.append(principal.id if principal else "")
-    if outcome is not None and _answered(context, outcome):
-        _record_answered(metrics, tuple(labels), outcome, context.started, now)
-        return
-    child = metrics.child
-    child(metrics.requests, *labels).inc()
-    child(metrics.request_duration, model, route).observe(now - context.started)
+    series = metrics.request_series(tuple(labels))
+    series.requests.inc()
+    series.duration.observe(now - context.started)
     if context.client_disconnected or (outcome and outcome.client_disconnected):
-        child(metrics.client_disconnects, model).inc()
+        series.client_disconnects.inc()
     if outcome is None:
         return
     if outcome.client_stalled:
-        child(metrics.client_stalls, model).inc()
+        series.client_stalls.inc()
     if outcome.first_byte_at:
-        child(metrics.ttft, model).observe(outcome.first_byte_at - context.started)
+        series.ttft.observe(outcome.first_byte_at - context.started)
     if outcome.upstream_sent_at:
-        child(metrics.overhead, route).observe(outcome.upstream_sent_at - context.started)
+        series.overhead.observe(outcome.upstream_sent_at - context.started)
     if outcome.chunks:
-        child(metrics.chunks, model).inc(outcome.chunks)
-        child(metrics.chunk_overhead, model).inc(outcome.chunk_seconds)
+        series.chunks.inc(outcome.chunks)
+        series.chunk_overhead.inc(outcome.chunk_seconds)
     if outcome.usage is not None:
-        child(metrics.prompt_tokens, model, tenant).inc(outcome.usage.prompt_tokens)
-        child(metrics.completion_tokens, model, tenant).inc(outcome.usage.completion_tokens)
-
-
-def _answered(context: RequestContext, outcome: Outcome) -> bool:
-    """An answer every per-request series counts, and no series of a client's trouble."""
-    return (
-        outcome.usage is not None
-        and outcome.chunks > 0
-        and outcome.first_byte_at > 0
-        and outcome.upstream_sent_at > 0
-        and not (context.client_disconnected or outcome.client_disconnected)
-        and not outcome.client_stalled
-    )
-
-
-def _record_answered(
-    metrics: Metrics, labels: tuple[str, ...], outcome: Outcome, started: float, now: float
-) -> None:
-    """`record_request` for an answer (`_answered`), its series found with one lookup."""
-    series = metrics.answered.get(labels)
-    if series is None:
-        series = metrics.answered[labels] = answered_series(metrics, labels)
-    requests, duration, ttft, overhead, chunks, chunk_overhead, prompt, completion = series
-    usage = outcome.usage
-    assert usage is not None  # checked by _answered
-    requests.inc()
-    duration.observe(now - started)
-    ttft.observe(outcome.first_byte_at - started)
-    overhead.observe(outcome.upstream_sent_at - started)
-    chunks.inc(outcome.chunks)
-    chunk_overhead.inc(outcome.chunk_seconds)
-    prompt.inc(usage.prompt_tokens)
-    completion.inc(usage.completion_tokens)
+        series.prompt_tokens.inc(outcome.usage.prompt_tokens)
+        series.completion_tokens.inc(outcome.usage.completion_tokens)
 
 
 def _access_fields(scope: Scope, context: RequestContext) -> dict[str, object]:
