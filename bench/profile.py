@@ -106,7 +106,7 @@ def breakdown(raw: Path) -> Counter[str]:
 
 
 def profile(  # noqa: PLR0917 (the command line's options, in its order)
-    scenario_name: str, scale: float, client: str, rate: int, work: Path, keep: Path | None
+    scenario_name: str, scale: float, client: str | None, rate: int, work: Path, keep: Path | None
 ) -> str:
     scenario = next(s for s in SCENARIOS if s.name == scenario_name)
     requests = max(scenario.concurrency, int(scenario.requests * scale))
@@ -121,7 +121,8 @@ def profile(  # noqa: PLR0917 (the command line's options, in its order)
         sim_url = f"http://127.0.0.1:{sim_port}"
         wait_ready(f"{sim_url}/health", sim)
         config, api_key = gateway_config(gw_port, sim_url, work)
-        os.environ["VGW_UPSTREAM_CLIENT"] = client
+        if client is not None:
+            os.environ["VGW_UPSTREAM_CLIENT"] = client
         gateway = start(gateway_command("default", config), GATEWAY_CORE, work / "gw.log")
         try:
             wait_ready(f"http://127.0.0.1:{gw_port}/v1/models", gateway)
@@ -163,7 +164,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scenario", default="S3")
     parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--client", default="aiohttp", choices=("aiohttp", "native"))
+    parser.add_argument(
+        "--client",
+        default=None,
+        choices=("aiohttp", "native"),
+        help="the gateway's upstream_client (its default, native, when not given)",
+    )
     parser.add_argument("--rate", type=int, default=500, help="samples per second")
     parser.add_argument("--raw", type=Path, default=None, help="keep py-spy's samples here")
     args = parser.parse_args()
