@@ -34,6 +34,7 @@ from typing import Literal
 from gateway.errors import GatewayError
 from gateway.keys.records import KeyRecord
 from gateway.keys.store import KeyStore, KeyStoreUnavailable
+from gateway.tasks import cancel_and_wait
 
 logger = logging.getLogger("gateway.auth")
 
@@ -233,9 +234,7 @@ class KeyCache:
             await asyncio.wait(set(self._writes), timeout=2.0)
         tasks = [*self._reads.values(), *([self._listener] if self._listener else [])]
         self._reads.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
 
     async def _listen(self) -> None:
         while True:

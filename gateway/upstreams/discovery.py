@@ -11,13 +11,13 @@ empty a pool.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.metrics import replica_label
+from gateway.tasks import cancel_and_wait
 from gateway.upstreams.endpoints import DiscoveryError, EndpointSource
 from gateway.upstreams.pool import Pools, Replica
 
@@ -59,9 +59,7 @@ class Discovery:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
 
     async def _run(self) -> None:

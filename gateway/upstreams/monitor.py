@@ -11,7 +11,6 @@ Every check has its own timeout, so a replica that stalls delays nobody else.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -22,6 +21,7 @@ from prometheus_client import Gauge
 
 from gateway.metrics import replica_label
 from gateway.settings import UpstreamSettings
+from gateway.tasks import cancel_and_wait
 from gateway.upstreams.pool import Load, Pools, Replica
 
 logger = logging.getLogger("gateway.upstreams")
@@ -98,11 +98,7 @@ class ReplicaMonitor:
             self._tasks.append(loop.create_task(self._every(interval, self.scrape_all)))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
 
     async def _every(self, interval: float, action: Callable[[], Awaitable[None]]) -> None:
