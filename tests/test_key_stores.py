@@ -165,6 +165,19 @@ def test_list_pages_by_cursor_and_filters_by_tenant(backend: KeyBackend) -> None
     backend.run(scenario)
 
 
+def test_a_page_holds_100_keys_unless_asked_otherwise(backend: KeyBackend) -> None:
+    async def scenario(store: KeyStore) -> None:
+        records = sorted((make_record() for _ in range(101)), key=lambda r: r.id)
+        for record in records:
+            await store.create(record)
+        page, cursor = await store.list()
+        assert page == records[:100]
+        assert cursor == records[99].id
+        assert await store.list(cursor=cursor) == (records[100:], None)
+
+    backend.run(scenario)
+
+
 def test_update_changes_only_what_it_names(backend: KeyBackend) -> None:
     async def scenario(store: KeyStore) -> None:
         record = full_record(generate())
@@ -343,6 +356,35 @@ def test_sqlite_refuses_a_schema_from_a_newer_gateway(tmp_path: Path) -> None:
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(KeyStoreError, match="schema version 99"):
         asyncio.run(SqliteKeyStore.open(path))
+
+
+def test_sqlite_refuses_a_schema_version_no_gateway_writes(tmp_path: Path) -> None:
+    # A negative user_version (another tool's file) is not a fresh store to build on.
+    path = tmp_path / "keys.db"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = -1")
+    with pytest.raises(KeyStoreError, match="schema version -1, which no gateway writes"):
+        asyncio.run(SqliteKeyStore.open(path))
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == []
+
+
+def test_gateways_opening_one_new_sqlite_file_together_all_start(tmp_path: Path) -> None:
+    # Each open reads the version, then migrates under BEGIN IMMEDIATE and reads it
+    # again: the ones that lost the race find the schema made and build nothing twice.
+    async def main() -> None:
+        for attempt in range(8):
+            path = tmp_path / f"keys-{attempt}.db"
+            stores = await asyncio.gather(*(SqliteKeyStore.open(path) for _ in range(4)))
+            record = make_record()
+            await stores[0].create(record)
+            for store in stores:
+                assert await store.get(record.id) == record
+                await store.close()
+
+    asyncio.run(main())
+    with sqlite3.connect(tmp_path / "keys-0.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
 
 
 def test_sqlite_open_fails_clearly_where_no_file_can_be(tmp_path: Path) -> None:

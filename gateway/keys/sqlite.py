@@ -150,6 +150,10 @@ def _migrate(db: sqlite3.Connection) -> None:
                 f"the key store has schema version {version}, written by a newer gateway;"
                 f" this one knows version {SCHEMA_VERSION}"
             )
+        if version < 0:
+            raise KeyStoreError(
+                f"the key store has schema version {version}, which no gateway writes"
+            )
         if version == 0:
             for statement in _SCHEMA:
                 db.execute(statement)
