@@ -451,6 +451,27 @@ def test_redis_change_reaches_another_replica_within_a_second(redis_server: Redi
     asyncio.run(main())
 
 
+def test_a_busy_redis_feed_pings_once_per_interval_not_once_per_notice(
+    redis_server: RedisServer,
+) -> None:
+    # The PING is the feed's liveness probe when Redis is silent; a feed carrying a
+    # burst of notices must not add a round trip to Redis for each of them.
+    async def main() -> None:
+        raw = Redis.from_url(redis_server.url, socket_timeout=5)
+        async with redis_at(redis_server) as store, store.changes() as feed:
+            await raw.config_resetstat()
+            for number in range(300):
+                await raw.publish(store.channel, f"key-{number}")
+            heard = [await asyncio.wait_for(anext(feed), 5.0) for _ in range(300)]
+            stats = await raw.info("commandstats")
+        await raw.aclose()
+        assert heard == [f"key-{number}" for number in range(300)]
+        pings = stats.get("cmdstat_ping", {}).get("calls", 0)
+        assert pings <= 5, f"{pings} PINGs for a burst of 300 notices"
+
+    asyncio.run(main())
+
+
 def test_redis_down_is_a_clear_error_and_loses_nothing(redis_server: RedisServer) -> None:
     record = full_record(generate())
 
