@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from gateway.keys.records import (
     Rotation,
     decode_limits,
     encode_limits,
+    format_time,
     new_secret,
 )
 from gateway.keys.redis_store import RedisKeyStore
@@ -447,6 +449,50 @@ def test_redis_change_reaches_another_replica_within_a_second(redis_server: Redi
                 assert await asyncio.wait_for(anext(feed), 1.0) == record.id
             seen = await listener.get(record.id)
             assert seen is not None and seen.revoked_at == NOW
+
+    asyncio.run(main())
+
+
+def test_the_redis_layout_is_the_documented_one(redis_server: RedisServer) -> None:
+    # Replicas of different versions share these keys during a rolling upgrade: the
+    # names, types and scores are a contract (gateway/keys/redis_store.py's docstring).
+    record = full_record(generate())
+
+    async def main() -> None:
+        raw = Redis.from_url(redis_server.url, socket_timeout=5, decode_responses=True)
+        await raw.flushall()
+        async with redis_at(redis_server) as store:
+            await store.create(record)
+        key = f"vgw:key:{record.id}"
+        assert sorted(await raw.keys("*")) == sorted(
+            [key, "vgw:keys", f"vgw:tenant:{record.tenant}", "vgw:layout"]
+        )
+        fields = await raw.hgetall(key)
+        assert set(fields) == {"record", "last_used_at"}
+        assert json.loads(fields["record"])["last_used_at"] is None  # kept in its field
+        assert fields["last_used_at"] == format_time(record.last_used_at)
+        assert await raw.zrange("vgw:keys", 0, -1, withscores=True) == [(record.id, 0.0)]
+        tenant = await raw.zrange(f"vgw:tenant:{record.tenant}", 0, -1, withscores=True)
+        assert tenant == [(record.id, 0.0)]
+        await raw.aclose()
+
+    asyncio.run(main())
+
+
+def test_an_idle_redis_feed_stays_open_and_still_delivers(redis_server: RedisServer) -> None:
+    # Silence from other replicas is not silence from Redis: the PINGs' answers keep an
+    # idle feed alive for many intervals, and the next notice still arrives.
+    async def main() -> None:
+        store = RedisKeyStore.connect(redis_server.url, timeout_s=1.0, ping_interval_s=0.1)
+        try:
+            async with store.changes() as feed:
+                waiting = asyncio.ensure_future(anext(feed))
+                done, _ = await asyncio.wait({waiting}, timeout=1.0)  # ten intervals
+                assert not done, waiting.exception() if done else None
+                await store.create(record := make_record())
+                assert await asyncio.wait_for(waiting, 2.0) == record.id
+        finally:
+            await store.close()
 
     asyncio.run(main())
 
