@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from gateway.limits.limiter import LimiterBackendError
 from gateway.limits.periods import go_duration, window
-from gateway.limits.quota_memory import MemoryQuotas
+from gateway.limits.quota_memory import SWEEP_EVERY_S, MemoryQuotas
 from gateway.limits.quota_redis import RedisQuotas
 from gateway.limits.quotas import (
     GRACE_S,
@@ -201,6 +201,37 @@ async def test_redis_counters_expire_after_their_period(tmp_path: Path, clock: C
         await client.aclose()
         await quotas.close()
         server.stop()
+
+
+async def test_memory_counters_are_dropped_a_grace_after_their_period(clock: Clock) -> None:
+    # Swept at most once an hour: a sweep walks every counter.
+    quotas = MemoryQuotas(clock)
+    day, month = counter(), counter(period="month")
+    clock.now = EVE - 86400  # 2026-01-30 23:59:50; held until 2026-02-01 00:00:00
+    await granted(quotas, demand(day, month, prompt=1))
+    clock.now = EVE  # a sweep: nothing is past its grace yet
+    await granted(quotas, demand(day, prompt=1))
+    assert len(quotas) == 3
+    clock.now = EVE + 20  # the first day's grace is over, the next sweep an hour away
+    await granted(quotas, demand(day, prompt=1))
+    assert len(quotas) == 4
+    clock.now = EVE + SWEEP_EVERY_S
+    await granted(quotas, demand(day, prompt=1))
+    assert len(quotas) == 3
+    [state] = await quotas.read([day])
+    assert (state.window.name, state.reserved) == ("2026-02-01", 2)
+
+
+async def test_a_grant_tells_what_was_counted_before_it(backend: QuotaBackend) -> None:
+    # `before` (used + reserved before this charge) is what the soft threshold reads.
+    tokens = counter(limit=1000)
+    first = await granted(backend, demand(tokens, prompt=100))
+    assert first.states[0].before == 0
+    second = await granted(backend, demand(tokens, prompt=50))
+    assert second.states[0].before == 100
+    await backend.settle(first, Amounts(30, 0, 1, 0))
+    third = await granted(backend, demand(tokens, prompt=7))
+    assert third.states[0].before == 30 + 50
 
 
 async def test_redis_down_is_a_backend_error(tmp_path: Path, clock: Clock) -> None:

@@ -72,6 +72,10 @@ class MemoryQuotas:
     async def close(self) -> None:
         self._counts.clear()
 
+    def __len__(self) -> int:
+        """How many counters are held: those of current periods and of the grace."""
+        return len(self._counts)
+
     def _entry(self, key: str, end: float) -> list[int]:
         entry = self._counts.get(key)
         if entry is None:
