@@ -479,6 +479,26 @@ def test_the_redis_layout_is_the_documented_one(redis_server: RedisServer) -> No
     asyncio.run(main())
 
 
+def test_a_redis_key_read_is_one_round_trip(redis_server: RedisServer) -> None:
+    # The layout is checked once per store; after that a read is one HGETALL.
+    record = make_record()
+
+    async def main() -> None:
+        raw = Redis.from_url(redis_server.url, socket_timeout=5, decode_responses=True)
+        async with redis_at(redis_server) as store:
+            await store.create(record)
+            await raw.config_resetstat()
+            for _ in range(20):
+                assert await store.get(record.id) == record
+            stats = await raw.info("commandstats")
+        await raw.aclose()
+        calls = {name: stat["calls"] for name, stat in stats.items()}
+        calls.pop("cmdstat_config|resetstat", None)
+        assert calls == {"cmdstat_hgetall": 20}
+
+    asyncio.run(main())
+
+
 def test_an_idle_redis_feed_stays_open_and_still_delivers(redis_server: RedisServer) -> None:
     # Silence from other replicas is not silence from Redis: the PINGs' answers keep an
     # idle feed alive for many intervals, and the next notice still arrives.
