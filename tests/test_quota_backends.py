@@ -120,6 +120,15 @@ async def test_settling_replaces_the_reservation_with_the_real_usage(
     assert [(s.used, s.reserved) for s in after] == [(15, 0), (10, 0)]
 
 
+async def test_settling_one_grant_leaves_the_others_reservations(backend: QuotaBackend) -> None:
+    tokens = counter(limit=1000)
+    first = await granted(backend, demand(tokens, prompt=30))
+    await granted(backend, demand(tokens, prompt=50))
+    await backend.settle(first, Amounts(20, 0, 1, 0))
+    [state] = await backend.read([tokens])
+    assert (state.used, state.reserved) == (20, 50)
+
+
 async def test_unknown_usage_keeps_the_reservation(backend: QuotaBackend) -> None:
     tokens, requests = counter(limit=100), counter("requests", limit=5)
     grant = await granted(backend, demand(tokens, requests, prompt=10, completion=40))
