@@ -200,9 +200,17 @@ async def test_redis_counters_expire_after_their_period(tmp_path: Path, clock: C
     quotas = RedisQuotas.connect(server.url, clock=clock)
     client = Redis.from_url(server.url)
     try:
-        await granted(quotas, demand(counter(), counter(period="month"), prompt=1))
+        clock.now = EVE - 3600
+        grant = await granted(quotas, demand(counter(), counter(period="month"), prompt=1))
         keys = sorted(key.decode() for key in await client.keys("vgw:quota:*"))
         assert keys == ["vgw:quota:key:1:a:tokens:2026-01", "vgw:quota:key:1:a:tokens:2026-01-31"]
+        for key in keys:
+            ttl = await client.ttl(key)
+            assert 3610 + GRACE_S - 5 <= ttl <= 3610 + GRACE_S, (key, ttl)
+        # Settled an hour later (a long stream): the expiry is still the period's end
+        # plus the grace, from the settling gateway's clock.
+        clock.now = EVE
+        await quotas.settle(grant, Amounts(1, 0, 1, 0))
         for key in keys:
             ttl = await client.ttl(key)
             assert 10 + GRACE_S - 5 <= ttl <= 10 + GRACE_S, (key, ttl)
