@@ -125,8 +125,26 @@ async def test_settling_one_grant_leaves_the_others_reservations(backend: QuotaB
     first = await granted(backend, demand(tokens, prompt=30))
     await granted(backend, demand(tokens, prompt=50))
     await backend.settle(first, Amounts(20, 0, 1, 0))
-    [state] = await backend.read([tokens])
-    assert (state.used, state.reserved) == (20, 50)
+    untouched = counter(owner="key:2:b")
+    state, fresh = await backend.read([tokens, untouched])
+    assert (state.used, state.reserved, state.before) == (20, 50, 70)
+    assert (fresh.used, fresh.reserved, fresh.before, fresh.remaining) == (0, 0, 0, 1000)
+
+
+async def test_each_counter_of_a_grant_tells_its_own_usage(backend: QuotaBackend) -> None:
+    tokens, requests = counter(limit=1000), counter("requests", limit=100)
+    prompt = counter("prompt_tokens", limit=1000)
+    grant = await granted(backend, demand(tokens, requests, prompt, prompt=30, completion=10))
+    await backend.settle(grant, Amounts(25, 5, 1, 0))
+    again = await granted(backend, demand(tokens, requests, prompt, prompt=1))
+    assert [(s.used, s.reserved, s.before) for s in again.states] == [
+        (30, 1, 30),
+        (1, 1, 1),
+        (25, 1, 25),
+    ]
+    refused = await backend.reserve(demand(requests, prompt, tokens, prompt=2000))
+    assert isinstance(refused, QuotaRefusal)
+    assert [(s.used, s.reserved) for s in refused.states] == [(1, 1), (25, 1), (30, 1)]
 
 
 async def test_unknown_usage_keeps_the_reservation(backend: QuotaBackend) -> None:
