@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -495,6 +496,33 @@ def test_a_redis_key_read_is_one_round_trip(redis_server: RedisServer) -> None:
         calls = {name: stat["calls"] for name, stat in stats.items()}
         calls.pop("cmdstat_config|resetstat", None)
         assert calls == {"cmdstat_hgetall": 20}
+
+    asyncio.run(main())
+
+
+def _keepalive_timer_s(port: int) -> float | None:
+    """The kernel's keepalive timer of our local TCP socket on PORT (/proc/net/tcp:
+    timer kind 2 is keepalive, its time in clock ticks), None if none is armed."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}":
+            kind, ticks = fields[5].split(":")
+            return int(ticks, 16) / os.sysconf("SC_CLK_TCK") if kind == "02" else None
+    raise AssertionError(f"no socket on port {port}")
+
+
+def test_the_redis_key_stores_connections_probe_a_silent_peer(redis_server: RedisServer) -> None:
+    # A Redis that vanished without a FIN (a node lost) is noticed by the kernel: the
+    # store's sockets send keepalive probes after 5 s of silence, not two hours.
+    async def main() -> None:
+        raw = Redis.from_url(redis_server.url, socket_timeout=5, decode_responses=True)
+        before = {client["addr"] for client in await raw.client_list()}
+        async with redis_at(redis_server) as store:
+            await store.get("absent")
+            [addr] = {client["addr"] for client in await raw.client_list()} - before
+            timer = _keepalive_timer_s(int(addr.rsplit(":", 1)[1]))
+        await raw.aclose()
+        assert timer is not None and 0 <= timer <= 5.0, timer
 
     asyncio.run(main())
 
