@@ -14,6 +14,8 @@ import pytest
 from gateway.auth.key_cache import KeyCache
 from gateway.keys.redis_store import RedisKeyStore
 from gateway.tasks import cancel_and_wait
+from gateway.tenants.directory import TenantDirectory
+from gateway.tenants.redis_store import connect as connect_tenants
 from tests.servers import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -88,5 +90,22 @@ async def test_the_key_change_feed_stops_even_when_stopped_in_the_middle_of_a_pi
             stopping = asyncio.ensure_future(cache.stop())
             done, _ = await asyncio.wait({stopping}, timeout=10)
             assert done, f"the key cache did not stop (attempt {attempt})"
+        finally:
+            await store.close()
+
+
+async def test_the_tenant_directory_stops_even_when_closed_in_the_middle_of_a_poll(
+    redis_server: RedisServer,
+) -> None:
+    # Polling Redis without a pause, close() nearly always lands during a read's write.
+    for attempt in range(30):
+        store = connect_tenants(redis_server.url)
+        directory = TenantDirectory({}, poll_interval_s=0)
+        await directory.open(store)
+        try:
+            await asyncio.sleep(0.005 + attempt / 1000)
+            closing = asyncio.ensure_future(directory.close())
+            done, _ = await asyncio.wait({closing}, timeout=10)
+            assert done, f"the tenant directory did not stop (attempt {attempt})"
         finally:
             await store.close()

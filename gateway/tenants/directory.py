@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
 from gateway.principal import Limits, Principal, Quotas
+from gateway.tasks import cancel_and_wait
 from gateway.tenants.records import TenantRecord
 from gateway.tenants.store import TenantStore, TenantStoreError
 
@@ -93,7 +94,6 @@ class TenantDirectory:
         self._store: TenantStore | None = None
         self._version: int | None = None
         self._task: asyncio.Task[None] | None = None
-        self._closing = False
         self._last_log = -math.inf
         self.limits: Mapping[str, Limits] = TableView(lambda: self.table.limits)
         self.quotas: Mapping[str, Quotas] = TableView(lambda: self.table.quotas)
@@ -104,19 +104,13 @@ class TenantDirectory:
         """Load the store's tenants (a store that cannot answer now is retried by the
         poll) and start polling."""
         self._store = store
-        self._closing = False
         with contextlib.suppress(TenantStoreError):
             await self.refresh()
         self._task = asyncio.create_task(self._poll(), name="tenant-directory")
 
     async def close(self) -> None:
-        # The flag, not only the cancel, ends the poll: on Python 3.11 a cancel that lands
-        # as a Redis call completes can be swallowed by redis-py's `asyncio.wait_for`.
-        self._closing = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
 
     async def refresh(self) -> None:
@@ -145,7 +139,7 @@ class TenantDirectory:
         return replace(principal, models=allowed if own is None else own & allowed)
 
     async def _poll(self) -> None:
-        while not self._closing:
+        while True:
             await asyncio.sleep(self._poll_interval_s)
             try:
                 await self.refresh()
