@@ -626,6 +626,13 @@ async def test_a_settlement_the_backend_misses_is_counted_and_stays_charged(
         )
         server.start()  # its AOF kept the reservations
         assert await usage(made, principal) == {"key:tokens:day": (0, 40)}
+        # Redis failed: admissions pause too, even though it is back at once.
+        clock.now += 0.75
+        with pytest.raises(LimiterUnavailable):
+            await made.admit(principal, "m", 1, 1)
+        assert sample(metrics, ERRORS, action="quota_admit", outcome="closed") == 1
+        clock.now += 0.25
+        assert (await made.admit(principal, "m", 1, 1)).grant is not None
     finally:
         await backend.close()
         server.stop()
