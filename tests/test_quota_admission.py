@@ -22,7 +22,6 @@ from prometheus_client import CollectorRegistry
 from gateway.limits.admission import LimiterUnavailable, RateLimited
 from gateway.limits.periods import window
 from gateway.limits.quota_admission import (
-    MAX_CACHED,
     QuotaAdmissions,
     QuotaExceeded,
     QuotaTicket,
@@ -173,13 +172,18 @@ def test_the_cache_is_per_kind_id_and_tenant() -> None:
     ]
     assert [c[0].owner for c in seen] == ["key:1:x", "jwt:1:x", "key:1:y", "key:1:x"]
     assert [c[1].kind for c in seen] == ["requests", "requests", "requests", "cost"]
+    # Tenants with no quotas of their own: the counters still carry the key's tenant,
+    # the label its metrics are counted under.
+    assert made.counters(Principal("x", "none", "key", limits=quotas))[0].tenant == "none"
+    assert made.counters(Principal("x", "zero", "key", limits=quotas))[0].tenant == "zero"
 
 
 def test_the_cache_holds_at_most_max_cached_principals() -> None:
+    # MAX_CACHED (10,000) written out: a changed bound must fail here.
     made, _ = build()
     quotas = Limits(quotas=Quotas(requests_per_day=1))
     first = made.counters(Principal("0", "acme", "key", limits=quotas))
-    for n in range(1, MAX_CACHED):
+    for n in range(1, 10_000):
         made.counters(Principal(str(n), "acme", "key", limits=quotas))
     assert made.counters(Principal("0", "acme", "key", limits=quotas)) is first  # full, kept
     made.counters(Principal("new", "acme", "key", limits=quotas))  # one more: cleared
@@ -238,6 +242,7 @@ async def test_without_any_quota_nothing_is_asked_of_the_backend() -> None:
     made, metrics = build(dead_redis())
     ticket = await made.admit(key(Quotas(), tenant="none"), "m", 10, 10)
     assert ticket == QuotaTicket(None) and ticket.headers == []
+    assert not hasattr(ticket, "__dict__")  # slots: one ticket per request, kept small
     await made.finish(ticket, "m", (10, 10))
     await made.cancel(ticket)
     for outcome in ("open", "closed"):
