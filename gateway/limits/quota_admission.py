@@ -154,6 +154,8 @@ class QuotaAdmissions:
         except LimiterBackendError as exc:
             # The reservation stays charged until the period ends: never undercounted.
             self._metrics.backend_error("quota_settle", "kept")
+            # Admissions leave the backend alone for a while too, as after their own failure.
+            self._paused_until = self._clock() + PAUSE_S
             self._warn("reservations stay charged", exc)
 
     def _warn(self, outcome: str, exc: LimiterBackendError) -> None:
