@@ -480,6 +480,41 @@ def test_the_redis_layout_is_the_documented_one(redis_server: RedisServer) -> No
     asyncio.run(main())
 
 
+def test_a_redis_key_store_on_the_callers_client_leaves_it_open(redis_server: RedisServer) -> None:
+    # The gateway shares one client between parts; closing the store must not close
+    # it under the others. A store that made its own client (`connect`) closes it.
+    async def main() -> None:
+        observer = Redis.from_url(redis_server.url, socket_timeout=5)
+        others = len(await observer.client_list())
+
+        async def connections(expected: int) -> int:
+            """Ours on the server once they settle at EXPECTED (a close reaches the
+            server a moment later), or what there are after 5 s."""
+            for _ in range(100):
+                count = len(await observer.client_list()) - others
+                if count == expected:
+                    break
+                await asyncio.sleep(0.05)
+            return count
+
+        client = Redis.from_url(redis_server.url, socket_timeout=5)
+        store = RedisKeyStore(client)
+        await store.create(make_record())
+        await store.close()
+        await asyncio.sleep(0.2)  # a close, had there been one, has reached the server
+        assert await connections(1) == 1
+        await client.aclose()
+        assert await connections(0) == 0
+        owned = RedisKeyStore.connect(redis_server.url, timeout_s=1.0)
+        await owned.get("absent")
+        assert await connections(1) == 1
+        await owned.close()
+        assert await connections(0) == 0
+        await observer.aclose()
+
+    asyncio.run(main())
+
+
 def test_a_redis_key_read_is_one_round_trip(redis_server: RedisServer) -> None:
     # The layout is checked once per store; after that a read is one HGETALL.
     record = make_record()
