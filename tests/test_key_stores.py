@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -25,7 +26,7 @@ from gateway.keys.records import (
     format_time,
     new_secret,
 )
-from gateway.keys.redis_store import RedisKeyStore
+from gateway.keys.redis_store import RedisKeyStore, _backoff_s
 from gateway.keys.sqlite import SqliteKeyStore
 from gateway.keys.store import (
     KeyExists,
@@ -725,6 +726,15 @@ def test_redis_mixed_concurrent_updates_lose_no_field_and_no_revocation(
                 )
 
     asyncio.run(main())
+
+
+def test_writers_that_lose_a_race_wait_a_jittered_doubling_time_up_to_100_ms() -> None:
+    draw = random.Random(7).uniform
+    bounds = [0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.1, 0.1, 0.1, 0.1]
+    for attempt, bound in enumerate(bounds):
+        waits = [_backoff_s(attempt, draw) for _ in range(400)]
+        assert all(0 <= wait <= bound for wait in waits), attempt
+        assert max(waits) > 0.9 * bound and min(waits) < 0.1 * bound, attempt
 
 
 def test_a_corrupt_record_is_a_store_error_not_a_crash(

@@ -220,8 +220,7 @@ class RedisKeyStore:
                         return await step(pipe)
                     except WatchError:
                         pass
-                # Jittered backoff, so writers racing for one key do not collide again.
-                await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
+                await asyncio.sleep(_backoff_s(attempt))
         raise KeyStoreUnavailable(f"could not {action}: it kept changing concurrently")
 
     async def _layout(self) -> None:
@@ -256,6 +255,12 @@ async def _feed(pubsub: PubSub, ping_interval_s: float) -> AsyncIterator[str]:
         elif kind == "subscribe":
             # redis-py reconnected and subscribed again: notices sent meanwhile are lost.
             raise KeyStoreUnavailable("the key-changes feed reconnected")
+
+
+def _backoff_s(attempt: int, draw: Callable[[float, float], float] = random.uniform) -> float:
+    """The wait after a lost race: jittered, so writers racing for one key do not collide
+    again; at most 2 ms after the first attempt, doubling, never more than 100 ms."""
+    return draw(0, min(0.1, 0.002 * 2**attempt))
 
 
 def _keepalive_options() -> dict[int, int]:
