@@ -14,9 +14,9 @@ from dataclasses import asdict
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from gateway.proxy.response_store import DEFAULT_TTL_S, StoredResponse, unavailable
 
