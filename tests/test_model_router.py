@@ -12,6 +12,7 @@ reading is fresh.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import FrozenInstanceError
 from http import HTTPStatus
 
 import orjson
@@ -353,6 +354,27 @@ def test_retarget_keeps_a_request_that_named_the_served_model() -> None:
     payload = {"model": "a", "max_tokens": 5}
     assert retarget(EDITED, payload, "a") is EDITED
     assert payload == {"model": "a", "max_tokens": 5}
+
+
+def test_retarget_compares_names_by_value_not_by_object() -> None:
+    # The body's name comes from parsing the request, the served one from settings:
+    # equal strings, two objects.
+    payload = orjson.loads(b'{"model":"served-model-name","max_tokens":5}')
+    served = "-".join(["served", "model", "name"])
+    assert payload["model"] is not served
+    assert retarget(EDITED, payload, served) is EDITED
+
+
+def test_retarget_renames_whatever_the_names_order() -> None:
+    for called, served in (("zeta", "alpha"), ("alpha", "zeta")):
+        payload = {"model": called, "max_tokens": 5}
+        edited = retarget(EDITED, payload, served)
+        assert edited.body == orjson.dumps({"model": served, "max_tokens": 5})
+
+
+def test_shedding_settings_cannot_change_once_made() -> None:
+    with pytest.raises(FrozenInstanceError):
+        Shedding().waiting_above = 3  # type: ignore[misc]
 
 
 def test_retarget_puts_the_served_model_in_the_body() -> None:
