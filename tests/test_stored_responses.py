@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -297,6 +298,19 @@ async def test_a_follow_up_goes_to_the_replica_of_the_previous_turn() -> None:
     assert made.pinned is world.m.replicas[1]
 
 
+async def test_a_follow_up_compares_model_names_by_value() -> None:
+    # A record read back from Redis holds an equal name, not the pool's own string.
+    world = World()
+    model = orjson.loads(b'{"model":"m"}')["model"]
+    assert model == world.m.model and model is not world.m.model
+    await world.keep("resp_1", model=model, replica=R2)
+    payload = {"input": "more", PREVIOUS: "resp_1"}
+    made = await world.service.creation(
+        payload, COLLEAGUE, world.m, context(), Client(world.store, "x")
+    )
+    assert made.pinned is world.m.replicas[1]
+
+
 async def test_a_follow_up_with_another_model_is_refused() -> None:
     world = World()
     await world.keep("resp_1", model="n", replica=N1)
@@ -508,8 +522,8 @@ async def test_a_get_reserves_and_spends_no_tokens() -> None:
     world = World()
     await world.keep("resp_1", replica=R2)
     left(world)
-    principal = Principal("key-1", "acme", "key", limits=Limits(tokens_per_minute=1))
-    held = await world.admissions.admit(principal, "m", 1)  # the minute's one token, reserved
+    principal = Principal("key-1", "acme", "key", limits=Limits(tokens_per_minute=2))
+    held = await world.admissions.admit(principal, "m", 1)  # one of the minute's two tokens
     for response_id in ("resp_1", "resp_unknown", "resp_1", "resp_1"):
         with pytest.raises(ResponseNotFound):
             await world.service.serve(
@@ -521,9 +535,11 @@ async def test_a_get_reserves_and_spends_no_tokens() -> None:
                 route=Route.RESPONSE,
                 response_id=response_id,
             )
-    await world.admissions.finish(held, 0)
-    ticket = await world.admissions.admit(principal, "m", 1)  # and none of it spent by them
+    await world.admissions.finish(held, 1)
+    ticket = await world.admissions.admit(principal, "m", 1)  # none spent by the GETs
     await world.admissions.finish(ticket, 1)
+    with pytest.raises(RateLimited):  # and none given back by them
+        await world.admissions.admit(principal, "m", 1)
 
 
 async def receive() -> Message:
