@@ -9,6 +9,8 @@ mutation run.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import ssl
@@ -548,3 +550,71 @@ async def receive() -> Message:
 
 async def send_nothing(message: Message) -> None:
     raise AssertionError("nothing is sent before the upstream is reached")
+
+
+# serve, through to the replica: what it is asked
+
+
+class RecordingReplica:
+    """A replica on a real socket that records each request head and answers `{}`. The
+    simulator does not read a retrieve's query (vLLM's `stream`, `starting_after`); this
+    shows what the gateway asked for."""
+
+    def __init__(self) -> None:
+        self.heads: list[bytes] = []
+        self.url = ""
+
+    async def __aenter__(self) -> RecordingReplica:
+        self._server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                self.heads.append(await reader.readuntil(b"\r\n\r\n"))
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+                writer.write(b"content-length: 2\r\n\r\n{}")
+                await writer.drain()
+        writer.close()
+
+
+@pytest.mark.parametrize("kind", ["native", "aiohttp"])
+async def test_a_get_reaches_the_replica_with_its_path_and_query_as_sent(kind: str) -> None:
+    async with RecordingReplica() as replica:
+        store = MemoryResponseStore()
+        await store.remember("resp_1", StoredResponse("m", replica.url, "acme", "key-1"))
+        pools = Pools([Pool("m", [Replica(replica.url)], PickPolicy())])
+        upstream = UpstreamClient(Timeouts(5.0, 5.0, 5.0), ssl.create_default_context(), 4, kind)
+        await upstream.open()
+        admissions = Admissions(
+            MemoryRateLimiter(), Metrics(CollectorRegistry()), tenants={}, fail_open=False
+        )
+        service = StoredResponses(store, pools, upstream, admissions)
+        sent: list[Message] = []
+
+        async def collect(message: Message) -> None:
+            sent.append(message)
+
+        try:
+            calls = [
+                (b"stream=false&starting_after=3", Route.RESPONSE),
+                (b"", Route.RESPONSE_CANCEL),
+            ]
+            for query, route in calls:
+                sent.clear()
+                scope = {"method": "POST" if route is Route.RESPONSE_CANCEL else "GET"}
+                scope |= {"query_string": query, "headers": [(b"host", b"gateway")]}
+                await service.serve(
+                    scope, receive, collect, context(), OWNER, route=route, response_id="resp_1"
+                )
+                assert sent[0]["status"] == 200
+        finally:
+            await upstream.close()
+    first, second = (head.split(b"\r\n", 1)[0] for head in replica.heads)
+    assert first == b"GET /v1/responses/resp_1?stream=false&starting_after=3 HTTP/1.1"
+    assert second == b"POST /v1/responses/resp_1/cancel HTTP/1.1"
