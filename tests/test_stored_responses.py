@@ -324,6 +324,11 @@ async def test_a_follow_up_with_another_model_is_refused() -> None:
     assert refused.value.message == (
         "Response 'resp_1' was made by model 'n'; continue it with that model."
     )
+    # And the other way round: a name that sorts first is another model too.
+    await world.keep("resp_2", model="m", replica=R2)
+    payload = {"input": "more", PREVIOUS: "resp_2"}
+    with pytest.raises(InvalidRequest):
+        await world.service.creation(payload, OWNER, world.n, context(), Client(world.store, "x"))
 
 
 @pytest.mark.parametrize("previous", ["resp_unknown", "resp_theirs", "../resp_1"])
@@ -563,6 +568,8 @@ class RecordingReplica:
     def __init__(self) -> None:
         self.heads: list[bytes] = []
         self.url = ""
+        self.gate = asyncio.Event()  # answers wait for it
+        self.gate.set()
 
     async def __aenter__(self) -> RecordingReplica:
         self._server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
@@ -577,6 +584,7 @@ class RecordingReplica:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             while True:
                 self.heads.append(await reader.readuntil(b"\r\n\r\n"))
+                await self.gate.wait()
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
                 writer.write(b"content-length: 2\r\n\r\n{}")
                 await writer.drain()
@@ -602,7 +610,7 @@ async def test_a_get_reaches_the_replica_with_its_path_and_query_as_sent(kind: s
 
         try:
             calls = [
-                (b"stream=false&starting_after=3", Route.RESPONSE),
+                (b"stream=false&starting_after=3&x=a%2Fb%20c", Route.RESPONSE),
                 (b"", Route.RESPONSE_CANCEL),
             ]
             for query, route in calls:
@@ -616,5 +624,46 @@ async def test_a_get_reaches_the_replica_with_its_path_and_query_as_sent(kind: s
         finally:
             await upstream.close()
     first, second = (head.split(b"\r\n", 1)[0] for head in replica.heads)
-    assert first == b"GET /v1/responses/resp_1?stream=false&starting_after=3 HTTP/1.1"
+    assert first == b"GET /v1/responses/resp_1?stream=false&starting_after=3&x=a%2Fb%20c HTTP/1.1"
     assert second == b"POST /v1/responses/resp_1/cancel HTTP/1.1"
+
+
+async def test_a_get_in_flight_holds_no_tokens() -> None:
+    principal = Principal("key-1", "acme", "key", limits=Limits(tokens_per_minute=1))
+    async with RecordingReplica() as replica:
+        store = MemoryResponseStore()
+        await store.remember("resp_1", StoredResponse("m", replica.url, "acme", "key-1"))
+        pools = Pools([Pool("m", [Replica(replica.url)], PickPolicy())])
+        upstream = UpstreamClient(Timeouts(5.0, 5.0, 5.0), ssl.create_default_context(), 4)
+        await upstream.open()
+        admissions = Admissions(
+            MemoryRateLimiter(), Metrics(CollectorRegistry()), tenants={}, fail_open=False
+        )
+        service = StoredResponses(store, pools, upstream, admissions)
+        await admissions.finish(await admissions.admit(principal, "m", 1), 1)  # the minute's
+        replica.gate.clear()
+        scope = {"method": "GET", "query_string": b"", "headers": [(b"host", b"gateway")]}
+        sent: list[Message] = []
+
+        async def collect(message: Message) -> None:
+            sent.append(message)
+
+        getting = asyncio.ensure_future(
+            service.serve(
+                scope, receive, collect, context(), principal,
+                route=Route.RESPONSE, response_id="resp_1",
+            )
+        )  # fmt: skip
+        try:
+            for _ in range(500):
+                if replica.heads:
+                    break
+                await asyncio.sleep(0.01)
+            assert replica.heads, "the GET did not reach the replica"
+            with pytest.raises(RateLimited):  # the GET in flight gave no token back
+                await admissions.admit(principal, "m", 1)
+        finally:
+            replica.gate.set()
+            await getting
+            await upstream.close()
+        assert sent[0]["status"] == 200
