@@ -8,6 +8,8 @@ awaits it never ends. `gateway.tasks.cancel_and_wait` cancels until the task is 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
 
@@ -24,6 +26,12 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+async def ends(stopping: Coroutine[Any, Any, None]) -> bool:
+    """Whether STOPPING returns within a generous wait (instead of waiting for ever)."""
+    done, _ = await asyncio.wait({asyncio.ensure_future(stopping)}, timeout=10)
+    return bool(done)
 
 
 async def _stubborn(swallow: int, ticks: list[int]) -> None:
@@ -87,9 +95,7 @@ async def test_the_key_change_feed_stops_even_when_stopped_in_the_middle_of_a_pi
         cache.start()
         try:
             await asyncio.sleep(0.01 + attempt / 1000)
-            stopping = asyncio.ensure_future(cache.stop())
-            done, _ = await asyncio.wait({stopping}, timeout=10)
-            assert done, f"the key cache did not stop (attempt {attempt})"
+            assert await ends(cache.stop()), f"the key cache did not stop (attempt {attempt})"
         finally:
             await store.close()
 
@@ -104,8 +110,6 @@ async def test_the_tenant_directory_stops_even_when_closed_in_the_middle_of_a_po
         await directory.open(store)
         try:
             await asyncio.sleep(0.005 + attempt / 1000)
-            closing = asyncio.ensure_future(directory.close())
-            done, _ = await asyncio.wait({closing}, timeout=10)
-            assert done, f"the tenant directory did not stop (attempt {attempt})"
+            assert await ends(directory.close()), f"the directory did not stop ({attempt})"
         finally:
             await store.close()
