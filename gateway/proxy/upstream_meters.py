@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import Counter, Histogram
-
 from gateway.errors import UpstreamError
 from gateway.metrics import Metrics, replica_label
 from gateway.proxy.forward import StreamMeters, failure_kind
@@ -14,8 +12,6 @@ from gateway.request_record import Outcome
 from gateway.upstreams.pool import Pool, Replica
 
 logger = logging.getLogger("gateway.proxy")
-# Replicas come and go with discovery: the series kept here stay bounded.
-MAX_SERIES = 10_000
 
 
 class UpstreamMeters:
@@ -23,20 +19,12 @@ class UpstreamMeters:
         self._metrics = metrics
         self._eject_after = eject_after
         self._streams: dict[str, StreamMeters] = {}
-        self._ok: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
     def count(
         self, pool: Pool, replica: Replica, outcome: Outcome, error: UpstreamError | None
     ) -> None:
         """Count the attempt in the upstream metrics, and tell the pool how it went."""
         kind = failure_kind(outcome, error)
-        if kind is None and outcome.upstream_first_byte_at:
-            # The usual attempt: its two series found with one lookup.
-            requests, first_byte = self._answered(pool.model, replica.url)
-            requests.inc()
-            first_byte.observe(outcome.upstream_first_byte_at - outcome.upstream_sent_at)
-            replica.request_succeeded()
-            return
         label = replica_label(replica.url)
         metrics = self._metrics
         child = metrics.child
@@ -58,20 +46,6 @@ class UpstreamMeters:
                 label,
                 replica.failures,
             )
-
-    def _answered(self, model: str, url: str) -> tuple[Counter, Histogram]:
-        """The `ok` request counter and the first-byte latency of MODEL on a replica: made
-        by the first attempt that needs both, so no series shows before it is counted."""
-        found = self._ok.get((model, url))
-        if found is None:
-            metrics, label = self._metrics, replica_label(url)
-            if len(self._ok) >= MAX_SERIES:
-                self._ok.clear()
-            found = self._ok[model, url] = (
-                metrics.child(metrics.upstream_requests, model, label, "ok"),
-                metrics.child(metrics.upstream_latency, model, label),
-            )
-        return found
 
     def streams(self, model: str) -> StreamMeters:
         """The stream meters of MODEL: inter-token gaps and open streams."""
