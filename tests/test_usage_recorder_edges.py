@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 
-from gateway.usage.recorder import UsageRecorder
+from gateway.usage.recorder import MAX_KEYS, UsageRecorder
 from gateway.usage.records import TokenUsage
 from gateway.usage.store import MemoryUsageStore, UsageStoreUnavailable
 from tests.test_usage_recorder import DAY, ScriptedStore, counts
@@ -175,5 +175,23 @@ def test_a_negative_count_from_a_replica_is_never_taken_off() -> None:
         recorder.record("k1", "acme", "m", TokenUsage(3, -9))
         await recorder.flush()
         assert await store.by_principal("k1") == {"m": counts(4, 8, 7)}
+
+    asyncio.run(main())
+
+
+def test_a_flood_of_principals_keeps_the_row_keys_bounded_and_loses_no_count() -> None:
+    # Anyone with a valid JWT is a principal of its own: the per-principal row keys the
+    # recorder keeps for the request path are emptied at MAX_KEYS, never grown past it.
+    async def main() -> None:
+        store = MemoryUsageStore()
+        recorder = UsageRecorder(store, clock=lambda: DAY)
+        flood = MAX_KEYS + 2_500
+        for number in range(flood):
+            recorder.record(f"jwt:subject-{number}", "acme", "m", TokenUsage(1, 2))
+            assert len(recorder._keys) <= MAX_KEYS
+        recorder.record("jwt:subject-0", "acme", "m", TokenUsage(1, 2))  # met again after
+        await recorder.flush()
+        assert await store.by_tenant("acme") == {"m": counts(flood + 1, flood + 1, 2 * flood + 2)}
+        assert await store.by_principal("jwt:subject-0") == {"m": counts(2, 2, 4)}
 
     asyncio.run(main())
