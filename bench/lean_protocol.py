@@ -25,7 +25,11 @@ import httptools
 
 from gateway.edge import EdgeProtocol
 
-STATUS = {200: b"HTTP/1.1 200 OK\r\n", 500: b"HTTP/1.1 500 Internal Server Error\r\n"}
+STATUS = {
+    200: b"HTTP/1.1 200 OK\r\n",
+    404: b"HTTP/1.1 404 Not Found\r\n",
+    500: b"HTTP/1.1 500 Internal Server Error\r\n",
+}
 FAILED = b"content-length: 0\r\nconnection: close\r\n\r\n"
 
 

@@ -3,7 +3,9 @@
     python bench/serve_variant.py VARIANT CONFIG
 
 VARIANT is `uvloop-httptools` (what `vllm-gateway serve` runs), `asyncio-h11`,
-`asyncio-httptools`, `uvloop-h11`, or `granian` (needs `pip install granian`).
+`asyncio-httptools`, `uvloop-h11`, or `granian` (needs `pip install granian`);
+`floor-uvicorn` and `floor-lean` serve not the gateway but `floor.py`'s bare
+forwarder, with the gateway's uvicorn configuration or the lean prototype.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ import sys
 from pathlib import Path
 
 import uvicorn
+import uvloop
+from floor import bare_forwarder
+from lean_protocol import serve_lean
 
 from gateway.app import create_app
+from gateway.cli.serve import uvicorn_config
 from gateway.logs import configure_logging
-from gateway.settings import load_settings
+from gateway.settings import Settings, load_settings
 
 UVICORN = {
     "uvloop-httptools": ("uvloop", "httptools"),
@@ -38,6 +44,9 @@ def main() -> None:
     variant, config = sys.argv[1], Path(sys.argv[2])
     settings = load_settings(config, {})
     listen = settings.listen
+    if variant.startswith("floor-"):
+        serve_floor(variant, settings)
+        return
     if variant == "granian":
         os.environ["BENCH_GATEWAY_CONFIG"] = str(config)
         beside = Path(sys.executable).parent / "granian"
@@ -62,6 +71,15 @@ def main() -> None:
         server_header=False,
         log_config=None,
     )
+
+
+def serve_floor(variant: str, settings: Settings) -> None:
+    """The bare forwarder to the first model's first replica, on either server."""
+    app = bare_forwarder(settings.models[0].replicas[0].url)
+    if variant == "floor-lean":
+        uvloop.run(serve_lean(app, settings.listen.port, coalesce=False))
+        return
+    uvicorn.Server(uvicorn_config(settings.listen, settings.edge, app)).run()
 
 
 if __name__ == "__main__":
