@@ -591,20 +591,23 @@ async def test_warnings_come_at_most_every_thirty_seconds(
     principal = key(Quotas(requests_per_day=1))
     with caplog.at_level(logging.WARNING, "gateway.limits"):
         await made.admit(principal, "m", 1, 1)
+        clock.now += 0.5  # paused: refused without asking Redis, counted in the next warning
+        await made.admit(principal, "m", 1, 1)
         for _ in range(3):
             clock.now += 1.0  # each at the end of the pause: asked, and failing
             await made.admit(principal, "m", 1, 1)
-        clock.now += 26.0  # 29 s after the first warning: still quiet
+        clock.now += 26.0  # 29.5 s after the first warning: still quiet
         await made.admit(principal, "m", 1, 1)
-        clock.now += 1.0  # 30 s after it
+        clock.now += 1.0  # 30.5 s after it
         await made.admit(principal, "m", 1, 1)
     messages = [r.getMessage() for r in caplog.records if r.name == "gateway.limits"]
     assert len(messages) == 2
-    for message in messages:
+    for message, failed in zip(messages, (1, 6), strict=True):
         assert message.startswith(
-            "quota backend unavailable, failing open: could not reserve quotas: "
+            f"quota backend unavailable ({failed} failed calls since the last warning),"
+            " failing open: could not reserve quotas: "
         )
-    assert sample(metrics, ERRORS, action="quota_admit", outcome="open") == 6
+    assert sample(metrics, ERRORS, action="quota_admit", outcome="open") == 7
 
 
 async def test_a_settlement_the_backend_misses_is_counted_and_stays_charged(
@@ -627,7 +630,8 @@ async def test_a_settlement_the_backend_misses_is_counted_and_stays_charged(
         messages = [r.getMessage() for r in caplog.records if r.name == "gateway.limits"]
         assert len(messages) == 1  # the second failure within LOG_EVERY_S is only counted
         assert messages[0].startswith(
-            "quota backend unavailable, reservations stay charged: could not settle quotas: "
+            "quota backend unavailable (1 failed calls since the last warning),"
+            " reservations stay charged: could not settle quotas: "
         )
         server.start()  # its AOF kept the reservations
         assert await usage(made, principal) == {"key:tokens:day": (0, 40)}

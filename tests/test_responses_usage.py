@@ -54,6 +54,20 @@ def test_the_terminal_event_gives_the_usage(
     assert reasons == [status]
 
 
+@pytest.mark.parametrize("size", [1, 7, 64, 100_000])
+def test_the_id_comes_from_a_created_event_that_carries_no_usage_field(size: int) -> None:
+    # vLLM 0.32 sends `"usage": null` in it; an engine that leaves the field out
+    # must not stop the id being remembered.
+    start = {"id": "resp_bare", "status": "in_progress"}
+    data = event("response.created", start, 0) + event("response.in_progress", start, 1)
+    watch = ResponseWatch()
+    scanner = watch.stream(strip=False)
+    sent = b"".join(scanner.feed(data[i : i + size]) for i in range(0, len(data), size))
+    assert sent + scanner.end() == data
+    assert watch.id == "resp_bare"
+    assert scanner.usage is None
+
+
 def test_a_stream_without_its_terminal_event_has_no_usage() -> None:
     data = stream("response.completed", "completed")
     cut = data[: data.rindex(b"event: response.completed")]

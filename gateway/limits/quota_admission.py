@@ -81,6 +81,7 @@ class QuotaAdmissions:
         self._clock = clock
         self._paused_until = 0.0
         self._last_log = -math.inf
+        self._unlogged = 0  # failed calls since the last warning
         # (kind, id, tenant) -> the principal's and the tenant's Quotas it was built from,
         # and the counters: most requests are of a key seen a moment ago.
         self._counters: dict[
@@ -158,19 +159,28 @@ class QuotaAdmissions:
             self._paused_until = self._clock() + PAUSE_S
             self._warn("reservations stay charged", exc)
 
-    def _warn(self, outcome: str, exc: LimiterBackendError) -> None:
-        """At most one warning every LOG_EVERY_S: the metric counts every failure."""
+    def _warn(self, outcome: str, exc: LimiterBackendError | None) -> None:
+        """At most one warning every LOG_EVERY_S, saying how many calls failed since the
+        one before: the metric counts every failure."""
+        self._unlogged += 1
         now = self._clock()
         if now - self._last_log >= LOG_EVERY_S:
+            reason = f": {exc}" if exc is not None else ""
+            logger.warning(
+                "quota backend unavailable (%d failed calls since the last warning), %s%s",
+                self._unlogged,
+                outcome,
+                reason,
+            )
             self._last_log = now
-            logger.warning("quota backend unavailable, %s: %s", outcome, exc)
+            self._unlogged = 0
 
     def _unavailable(self, exc: LimiterBackendError | None) -> QuotaTicket:
         outcome = "open" if self._fail_open else "closed"
         self._metrics.backend_error("quota_admit", outcome)
         if exc is not None:
             self._paused_until = self._clock() + PAUSE_S
-            self._warn(f"failing {outcome}", exc)
+        self._warn(f"failing {outcome}", exc)
         if self._fail_open:
             return QuotaTicket(None)
         raise LimiterUnavailable(

@@ -1,9 +1,10 @@
 """Reading `event:`-framed streams (Anthropic's Messages, OpenAI's Responses) as they
 pass, bytes unchanged.
 
-Only an event holding the bytes `"usage"` is parsed; a read's trailing partial
-event is kept (up to MAX_EVENT) until its blank line arrives, but every byte
-goes on to the client as it came. A subclass says what one such event means.
+Only an event holding the bytes `"usage"` is parsed (or what else a subclass's
+`wants` asks for); a read's trailing partial event is kept (up to MAX_EVENT)
+until its blank line arrives, but every byte goes on to the client as it came.
+A subclass says what one such event means.
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ class EventWatcher:
     def feed(self, chunk: bytes) -> bytes:
         """Returns CHUNK: nothing is ever withheld or changed."""
         if not self._partial and chunk.endswith(b"\n\n"):
-            if USAGE_KEY in chunk:
+            if self.wants(chunk):
                 self._scan(chunk)
             return chunk
         data = self._partial + chunk
         lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\n\r\n")
         cut = max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
         whole, self._partial = data[:cut], data[cut:]
-        if USAGE_KEY in whole:
+        if self.wants(whole):
             self._scan(whole)
         if len(self._partial) > MAX_EVENT:
             self._partial = b""
@@ -43,9 +44,13 @@ class EventWatcher:
         self._partial = b""
         return b""
 
+    def wants(self, events: bytes) -> bool:
+        """Whether EVENTS may hold one this watcher reads: any with usage, by default."""
+        return USAGE_KEY in events
+
     def _scan(self, events: bytes) -> None:
         for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
-            if USAGE_KEY in event:
+            if self.wants(event):
                 self._read(event)
 
     def _read(self, event: bytes) -> None:

@@ -17,11 +17,12 @@ from __future__ import annotations
 import re
 
 from gateway.proxy.event_stream import EventWatcher, data_of
-from gateway.proxy.usage_scan import BodyUsage, is_count
+from gateway.proxy.usage_scan import USAGE_KEY, BodyUsage, is_count
 from gateway.usage.records import TokenUsage
 
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 CREATED = "response.created"
+_CREATED_KEY = b'"response.created"'
 # The id as vLLM and OpenAI mint it; the same charset the by-id routes accept.
 RESPONSE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _HEAD = 512
@@ -53,6 +54,10 @@ class StreamUsage(EventWatcher):
     def __init__(self, watch: ResponseWatch, *, reasons: list[str] | None = None) -> None:
         super().__init__(reasons=reasons)
         self._watch = watch
+
+    def wants(self, events: bytes) -> bool:
+        # The created event is read for its id whether or not it carries a `usage` field.
+        return USAGE_KEY in events or (self._watch.id is None and _CREATED_KEY in events)
 
     def _read(self, event: bytes) -> None:
         data = data_of(event)
