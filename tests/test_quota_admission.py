@@ -280,6 +280,19 @@ async def test_the_soft_threshold_is_counted_once_when_crossed() -> None:
     assert sample(metrics, CROSSINGS, **quota_labels("tenant", "day", "requests")) == 1
 
 
+async def test_a_crossing_undone_or_settled_lower_is_not_counted_again() -> None:
+    made, metrics = build(soft_threshold=0.5)
+    principal = key(Quotas(tokens_per_day=100))
+    labels = quota_labels("key", "day", "tokens")
+    first = await made.admit(principal, "m", 60, 0)  # 60 of 100 reserved: past 50
+    assert sample(metrics, CROSSINGS, **labels) == 1
+    await made.cancel(first)  # another limit refused it: back to 0
+    second = await made.admit(principal, "m", 60, 0)
+    await made.finish(second, "m", (10, 0))  # used 10, far below again
+    await made.admit(principal, "m", 45, 0)  # 55: past it a third time
+    assert sample(metrics, CROSSINGS, **labels) == 1  # "once per period", as its help says
+
+
 # Refusals
 
 

@@ -194,6 +194,57 @@ async def test_crossing_midnight_starts_a_new_day_but_not_a_new_month(
     assert refused.state.window.reset_s == 27 * 86400
 
 
+def soft(*counters: Counter, prompt: int) -> QuotaDemand:
+    """A demand that asks which counters it takes to 80 % of their limit first."""
+    return QuotaDemand(counters, Amounts(prompt, 0, 1, 0), 0.8)
+
+
+async def test_the_soft_mark_is_reached_once_per_period(
+    backend: QuotaBackend, clock: Clock
+) -> None:
+    clock.now = EVE - 3600
+    day, month = counter(limit=100), counter(period="month", limit=1000)
+    below = await granted(backend, soft(day, month, prompt=79))
+    assert [s.crossed for s in below.states] == [False, False]
+    first = await granted(backend, soft(day, month, prompt=1))  # 80 of 100: exactly at it
+    assert [s.crossed for s in first.states] == [True, False]
+    # Undone (another limit refused it) and reached again: not a second crossing.
+    await backend.settle(first, Amounts(0, 0, 0, 0))
+    again = await granted(backend, soft(day, prompt=5))
+    assert [s.crossed for s in again.states] == [False]
+    # A reservation that settles lower and a sawtooth around the mark: still once.
+    await backend.settle(again, Amounts(0, 0, 1, 0))
+    await backend.settle(below, Amounts(70, 0, 1, 0))
+    assert not any(s.crossed for s in (await granted(backend, soft(day, prompt=15))).states)
+    # The month reaches its own mark; the next day's counter starts afresh.
+    big = await granted(backend, soft(month, prompt=730))  # 70 + 730: 800 of 1000
+    assert [s.crossed for s in big.states] == [True]
+    clock.now = EVE + 3600
+    fresh = await granted(backend, soft(day, prompt=85))
+    assert [s.crossed for s in fresh.states] == [True]
+    assert [s.window.name for s in fresh.states] == ["2026-02-01"]
+
+
+async def test_a_raised_limit_is_crossed_again_at_its_own_mark(backend: QuotaBackend) -> None:
+    await granted(backend, soft(counter(limit=100), prompt=90))
+    raised = counter(limit=200)
+    assert not (await granted(backend, soft(raised, prompt=60))).states[0].crossed  # 150
+    assert (await granted(backend, soft(raised, prompt=10))).states[0].crossed  # 160 of 200
+    lowered = counter(limit=170)  # its mark, 136, is below the one reached: not again
+    assert not (await granted(backend, soft(lowered, prompt=1))).states[0].crossed
+
+
+async def test_a_refusal_and_a_demand_without_threshold_mark_nothing(
+    backend: QuotaBackend,
+) -> None:
+    day = counter(limit=100)
+    assert isinstance(await backend.reserve(soft(day, prompt=101)), QuotaRefusal)
+    plain = await granted(backend, demand(day, prompt=95))  # no threshold asked
+    assert [s.crossed for s in plain.states] == [False]
+    # The mark was never recorded, so the first demand that asks is told.
+    assert (await granted(backend, soft(day, prompt=1))).states[0].crossed
+
+
 async def test_a_limit_lowered_below_the_usage_refuses_everything(backend: QuotaBackend) -> None:
     grant = await granted(backend, demand(counter(limit=100), prompt=80))
     await backend.settle(grant, Amounts(80, 0, 1, 0))

@@ -124,7 +124,9 @@ class QuotaAdmissions:
         if self._clock() < self._paused_until:
             return self._unavailable(None)
         demand = QuotaDemand(
-            counters, amounts(self.prices, model, prompt_tokens, completion_tokens)
+            counters,
+            amounts(self.prices, model, prompt_tokens, completion_tokens),
+            self.soft_threshold,
         )
         try:
             answer = await self.backend.reserve(demand)
@@ -133,7 +135,7 @@ class QuotaAdmissions:
         if isinstance(answer, QuotaRefusal):
             raise self._refused(answer, demand.amounts)
         for state in answer.states:
-            if state.before < self.soft_threshold * state.counter.limit and self.crossed(state):
+            if state.crossed:
                 self._metrics.crossed(state.counter)
         return QuotaTicket(answer, quota_headers(answer.states))
 

@@ -20,6 +20,7 @@ from gateway.limits.quotas import (
     QuotaGrant,
     QuotaRefusal,
     refusing,
+    soft_mark,
 )
 
 SWEEP_EVERY_S = 3600.0
@@ -30,7 +31,7 @@ class MemoryQuotas:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        # counter key -> [used, reserved, expires at]
+        # counter key -> [used, reserved, expires at, the highest soft mark crossed or -1]
         self._counts: dict[str, list[int]] = {}
         self._next_sweep = 0.0
 
@@ -38,7 +39,7 @@ class MemoryQuotas:
         states = []
         for counter in counters:
             period = window(counter.period, now)
-            used, reserved, _ = self._counts.get(_key(counter, period.name), (0, 0, 0))
+            used, reserved = self._counts.get(_key(counter, period.name), (0, 0))[:2]
             states.append(CounterState(counter, period, used, reserved, used + reserved))
         return states
 
@@ -53,8 +54,14 @@ class MemoryQuotas:
         for state in states:
             entry = self._entry(_key(state.counter, state.window.name), state.window.end)
             entry[1] += demand.amounts.of(state.counter.kind)
+            mark = soft_mark(demand.soft_threshold, state.counter.limit)
+            crossed = entry[3] < mark <= entry[0] + entry[1]
+            if crossed:
+                entry[3] = mark
             charged.append(
-                CounterState(state.counter, state.window, state.used, entry[1], state.before)
+                CounterState(
+                    state.counter, state.window, state.used, entry[1], state.before, crossed
+                )
             )
         return QuotaGrant(demand, tuple(charged))
 
@@ -79,7 +86,7 @@ class MemoryQuotas:
     def _entry(self, key: str, end: float) -> list[int]:
         entry = self._counts.get(key)
         if entry is None:
-            entry = self._counts[key] = [0, 0, int(end) + GRACE_S]
+            entry = self._counts[key] = [0, 0, int(end) + GRACE_S, -1]
         return entry
 
     def _sweep(self, now: float) -> None:

@@ -1,6 +1,7 @@
 """The shared quota backend: Redis, one atomic script per admission and per settlement.
 
-    {prefix}:quota:{owner}:{kind}:{period}   hash  u -> used, r -> reserved
+    {prefix}:quota:{owner}:{kind}:{period}   hash  u -> used, r -> reserved,
+                                             s -> the highest soft mark reached
 
 `period` names the UTC day (`2026-12-07`) or month (`2026-12`) the counter
 counts. Each key expires GRACE_S after its period ends, as the gateway's clock
@@ -27,29 +28,39 @@ from gateway.limits.quotas import (
     QuotaGrant,
     QuotaRefusal,
     refusing,
+    soft_mark,
 )
 from gateway.limits.redis_limiter import MAX_CONNECTIONS, _mapped
 
-# KEYS: one per counter. ARGV: per counter, limit, amount, time to live (seconds).
-# Returns 1 if charged (0 if not), then used and reserved per counter, before the charge.
+# KEYS: one per counter. ARGV: per counter, limit, amount, time to live (seconds), and
+# the soft mark (-1: none). Returns 1 if charged (0 if not), then per counter used and
+# reserved before the charge, and 1 if this charge is the first to reach its soft mark
+# (field `s` keeps the highest mark reached, so a period counts each mark once).
 _RESERVE = """
 local n = #KEYS
 local states = {}
 local ok = 1
 for i = 1, n do
-  local v = redis.call('HMGET', KEYS[i], 'u', 'r')
+  local v = redis.call('HMGET', KEYS[i], 'u', 'r', 's')
   local used, reserved = tonumber(v[1] or 0), tonumber(v[2] or 0)
-  states[i] = {used, reserved}
-  if used + reserved + tonumber(ARGV[3 * i - 1]) > tonumber(ARGV[3 * i - 2]) then ok = 0 end
+  states[i] = {used, reserved, tonumber(v[3] or -1)}
+  if used + reserved + tonumber(ARGV[4 * i - 2]) > tonumber(ARGV[4 * i - 3]) then ok = 0 end
 end
 local out = {ok}
 for i = 1, n do
+  local crossed = 0
   if ok == 1 then
-    redis.call('HINCRBY', KEYS[i], 'r', ARGV[3 * i - 1])
-    redis.call('EXPIRE', KEYS[i], ARGV[3 * i])
+    local amount, mark = tonumber(ARGV[4 * i - 2]), tonumber(ARGV[4 * i])
+    redis.call('HINCRBY', KEYS[i], 'r', amount)
+    if states[i][3] < mark and mark <= states[i][1] + states[i][2] + amount then
+      redis.call('HSET', KEYS[i], 's', mark)
+      crossed = 1
+    end
+    redis.call('EXPIRE', KEYS[i], ARGV[4 * i - 1])
   end
   out[#out + 1] = states[i][1]
   out[#out + 1] = states[i][2]
+  out[#out + 1] = crossed
 end
 return out
 """
@@ -108,13 +119,15 @@ class RedisQuotas:
         for counter, period in zip(demand.counters, windows, strict=True):
             keys.append(self._key(counter, period.name))
             amount = demand.amounts.of(counter.kind)
-            args += [counter.limit, amount, _ttl(period.end, now)]
+            mark = soft_mark(demand.soft_threshold, counter.limit)
+            args += [counter.limit, amount, _ttl(period.end, now), mark]
         with _mapped("reserve quotas"):
             answer = await self._reserve(keys=keys, args=args)
-        states = []
+        states, crossed = [], []
         for i, (counter, period) in enumerate(zip(demand.counters, windows, strict=True)):
-            used, reserved = int(answer[1 + 2 * i]), int(answer[2 + 2 * i])
+            used, reserved = int(answer[1 + 3 * i]), int(answer[2 + 3 * i])
             states.append(CounterState(counter, period, used, reserved, used + reserved))
+            crossed.append(int(answer[3 + 3 * i]) == 1)
         if int(answer[0]) != 1:
             refused = refusing(states, demand.amounts)
             assert refused is not None  # the script refused on the same numbers
@@ -126,8 +139,9 @@ class RedisQuotas:
                 s.used,
                 s.reserved + demand.amounts.of(s.counter.kind),
                 s.before,
+                first,
             )
-            for s in states
+            for s, first in zip(states, crossed, strict=True)
         )
         return QuotaGrant(demand, charged)
 

@@ -64,20 +64,28 @@ class Amounts:
 
 @dataclass(frozen=True, slots=True)
 class QuotaDemand:
+    """What an admission asks for. With `soft_threshold`, the backend also tells which
+    counters this admission took to that share of their limit first in their period."""
+
     counters: tuple[Counter, ...]
     amounts: Amounts
+    soft_threshold: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class CounterState:
     """A counter as the backend saw it: `before` is used + reserved before this
-    admission; `used` and `reserved` are after it (reserved includes its charge)."""
+    admission; `used` and `reserved` are after it (reserved includes its charge).
+    `crossed`: this admission is the first of the period to take used + reserved to
+    the demand's soft threshold (once per period, and once more if the limit is raised
+    past it)."""
 
     counter: Counter
     window: Window
     used: int
     reserved: int
     before: int
+    crossed: bool = False
 
     @property
     def remaining(self) -> int:
@@ -119,6 +127,11 @@ class QuotaBackend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def soft_mark(threshold: float | None, limit: int) -> int:
+    """The use at which a counter passes THRESHOLD of LIMIT; -1 without a threshold."""
+    return -1 if threshold is None else math.ceil(threshold * limit)
 
 
 def refusing(states: Sequence[CounterState], amounts: Amounts) -> CounterState | None:
