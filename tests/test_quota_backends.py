@@ -245,6 +245,17 @@ async def test_a_refusal_and_a_demand_without_threshold_mark_nothing(
     assert (await granted(backend, soft(day, prompt=1))).states[0].crossed
 
 
+async def test_the_smallest_marks_are_crossed_once(backend: QuotaBackend) -> None:
+    # A limit of 1 has its mark at 1 (80 % rounded up), a limit of 0 at 0: a free
+    # model's requests (cost 0) fit a cost quota of 0 and are past its threshold.
+    one = counter("requests", limit=1)
+    assert [s.crossed for s in (await granted(backend, soft(one, prompt=0))).states] == [True]
+    zero = counter("cost", limit=0)
+    free = QuotaDemand((zero,), Amounts(5, 0, 1, 0), 0.8)
+    assert [s.crossed for s in (await granted(backend, free)).states] == [True]
+    assert [s.crossed for s in (await granted(backend, free)).states] == [False]
+
+
 async def test_a_limit_lowered_below_the_usage_refuses_everything(backend: QuotaBackend) -> None:
     grant = await granted(backend, demand(counter(limit=100), prompt=80))
     await backend.settle(grant, Amounts(80, 0, 1, 0))
