@@ -245,6 +245,12 @@ async def test_a_refusal_and_a_demand_without_threshold_mark_nothing(
     assert (await granted(backend, soft(day, prompt=1))).states[0].crossed
 
 
+async def test_each_counter_tells_its_own_crossing(backend: QuotaBackend) -> None:
+    roomy, tight = counter(limit=1000), counter(period="month", limit=10)
+    grant = await granted(backend, soft(roomy, tight, prompt=8))
+    assert [s.crossed for s in grant.states] == [False, True]
+
+
 async def test_the_smallest_marks_are_crossed_once(backend: QuotaBackend) -> None:
     # A limit of 1 has its mark at 1 (80 % rounded up), a limit of 0 at 0: a free
     # model's requests (cost 0) fit a cost quota of 0 and are past its threshold.
