@@ -606,12 +606,12 @@ async def test_warnings_come_at_most_every_thirty_seconds(
         await made.admit(principal, "m", 1, 1)
         clock.now += 0.5  # paused: refused without asking Redis, counted in the next warning
         await made.admit(principal, "m", 1, 1)
-        for _ in range(3):
-            clock.now += 1.0  # each at the end of the pause: asked, and failing
+        for step in (0.5, 1.0, 1.0):
+            clock.now += step  # each at the end of the pause: asked, and failing
             await made.admit(principal, "m", 1, 1)
-        clock.now += 26.0  # 29.5 s after the first warning: still quiet
+        clock.now += 26.0  # 29 s after the first warning: still quiet
         await made.admit(principal, "m", 1, 1)
-        clock.now += 1.0  # 30.5 s after it
+        clock.now += 1.0  # 30 s after it
         await made.admit(principal, "m", 1, 1)
     messages = [r.getMessage() for r in caplog.records if r.name == "gateway.limits"]
     assert len(messages) == 2
