@@ -50,10 +50,11 @@ local out = {ok}
 for i = 1, n do
   local crossed = 0
   if ok == 1 then
+    -- Redis is handed the gateway's own digits, never a Lua number turned back to text.
     local amount, mark = tonumber(ARGV[4 * i - 2]), tonumber(ARGV[4 * i])
-    redis.call('HINCRBY', KEYS[i], 'r', amount)
+    redis.call('HINCRBY', KEYS[i], 'r', ARGV[4 * i - 2])
     if states[i][3] < mark and mark <= states[i][1] + states[i][2] + amount then
-      redis.call('HSET', KEYS[i], 's', mark)
+      redis.call('HSET', KEYS[i], 's', ARGV[4 * i])
       crossed = 1
     end
     redis.call('EXPIRE', KEYS[i], ARGV[4 * i - 1])
