@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ from gateway.private_files import create_private, private_directory, tighten
 
 T = TypeVar("T")
 BUSY_TIMEOUT_S = 5.0
+WAL_RETRY_S = 0.01
 
 
 def connect(
@@ -38,7 +40,7 @@ def connect(
     )
     try:
         if not read_only:
-            connection.execute("PRAGMA journal_mode = WAL")
+            _use_wal(connection)
         connection.execute("PRAGMA synchronous = FULL")
         prepare(connection, read_only)
         if not read_only:
@@ -48,6 +50,23 @@ def connect(
         connection.close()
         raise
     return connection
+
+
+def _use_wal(connection: sqlite3.Connection) -> None:
+    """Switch to WAL. Gateways opening one new file together race to switch it, and
+    SQLite answers the losers "locked" at once, without its busy timeout: they try
+    again (a worker thread, so sleeping blocks no event loop) for as long as that
+    timeout would have waited."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # SQLITE_BUSY_*, too
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(WAL_RETRY_S)
 
 
 @contextmanager
