@@ -280,6 +280,19 @@ async def test_huge_limits_and_amounts_are_exact(backend: QuotaBackend) -> None:
     assert (state.used, state.remaining) == (10**15 - 1, 1)
 
 
+async def test_the_soft_mark_of_a_huge_limit_is_exact(backend: QuotaBackend) -> None:
+    # 80 % of 10^15 micro-dollars: one below the mark is not past it, the mark is.
+    huge = counter("cost", limit=10**15)
+
+    def spend(cost: int) -> QuotaDemand:
+        return QuotaDemand((huge,), Amounts(0, 0, 1, cost), 0.8)
+
+    assert not (await granted(backend, spend(8 * 10**14 - 1))).states[0].crossed
+    assert (await granted(backend, spend(1))).states[0].crossed
+    state = (await backend.read([huge]))[0]
+    assert (state.reserved, state.remaining) == (8 * 10**14, 2 * 10**14)
+
+
 async def test_redis_counters_expire_after_their_period(tmp_path: Path, clock: Clock) -> None:
     server = RedisServer(tmp_path)
     server.start()
