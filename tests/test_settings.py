@@ -111,6 +111,16 @@ def test_upstream_urls_are_normalized(raw: str, normalized: str) -> None:
         ({"listen": {"tls": {"certfile": "/nonexistent.pem"}}}, {}, "listen.tls"),
         ({"listen": {"tls": {"certfile": "/a", "keyfile": "/b"}}}, {}, "listen.tls"),
         ({"log": {"level": "loud"}}, {}, "log.level"),
+        ({"upstreams": {"affinity": {"by": "prefix"}}}, {}, "upstreams.affinity.by"),
+        ({"upstreams": {"affinity": {"header": "X Session"}}}, {}, "upstreams.affinity.header"),
+        ({"upstreams": {"affinity": {"header": ""}}}, {}, "upstreams.affinity.header"),
+        ({}, {"VGW_UPSTREAMS__AFFINITY__MAX_LOAD": "0.9"}, "upstreams.affinity.max_load"),
+        ({"upstreams": {"affinity": {"prefix_chars": 8}}}, {}, "upstreams.affinity.prefix_chars"),
+        (
+            {"upstreams": {"affinity": {"prefix_chars": "4k"}}},
+            {},
+            "upstreams.affinity.prefix_chars",
+        ),
     ],
 )
 def test_invalid_settings_name_the_field(

@@ -16,6 +16,7 @@ from gateway.limits.quota_admission import QuotaAdmissions
 from gateway.metrics import Metrics
 from gateway.principal import Principal
 from gateway.proxy.admission_gate import AdmissionGate, Admitted
+from gateway.proxy.affinity import Affinity
 from gateway.proxy.aliases import ModelRouter, Shedding, retarget
 from gateway.proxy.anthropic import edit_messages
 from gateway.proxy.apis import ModelApis
@@ -80,6 +81,8 @@ class ProxyOptions:
     apis: ModelApis = field(default_factory=ModelApis)
     # Alias -> the models it stands for, in order (gateway.proxy.aliases).
     aliases: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # Each conversation to one replica (gateway.proxy.affinity); None: least busy.
+    affinity: Affinity | None = None
 
 
 class ProxyApp:
@@ -157,6 +160,10 @@ class ProxyApp:
         creation = None
         if route is Route.RESPONSES:
             creation = await self._stored.creation(payload, principal, pool, context, send)
+        affinity = self._options.affinity
+        key = None
+        if affinity is not None and (creation is None or creation.pinned is None):
+            key = affinity.key(route, payload, scope["headers"], principal.tenant)
         admitted = await self._gate.admit(principal, model, edited)
         ticket = admitted.ticket
         if context.span is not None:
@@ -176,6 +183,7 @@ class ProxyApp:
                 ticket=ticket,
                 framing=framing,
                 pinned=None if creation is None else creation.pinned,
+                key=key,
             )
         except BaseException:
             # The attempt under way left its outcome on the record: an answer that had
@@ -276,14 +284,16 @@ class ProxyApp:
         ticket: Ticket,
         framing: Framing,
         pinned: Replica | None = None,
+        key: int | None = None,
     ) -> Outcome:
-        """Forward to one replica (PINNED, when given: the only one that may answer); to
-        another only if the request provably never reached an engine and nothing was
-        sent to the client. The last attempt's outcome."""
+        """Forward to one replica (PINNED, when given: the only one that may answer; else
+        the pick for affinity KEY, if any); to another only if the request provably
+        never reached an engine and nothing was sent to the client. The last attempt's
+        outcome."""
         tried: list[Replica] = []
         outcome = Outcome()
         for attempt in range(1 + self._options.retries):
-            replica = pinned or pool.pick(exclude=tried)
+            replica = pinned or pool.pick(exclude=tried, key=key)
             tried.append(replica)
             last = pinned is not None or attempt == self._options.retries
             last = last or not pool.has_usable(exclude=tried)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from gateway.proxy.affinity import Affinity
 from gateway.proxy.apis import ModelApis
 from gateway.proxy.handler import ProxyOptions
 from gateway.proxy.response_store import MemoryResponseStore, ResponseStore
@@ -62,6 +63,9 @@ def proxy_options(
         shed_status=upstreams.load.shed_status,
         shed_retry_after=upstreams.load.shed_retry_after,
         aliases=settings.aliases,
+        affinity=None
+        if upstreams.affinity.by == "none"
+        else Affinity(upstreams.affinity.prefix_chars, upstreams.affinity.header),
     )
 
 

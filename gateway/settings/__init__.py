@@ -51,6 +51,7 @@ from gateway.settings.root import (
 )
 from gateway.settings.upstreams import (
     DEFAULT_APIS,
+    AffinitySettings,
     ApiFamily,
     DiscoverySettings,
     DnsSettings,
@@ -72,6 +73,7 @@ __all__ = [
     "TRACE_EXPORTERS",
     "AdminSettings",
     "AdminUISettings",
+    "AffinitySettings",
     "ApiFamily",
     "AuthSettings",
     "DiscoverySettings",

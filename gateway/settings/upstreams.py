@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
     Field,
+    field_validator,
     model_validator,
 )
 
 from gateway.settings.base import Secret, _Strict, normalize_upstream_url
+
+# An HTTP header name (RFC 9110's token).
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
 class ReplicaSettings(_Strict):
@@ -153,9 +158,34 @@ class LoadSettings(_Strict):
     shed_retry_after: int = Field(default=2, ge=1, le=3600)
 
 
+class AffinitySettings(_Strict):
+    """The requests of one conversation to one replica, where vLLM's prefix cache
+    already holds its opening (gateway.proxy.affinity)."""
+
+    # none: each request to the least busy replica; conversation: each conversation to
+    # the replica its key ranks first, while that replica is not overloaded.
+    by: Literal["none", "conversation"] = "none"
+    # A request header that names the conversation (a session id): when a request
+    # carries it, its value is the key instead of the conversation's opening.
+    header: str | None = Field(default=None, min_length=1, max_length=128)
+    # Characters of the opening (or of the header's value) the key is made of.
+    prefix_chars: int = Field(default=4096, ge=16, le=1_048_576)
+    # A replica keeps its conversations while its requests in flight stay below this
+    # many times the pool's mean; past that, the next replica in the ranking serves.
+    max_load: float = Field(default=1.5, ge=1.0, le=100.0)
+
+    @field_validator("header")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        if value is not None and not _TOKEN.fullmatch(value):
+            raise ValueError("must be an HTTP header name (letters, digits and -!#$%&'*+.^_`|~)")
+        return None if value is None else value.lower()
+
+
 class UpstreamSettings(_Strict):
     health: HealthSettings = HealthSettings()
     load: LoadSettings = LoadSettings()
+    affinity: AffinitySettings = AffinitySettings()
     # Another replica is tried only when the request provably never reached an engine
     # (a connection that failed, or vLLM's own 503 for a full queue) and nothing was sent.
     retries: int = Field(default=2, ge=0, le=10)

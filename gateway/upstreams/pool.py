@@ -7,11 +7,22 @@ finish, it gets no new ones). The pick is the usable replica with the fewest
 requests in flight from this gateway; with load-aware picking, the waiting
 queue the replica itself reports (other clients' load included) counts too,
 and its KV-cache use breaks ties.
+
+A request with an affinity key (gateway.proxy.affinity: its conversation) goes
+instead to the replica that ranks first for that key, by rendezvous hashing: each
+replica's weight for a key is a hash of the key and the replica's URL, so every
+gateway process ranks the replicas alike with nothing shared, and a replica that
+joins or leaves moves only the keys it wins or held. The load stays bounded: a
+replica serves the key only while its requests in flight are below
+`ceil(max_load * (all in flight + 1) / usable replicas)`; past that, the next one
+in the ranking does. Some replica is always below that bound.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -50,6 +61,12 @@ class Replica:
     load: Load | None = None
     models: frozenset[str] = frozenset()
     _urls: dict[str, URL] = field(default_factory=dict, repr=False)
+    # The replica's part in its rendezvous weights: the same in every gateway process.
+    salt: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        digest = hashlib.blake2b(self.url.encode(), digest_size=8).digest()
+        self.salt = int.from_bytes(digest, "big")
 
     @property
     def usable(self) -> bool:
@@ -124,6 +141,8 @@ class PickPolicy:
     # Load readings older than this are ignored (the replica stopped answering /metrics).
     load_max_age: float = 6.0
     clock: Callable[[], float] = time.monotonic
+    # An affinity key's replica keeps it below this many times the mean load.
+    max_load: float = 1.5
 
 
 class Pool:
@@ -134,7 +153,8 @@ class Pool:
         # Rotates the starting point so ties between idle replicas spread out.
         self._turn = itertools.count()
 
-    def pick(self, exclude: Iterable[Replica] = ()) -> Replica:
+    def pick(self, exclude: Iterable[Replica] = (), key: int | None = None) -> Replica:
+        """The replica for a request; KEY, when given, is its affinity key."""
         excluded = set(exclude)
         candidates = [r for r in self.replicas if r.usable and r not in excluded]
         if not candidates:
@@ -142,12 +162,25 @@ class Pool:
                 f"No healthy replica is serving model '{self.model}' right now.",
                 headers={"retry-after": "1"},
             )
+        if key is not None:
+            return self._keyed(candidates, key)
         start = next(self._turn) % len(candidates)
         rotated = candidates[start:] + candidates[:start]
         if not self.policy.load_aware:
             return min(rotated, key=lambda replica: replica.outstanding)
         now = self.policy.clock()
         return min(rotated, key=lambda replica: self._score(replica, now))
+
+    def ranking(self, key: int, replicas: Iterable[Replica] | None = None) -> list[Replica]:
+        """REPLICAS (the pool's, by default) from the highest weight for KEY down."""
+        given = self.replicas if replicas is None else replicas
+        return sorted(given, key=lambda replica: _weight(key, replica.salt), reverse=True)
+
+    def _keyed(self, candidates: list[Replica], key: int) -> Replica:
+        total = sum(replica.outstanding for replica in candidates)
+        bound = math.ceil(self.policy.max_load * (total + 1) / len(candidates))
+        ranked = self.ranking(key, candidates)
+        return next((r for r in ranked if r.outstanding < bound), ranked[0])
 
     def request_failed(self, replica: Replica, eject_after: int) -> bool:
         """A failed request of REPLICA; True when it ejects the replica. Never the last
@@ -191,6 +224,18 @@ class Pool:
 
     def remove_drained(self) -> None:
         self.replicas = [r for r in self.replicas if not (r.draining and r.outstanding == 0)]
+
+
+_MASK = (1 << 64) - 1
+
+
+def _weight(key: int, salt: int) -> int:
+    """A replica's rendezvous weight for a key: SplitMix64's finaliser of the two
+    mixed, so each replica's weights are as good as independent draws."""
+    mixed = (key ^ salt) & _MASK
+    mixed = ((mixed ^ (mixed >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    mixed = ((mixed ^ (mixed >> 27)) * 0x94D049BB133111EB) & _MASK
+    return mixed ^ (mixed >> 31)
 
 
 class Pools:

@@ -35,6 +35,7 @@ def pools_from_settings(settings: Settings) -> Pools:
         load_aware=load.picking == "load_aware",
         # Three missed readings and the replica's load is unknown again.
         load_max_age=3 * load.scrape_interval,
+        max_load=settings.upstreams.affinity.max_load,
     )
     pools = []
     for model in settings.models:
