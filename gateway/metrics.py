@@ -150,6 +150,13 @@ class Metrics:
             multiprocess_mode="livemin",
             registry=r,
         )
+        self.affinity_picks = Counter(
+            "gateway_affinity_picks",
+            "Replicas picked for a conversation (upstreams.affinity): its first choice, or "
+            "the next in its ranking (first choice busy past max_load, or already tried).",
+            ["model", "pick"],
+            registry=r,
+        )
         self.client_disconnects = Counter(
             "gateway_client_disconnects",
             "Clients that left before their answer ended.",

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from gateway.errors import NoHealthyReplica
 from gateway.proxy.affinity import Affinity, _text
 from gateway.proxy.routes import Route
 from gateway.proxy.setup import proxy_options
@@ -278,3 +279,23 @@ def test_some_replica_is_always_under_the_bound() -> None:
         under = [r for r in pool.ranking(k) if r.outstanding < bound]
         assert under, (bound, [r.outstanding for r in members])
         assert pool.pick(key=k) is under[0]
+
+
+def test_a_pick_tells_whether_it_is_the_conversations_first_choice() -> None:
+    members = replicas(3)
+    pool = pool_of(members)
+    k = 4242
+    first, second, _ = pool.ranking(k)
+    assert pool.pick_for(k) == (first, True)
+    first.outstanding = 1  # past the bound: handed on
+    assert pool.pick_for(k) == (second, False)
+    first.outstanding = 0
+    assert pool.pick_for(k, exclude=[first]) == (second, False)
+    # A retry that lands on the first choice after another was tried is still a retry.
+    assert pool.pick_for(k, exclude=[second]) == (first, False)
+    first.healthy = False  # gone: the next usable one is now the first choice
+    assert pool.pick_for(k) == (second, True)
+    for member in members:
+        member.healthy = False
+    with pytest.raises(NoHealthyReplica):
+        pool.pick_for(k)

@@ -24,6 +24,10 @@ def served(sim: Process) -> float:
     return metric(sim.url, "sim_http_requests_total", path=CHAT)
 
 
+def picks(gateway: Process, pick: str) -> float:
+    return metric(gateway.url, "gateway_affinity_picks_total", model=MODEL, pick=pick)
+
+
 def replica_of(sims: list[Process], send: Any) -> int:
     """Which of SIMS served the one request SEND makes."""
     before = [served(sim) for sim in sims]
@@ -75,7 +79,7 @@ def ask(client: openai.OpenAI, messages: list[dict[str, str]], **extra: Any) -> 
 
 
 def test_every_turn_of_a_conversation_reaches_one_replica(tmp_path: Path) -> None:
-    with fleet(tmp_path, {"by": "conversation"}) as (sims, (client,), _):
+    with fleet(tmp_path, {"by": "conversation"}) as (sims, (client,), gateways):
         homes = []
         for n in range(9):
             seen = {replica_of(sims, lambda m=m: ask(client, m)) for m in turns(n)}
@@ -92,13 +96,16 @@ def test_every_turn_of_a_conversation_reaches_one_replica(tmp_path: Path) -> Non
             assert list(chunks)
 
         assert replica_of(sims, streamed) == homes[0]
+        gateway = gateways[0]
+        assert picks(gateway, "first") == 9 * 3 + 1 and picks(gateway, "next") == 0
 
 
 def test_without_affinity_the_turns_of_a_conversation_spread(tmp_path: Path) -> None:
     """The check above could fail: the least-busy pick rotates among idle replicas."""
-    with fleet(tmp_path, {"by": "none"}) as (sims, (client,), _):
+    with fleet(tmp_path, {"by": "none"}) as (sims, (client,), gateways):
         seen = {replica_of(sims, lambda m=m: ask(client, m)) for n in range(3) for m in turns(n)}
         assert len(seen) > 1
+        assert picks(gateways[0], "first") == picks(gateways[0], "next") == 0
 
 
 def test_two_gateways_send_a_conversation_to_the_same_replica(tmp_path: Path) -> None:
@@ -157,3 +164,5 @@ def test_a_busy_replica_hands_its_conversation_to_the_next(tmp_path: Path) -> No
         # busy pick would share them 4, 4, 4).
         assert counts[home] == max(counts) and counts[home] <= 6, counts
         assert min(counts) < 4, counts
+        assert picks(gateway, "first") == 1 + counts[home]
+        assert picks(gateway, "next") == 12 - counts[home]

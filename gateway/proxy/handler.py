@@ -293,7 +293,13 @@ class ProxyApp:
         tried: list[Replica] = []
         outcome = Outcome()
         for attempt in range(1 + self._options.retries):
-            replica = pinned or pool.pick(exclude=tried, key=key)
+            if pinned is not None:
+                replica = pinned
+            elif key is None:
+                replica = pool.pick(exclude=tried)
+            else:
+                replica, first = pool.pick_for(key, exclude=tried)
+                self._meters.affinity(pool.model, first)
             tried.append(replica)
             last = pinned is not None or attempt == self._options.retries
             last = last or not pool.has_usable(exclude=tried)

@@ -47,6 +47,11 @@ class UpstreamMeters:
                 replica.failures,
             )
 
+    def affinity(self, model: str, first: bool) -> None:
+        """A conversation's pick: its first choice, or the next in its ranking."""
+        metrics = self._metrics
+        metrics.child(metrics.affinity_picks, model, "first" if first else "next").inc()
+
     def streams(self, model: str) -> StreamMeters:
         """The stream meters of MODEL: inter-token gaps and open streams."""
         meters = self._streams.get(model)

@@ -155,15 +155,9 @@ class Pool:
 
     def pick(self, exclude: Iterable[Replica] = (), key: int | None = None) -> Replica:
         """The replica for a request; KEY, when given, is its affinity key."""
-        excluded = set(exclude)
-        candidates = [r for r in self.replicas if r.usable and r not in excluded]
-        if not candidates:
-            raise NoHealthyReplica(
-                f"No healthy replica is serving model '{self.model}' right now.",
-                headers={"retry-after": "1"},
-            )
+        candidates = self._candidates(set(exclude))
         if key is not None:
-            return self._keyed(candidates, key)
+            return self._keyed(candidates, key)[0]
         start = next(self._turn) % len(candidates)
         rotated = candidates[start:] + candidates[:start]
         if not self.policy.load_aware:
@@ -171,16 +165,35 @@ class Pool:
         now = self.policy.clock()
         return min(rotated, key=lambda replica: self._score(replica, now))
 
+    def pick_for(self, key: int, exclude: Iterable[Replica] = ()) -> tuple[Replica, bool]:
+        """The replica for affinity KEY, and whether it is the key's first choice: the
+        highest-ranked usable replica, none excluded, under the bound."""
+        excluded = set(exclude)
+        replica, first = self._keyed(self._candidates(excluded), key)
+        return replica, first and not excluded
+
     def ranking(self, key: int, replicas: Iterable[Replica] | None = None) -> list[Replica]:
         """REPLICAS (the pool's, by default) from the highest weight for KEY down."""
         given = self.replicas if replicas is None else replicas
         return sorted(given, key=lambda replica: _weight(key, replica.salt), reverse=True)
 
-    def _keyed(self, candidates: list[Replica], key: int) -> Replica:
+    def _candidates(self, excluded: set[Replica]) -> list[Replica]:
+        candidates = [r for r in self.replicas if r.usable and r not in excluded]
+        if not candidates:
+            raise NoHealthyReplica(
+                f"No healthy replica is serving model '{self.model}' right now.",
+                headers={"retry-after": "1"},
+            )
+        return candidates
+
+    def _keyed(self, candidates: list[Replica], key: int) -> tuple[Replica, bool]:
         total = sum(replica.outstanding for replica in candidates)
         bound = math.ceil(self.policy.max_load * (total + 1) / len(candidates))
         ranked = self.ranking(key, candidates)
-        return next((r for r in ranked if r.outstanding < bound), ranked[0])
+        for replica in ranked:
+            if replica.outstanding < bound:
+                return replica, replica is ranked[0]
+        return ranked[0], True  # never: some replica is always under the bound
 
     def request_failed(self, replica: Replica, eject_after: int) -> bool:
         """A failed request of REPLICA; True when it ejects the replica. Never the last
