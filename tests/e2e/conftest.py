@@ -69,6 +69,17 @@ def vllm_command(model_dir: Path, name: str, port: int, *extra: str) -> list[str
     ]
 
 
+def vllm_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "VLLM_HOST_IP": "127.0.0.1",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        # Stored Responses, so a GET by id through the gateway has something to return.
+        "VLLM_ENABLE_RESPONSES_API_STORE": "1",
+    }
+
+
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + VLLM_STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -94,14 +105,7 @@ def vllm_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ser
     if not VLLM_PYTHON.exists() or not CHAT_MODEL_DIR.exists():
         pytest.fail(f"the vLLM environment is not built under {CACHE}: run `make e2e`")
     logs = tmp_path_factory.mktemp("vllm")
-    env = {
-        **os.environ,
-        "VLLM_HOST_IP": "127.0.0.1",
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        # Stored Responses, so a GET by id through the gateway has something to return.
-        "VLLM_ENABLE_RESPONSES_API_STORE": "1",
-    }
+    env = vllm_env()
     specs = [
         (CHAT_MODEL_DIR, CHAT_MODEL, ("--max-model-len", "2048")),
         (embed_model_dir(), EMBED_MODEL, ("--dtype", "float32")),
