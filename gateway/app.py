@@ -250,6 +250,7 @@ class Gateway:
             admin_app,
             admin_jwt_check,
             open_audit_log,
+            sign_in_guard,
             ui_sessions,
         )
 
@@ -272,6 +273,7 @@ class Gateway:
             tenants=(tenant_store, self.tenants),
             scrape_token=None if scrape_token is None else scrape_token.get_secret_value(),
             sessions=ui_sessions(settings.admin.ui, settings.workers),
+            guard=sign_in_guard(settings.admin.failed_sign_ins),
         )
 
 

@@ -60,6 +60,7 @@ def test_conversations_with_another_opening_or_tenant_have_other_keys() -> None:
 
 def test_the_other_apis_read_their_own_opening() -> None:
     messages = key({"system": "Be terse.", "messages": [FIRST]}, Route.MESSAGES)
+    assert messages != key({"system": "Be terse.", "messages": [SECOND]}, Route.MESSAGES)
     later = key({"system": "Be terse.", "messages": [FIRST, ANSWER, SECOND]}, Route.MESSAGES)
     assert messages == later is not None
     assert key({"system": "Be brief.", "messages": [FIRST]}, Route.MESSAGES) != messages
@@ -158,8 +159,19 @@ def test_different_openings_never_read_alike(one: object, other: object) -> None
     assert _text(one, 4096) != _text(other, 4096)
 
 
+def test_keys_stay_the_same_from_release_to_release() -> None:
+    """During a rolling upgrade old and new gateways serve side by side: a key that
+    changed would move every conversation to another replica. These values are the
+    contract; change them only knowingly, and say so in the changelog."""
+    assert _text({"a": [1, "b", None, True, {}]}, 100) == "{1:a[11'bNoneTrue{}]}"
+    assert key({"messages": [SYSTEM, FIRST]}) == 3939811093367356342
+    session = [(b"x-session-id", b"sess-42")]
+    assert key({}, header="x-session-id", headers=session) == 15581351505817947431
+
+
 def test_a_session_header_names_the_conversation() -> None:
-    session = [(b"X-Session-Id", b"sess-42")]
+    others = [(b"authorization", b"Bearer k"), (b"x-trace", b"t1"), (b"content-type", b"json")]
+    session = [others[0], (b"X-Session-Id", b"sess-42"), *others[1:]]
     one = key({"messages": [FIRST]}, header="x-session-id", headers=session)
     other = key({"messages": [SECOND]}, header="x-session-id", headers=session)
     assert one == other is not None

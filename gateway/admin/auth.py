@@ -12,6 +12,9 @@ The read-only scrape credential (`metrics.token`) is accepted too, on the few
 then holds a token that reads what `/metrics` already shows, not one that can
 mint keys. Everywhere else under the prefix it is refused like any stranger.
 
+Wrong credentials are counted per client address (`guard.py`): past the limit,
+the address gets 429 until its window ends, whatever it presents.
+
 The admin web UI's session cookie (`sessions.py`) is accepted too, when the
 request carries no Authorization header at all: a Bearer credential always
 decides alone. With the cookie, a request that may change something (anything
@@ -28,6 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.admin.guard import SignInGuard
 from gateway.admin.sessions import CSRF_HEADER, SessionStore, cookie_value
 from gateway.errors import error_body
 
@@ -53,12 +57,15 @@ class AdminAuthorizer:
         *,
         jwt_check: JWTAdminCheck | None = None,
         scrape_token: str | None = None,
+        guard: SignInGuard | None = None,
     ) -> None:
         if any(not token for token in tokens) or scrape_token == "":
             raise ValueError("an admin or scrape token must not be empty")
         self._digests = [_digest(token.encode("utf-8")) for token in tokens]
         self._jwt_check = jwt_check
         self._scrape = None if scrape_token is None else _digest(scrape_token.encode("utf-8"))
+        # Wrong credentials per client address (guard.py); None: not counted.
+        self.guard = guard
 
     def is_scraper(self, authorization: bytes | None) -> bool:
         """The header carries the read-only scrape credential (`metrics.token`)."""
@@ -123,11 +130,20 @@ class AdminAuthMiddleware:
         if scope["type"] != "http" or not _under(scope["path"], self.prefix):
             await self.app(scope, receive, send)
             return
+        presented = _has(scope, b"authorization")
+        guard = self.authorizer.guard
+        if presented and guard is not None:
+            wait = guard.retry_after(scope)
+            if wait is not None:
+                await throttled(send, wait)
+                return
         authorization = _header(scope, b"authorization")
         identity = await self.authorizer.identify(authorization)
         if identity is None and self._scrapes(scope) and self.authorizer.is_scraper(authorization):
             identity = SCRAPER_IDENTITY
-        if identity is None and self.sessions is not None and not _has(scope, b"authorization"):
+        if identity is None and presented and guard is not None:
+            guard.failed(scope)
+        if identity is None and self.sessions is not None and not presented:
             session = self.sessions.get(cookie_value(scope["headers"]))
             if (
                 session is not None
@@ -173,6 +189,20 @@ async def _unauthorized(send: Send) -> None:
         "invalid_admin_credentials",
     )
     await _send_error(send, 401, body, [(b"www-authenticate", b'Bearer realm="admin"')])
+
+
+def throttled_body(wait: int) -> bytes:
+    return error_body(
+        "too many wrong admin credentials from this address; "
+        f"try again in {wait} s (admin.failed_sign_ins)",
+        "invalid_request_error",
+        None,
+        "admin_sign_in_throttled",
+    )
+
+
+async def throttled(send: Send, wait: int) -> None:
+    await _send_error(send, 429, throttled_body(wait), [(b"retry-after", str(wait).encode())])
 
 
 async def _csrf_refused(send: Send) -> None:

@@ -13,11 +13,12 @@ from fastapi import FastAPI
 from gateway.admin.app import create_admin_app
 from gateway.admin.audit import AuditLog, SqliteAuditLog
 from gateway.admin.auth import AdminAuthorizer
+from gateway.admin.guard import SignInGuard
 from gateway.admin.sessions import SessionStore
 from gateway.auth.service import AuthService
 from gateway.keys.store import KeyStore
 from gateway.limits.quota_admission import QuotaAdmissions
-from gateway.settings import AdminUISettings, KeyStoreSettings
+from gateway.settings import AdminUISettings, FailedSignInSettings, KeyStoreSettings
 from gateway.tenants.directory import TenantDirectory
 from gateway.tenants.store import TenantStore
 from gateway.upstreams.pool import Pools
@@ -47,11 +48,15 @@ def admin_app(
     tenants: tuple[TenantStore, TenantDirectory] | None = None,
     scrape_token: str | None = None,
     sessions: SessionStore | None = None,
+    guard: SignInGuard | None = None,
 ) -> FastAPI:
     """The admin app; the caller owns (opens and closes) `store`, `audit` and `usage`,
     and `pools`, which the admin API only reads. `scrape_token` (`metrics.token`) may
-    read Prometheus' service discovery too. `sessions`: the web UI's, when it is on."""
-    authorizer = AdminAuthorizer(tokens, jwt_check=jwt_check, scrape_token=scrape_token)
+    read Prometheus' service discovery too. `sessions`: the web UI's, when it is on.
+    `guard` counts wrong credentials per client address."""
+    authorizer = AdminAuthorizer(
+        tokens, jwt_check=jwt_check, scrape_token=scrape_token, guard=guard
+    )
     return create_admin_app(
         store,
         audit,
@@ -63,6 +68,10 @@ def admin_app(
         tenants=tenants,
         sessions=sessions,
     )
+
+
+def sign_in_guard(settings: FailedSignInSettings) -> SignInGuard | None:
+    return None if settings.limit is None else SignInGuard(settings.limit, settings.window)
 
 
 def ui_sessions(settings: AdminUISettings, workers: int) -> SessionStore | None:

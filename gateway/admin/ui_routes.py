@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.admin.auth import AdminAuthorizer
+from gateway.admin.auth import AdminAuthorizer, throttled_body
 from gateway.admin.sessions import COOKIE_NAME, CSRF_HEADER, Session, SessionStore, cookie_value
 from gateway.errors import error_body
 
@@ -93,11 +93,18 @@ class UIRoutes:
 
     async def sign_in(self, request: Request) -> Response:
         """Check an admin credential once; from then on the cookie stands for it."""
+        guard = self.authorizer.guard
+        wait = None if guard is None else guard.retry_after(request.scope)
+        if wait is not None:
+            headers = {"retry-after": str(wait)}
+            return Response(throttled_body(wait), 429, headers, media_type="application/json")
         token = await _token_sent(request)
         if token is None:
             return _error(400, 'send {"token": "<admin token or JWT>"} as JSON', "bad_sign_in")
         identity = await self.authorizer.identify(b"Bearer " + token.encode("utf-8"))
         if identity is None:
+            if guard is not None:
+                guard.failed(request.scope)
             return _error(401, "that is not an admin token", "invalid_admin_credentials")
         # A fresh id at every sign-in, the one before (if any) ended: no fixation.
         self.sessions.delete(cookie_value(request.scope["headers"]))

@@ -96,6 +96,15 @@ class AdminUISettings(_Strict):
     max_sessions: int = Field(default=1000, ge=1, le=100_000)
 
 
+class FailedSignInSettings(_Strict):
+    """Wrong admin credentials from one client address (an IPv6 one: its /64): past
+    `limit` in `window` seconds, the address is refused with 429 until the window
+    ends, whatever it presents. Counted per gateway process."""
+
+    limit: int | None = Field(default=10, ge=1, le=1_000_000)  # None: not counted
+    window: float = Field(default=300.0, gt=0, le=86400)
+
+
 class AdminSettings(_Strict):
     """The admin API: at /admin on the gateway's listener, or only on its own `listen`.
 
@@ -109,6 +118,7 @@ class AdminSettings(_Strict):
     jwt_claim: str | None = None
     listen: ListenSettings | None = None
     ui: AdminUISettings = AdminUISettings()
+    failed_sign_ins: FailedSignInSettings = FailedSignInSettings()
 
     @model_validator(mode="after")
     def _listener_needs_admins(self) -> AdminSettings:
