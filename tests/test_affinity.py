@@ -15,7 +15,7 @@ from gateway.proxy.affinity import Affinity, _text
 from gateway.proxy.routes import Route
 from gateway.proxy.setup import proxy_options
 from gateway.settings import load_settings
-from gateway.upstreams.pool import PickPolicy, Pool, Replica
+from gateway.upstreams.pool import PickPolicy, Pool, Replica, _weight
 from gateway.upstreams.setup import pools_from_settings
 
 SYSTEM = {"role": "system", "content": "You are terse."}
@@ -213,6 +213,20 @@ def replicas(count: int) -> list[Replica]:
 
 def pool_of(members: list[Replica], max_load: float = 1.5) -> Pool:
     return Pool("m", members, PickPolicy(max_load=max_load))
+
+
+def test_rankings_stay_the_same_from_release_to_release() -> None:
+    """Old and new gateways side by side (a rolling upgrade) must rank the replicas of
+    a conversation alike, or its turns would alternate between two replicas."""
+    members = replicas(4)
+    assert members[0].salt == 14595987661419709512
+    assert _weight(1, 0) == 6238072747940578789
+    assert _weight((1 << 64) - 1, 0) == 13029008266876403067
+    assert _weight(3939811093367356342, members[0].salt) == 18330968341108465822
+    urls = [r.url for r in pool_of(members).ranking(3939811093367356342)]
+    assert urls == [members[i].url for i in (0, 1, 3, 2)]
+    urls = [r.url for r in pool_of(members).ranking(15581351505817947431)]
+    assert urls == [members[i].url for i in (0, 2, 3, 1)]
 
 
 def test_keys_spread_evenly_and_every_gateway_ranks_alike() -> None:

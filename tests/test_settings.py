@@ -111,6 +111,8 @@ def test_upstream_urls_are_normalized(raw: str, normalized: str) -> None:
         ({"listen": {"tls": {"certfile": "/nonexistent.pem"}}}, {}, "listen.tls"),
         ({"listen": {"tls": {"certfile": "/a", "keyfile": "/b"}}}, {}, "listen.tls"),
         ({"log": {"level": "loud"}}, {}, "log.level"),
+        ({"admin": {"failed_sign_ins": {"limit": 0}}}, {}, "admin.failed_sign_ins.limit"),
+        ({}, {"VGW_ADMIN__FAILED_SIGN_INS__WINDOW": "0"}, "admin.failed_sign_ins.window"),
         ({"upstreams": {"affinity": {"by": "prefix"}}}, {}, "upstreams.affinity.by"),
         ({"upstreams": {"affinity": {"header": "X Session"}}}, {}, "upstreams.affinity.header"),
         ({"upstreams": {"affinity": {"header": ""}}}, {}, "upstreams.affinity.header"),
