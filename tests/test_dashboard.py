@@ -264,10 +264,12 @@ def main_config(tmp_path: Path, sims: list[Process]) -> tuple[dict[str, object],
 
 
 def redis_config(tmp_path: Path, sim: Process) -> tuple[dict[str, object], str]:
-    """A gateway whose limits live in a Redis that is not there (fail-open)."""
+    """A gateway whose limits live in a Redis that is not there (fail-open), and which
+    keeps each conversation on one replica."""
     config = keyed_config(tmp_path, free_port(), {MODEL: [sim.url]})
     redis_url = f"redis://127.0.0.1:{free_port()}/0"
     config["limits"] = {"backend": "redis", "redis_url": redis_url, "on_backend_error": "open"}
+    config["upstreams"] = {"affinity": {"by": "conversation"}}
     key = create_key(config, tenant="acme", limits=Limits(requests_per_minute=1000))
     return config, key
 
@@ -463,6 +465,16 @@ def test_request_counts_are_what_was_sent(stack: Stack) -> None:
     sent = {status for tally in (stack.main, stack.second) for _, status in tally.statuses}
     assert {status for (status,) in by_status} == sent
     assert {"200", "401", "404", "429", "500"} <= sent
+
+
+def test_affinity_picks_are_the_conversations_sent(stack: Stack) -> None:
+    """The second gateway keeps conversations home: its one chat a round is a first
+    choice each time; the main gateway, without affinity, counts none."""
+    picks = "sum by (instance, pick) (gateway_affinity_picks_total)"
+    shown = stack.prometheus.values(picks, "instance", "pick")
+    assert shown == {(stack.second.instance, "first"): ROUNDS}
+    (panel,) = panel_values(stack, "Conversation affinity picks/s", "model", "pick")
+    assert set(panel) == {(MODEL, "first")} and panel[MODEL, "first"] > 0
 
 
 def test_tokens_are_the_replicas_usage(stack: Stack) -> None:
