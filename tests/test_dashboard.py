@@ -45,7 +45,14 @@ from tests.servers import (
 MODEL, SIDE, BROKEN, UNKNOWN = "sim-model", "side-model", "broken-model", "no-such-model"
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 TENANTS = ("acme", "globex")
-MESSAGES = [{"role": "user", "content": "Tell me about the weather on the coast today"}]
+# Over 16 words: a full block of the simulators' prefix caches, found when resent.
+MESSAGES = [
+    {
+        "role": "user",
+        "content": "Tell me about the weather on the coast today, and whether the wind "
+        "will keep the boats in the harbour until the evening tide comes in",
+    }
+]
 ROUNDS = 2
 # Far more than the socket buffers between a simulator and a client hold.
 STALL_TOKENS = 200_000
@@ -475,6 +482,18 @@ def test_affinity_picks_are_the_conversations_sent(stack: Stack) -> None:
     assert shown == {(stack.second.instance, "first"): ROUNDS}
     (panel,) = panel_values(stack, "Conversation affinity picks/s", "model", "pick")
     assert set(panel) == {(MODEL, "first")} and panel[MODEL, "first"] > 0
+
+
+def test_the_prefix_cache_panel_shows_each_replicas_hit_share(stack: Stack) -> None:
+    """Every round resends the same chat to MODEL's two replicas: each finds it cached
+    after its first time. The share is the replicas' own counters' (hits / queries)."""
+    (panel,) = panel_values(stack, "Prefix cache hit rate", "model_name", "instance")
+    instances = {f"127.0.0.1:{sim.port}" for sim in stack.sims}
+    assert {instance for _, instance in panel} == instances
+    for (model, _), share in panel.items():
+        assert 0 <= share <= 1
+        if model == MODEL:
+            assert share > 0, panel
 
 
 def test_tokens_are_the_replicas_usage(stack: Stack) -> None:

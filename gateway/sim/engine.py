@@ -10,6 +10,7 @@ from types import TracebackType
 
 from gateway.sim.errors import SimError
 from gateway.sim.metrics import SimMetrics
+from gateway.sim.prefix_cache import PrefixCache
 
 # vLLM 0.32's QueueOverflowError message, word for word.
 QUEUE_OVERFLOW = (
@@ -204,6 +205,13 @@ class Engine:
     ) -> None:
         self.metrics = metrics
         self.scheduler = Scheduler(max_num_seqs, metrics, max_queued)
+        self.prefix_cache = PrefixCache()
+
+    def prefill(self, prompt_text: str, prompt_tokens: int) -> None:
+        """An admitted prompt looked up in the prefix cache, and counted as vLLM does."""
+        hits = self.prefix_cache.lookup(prompt_text.split())
+        self.metrics.prefix_cache_queries.inc(prompt_tokens)
+        self.metrics.prefix_cache_hits.inc(min(hits, prompt_tokens))
 
     def sequence(
         self, prompt_tokens: int, ttft_ms: float, itl_ms: float, arrival: float

@@ -54,6 +54,12 @@ class SimMetrics:
         }
         self.prompt_tokens = self._counter("vllm:prompt_tokens", "Prefill tokens processed.")
         self.generation_tokens = self._counter("vllm:generation_tokens", "Tokens generated.")
+        self.prefix_cache_queries = self._counter(
+            "vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache."
+        )
+        self.prefix_cache_hits = self._counter(
+            "vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache."
+        )
         self.ttft = self._histogram(
             "vllm:time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS
         )

@@ -82,6 +82,8 @@ GATEWAY_METRICS = (
     "vllm:request_success",
     "vllm:prompt_tokens",
     "vllm:generation_tokens",
+    "vllm:prefix_cache_queries",
+    "vllm:prefix_cache_hits",
     "vllm:time_to_first_token_seconds",
     "vllm:inter_token_latency_seconds",
     "vllm:e2e_request_latency_seconds",
