@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,26 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
             pass
         time.sleep(1)
     pytest.fail(f"vLLM at {url} was not healthy after {VLLM_STARTUP_TIMEOUT_S:.0f} s")
+
+
+@contextmanager
+def chat_replica(logs: Path, *extra: str, env: Mapping[str, str] | None = None) -> Iterator[Server]:
+    """Another vLLM serving the chat model (its log in LOGS), stopped on exit."""
+    if not VLLM_PYTHON.exists() or not CHAT_MODEL_DIR.exists():
+        pytest.fail(f"the vLLM environment is not built under {CACHE}: run `make e2e`")
+    port = free_port()
+    log = logs / "vllm.log"
+    command = vllm_command(CHAT_MODEL_DIR, CHAT_MODEL, port, "--max-model-len", "2048", *extra)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env={**vllm_env(), **(env or {})}
+        )
+    try:
+        server = Server(f"http://127.0.0.1:{port}", CHAT_MODEL, API_KEY)
+        wait_healthy(server.url, proc, log)
+        yield server
+    finally:
+        stop(proc)
 
 
 @pytest.fixture(scope="session")

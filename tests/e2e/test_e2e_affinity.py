@@ -10,23 +10,14 @@ cached (`vllm:prefix_cache_queries_total`, `vllm:prefix_cache_hits_total`).
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import (
-    API_KEY,
-    CHAT_MODEL,
-    CHAT_MODEL_DIR,
-    Server,
-    vllm_command,
-    vllm_env,
-    wait_healthy,
-)
-from tests.servers import Process, free_port, gateway_config, metric, run_gateway, stop
+from tests.e2e.conftest import API_KEY, CHAT_MODEL, Server, chat_replica
+from tests.servers import Process, free_port, gateway_config, metric, run_gateway
 
 # Odd, so that without affinity the least busy pick, taking two idle replicas in
 # turn, sends each conversation's next turn to the other replica.
@@ -37,17 +28,8 @@ TURNS = 3
 @pytest.fixture(scope="module")
 def second_chat(tmp_path_factory: pytest.TempPathFactory, vllm_chat: Server) -> Iterator[Server]:
     """Another replica of the chat model: a pool of two."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("vllm-second") / "vllm.log"
-    command = vllm_command(CHAT_MODEL_DIR, CHAT_MODEL, port, "--max-model-len", "2048")
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=vllm_env())
-    try:
-        server = Server(f"http://127.0.0.1:{port}", CHAT_MODEL, API_KEY)
-        wait_healthy(server.url, proc, log)
+    with chat_replica(tmp_path_factory.mktemp("vllm-second")) as server:
         yield server
-    finally:
-        stop(proc)
 
 
 def cache_hits(servers: list[Server]) -> float:

@@ -8,25 +8,15 @@ span must then be a child of the gateway's attempt span: same trace id, parent
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import (
-    API_KEY,
-    CHAT_MODEL,
-    CHAT_MODEL_DIR,
-    VLLM_PYTHON,
-    Server,
-    vllm_command,
-    wait_healthy,
-)
+from tests.e2e.conftest import API_KEY, CHAT_MODEL, Server, chat_replica
 from tests.otlp_receiver import OTLPReceiver, ReceivedSpan, otlp_receiver
-from tests.servers import Process, free_port, gateway_config, run_gateway, stop
+from tests.servers import Process, free_port, gateway_config, run_gateway
 from tests.tracing_setup import FAST_EXPORT, SERVER, attempts, server_span
 
 
@@ -41,30 +31,15 @@ def traced_vllm(
     tmp_path_factory: pytest.TempPathFactory, receiver: OTLPReceiver
 ) -> Iterator[Server]:
     """A chat vLLM of its own, exporting its traces over OTLP/HTTP to the receiver."""
-    if not VLLM_PYTHON.exists() or not CHAT_MODEL_DIR.exists():
-        pytest.fail("the vLLM environment is not built: run `make e2e`")
-    port = free_port()
-    log = tmp_path_factory.mktemp("vllm-traced") / "vllm.log"
     env = {
-        **os.environ,
-        "VLLM_HOST_IP": "127.0.0.1",
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_CPU_KVCACHE_SPACE": "1",
         # vLLM's exporter speaks gRPC unless told otherwise; the receiver is OTLP/HTTP.
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
         "OTEL_SERVICE_NAME": "vllm",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
-    extra = ("--max-model-len", "2048", "--otlp-traces-endpoint", receiver.endpoint)
-    command = vllm_command(CHAT_MODEL_DIR, CHAT_MODEL, port, *extra)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        server = Server(f"http://127.0.0.1:{port}", CHAT_MODEL, API_KEY)
-        wait_healthy(server.url, proc, log)
+    logs = tmp_path_factory.mktemp("vllm-traced")
+    with chat_replica(logs, "--otlp-traces-endpoint", receiver.endpoint, env=env) as server:
         yield server
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(scope="module")
