@@ -4,6 +4,7 @@ address is the TCP peer's (127.0.0.1 and 127.0.0.2 are two addresses on loopback
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,40 @@ def test_failures_in_an_ended_window_start_a_new_count() -> None:
     clock.now += 59
     guard.failed(guest)
     assert guard.retry_after(guest) == 1
+
+
+def test_a_failure_long_after_the_window_starts_a_new_one() -> None:
+    clock = Clock()
+    guard = SignInGuard(2, 60, clock=clock)
+    guest = scope("198.51.100.2")
+    guard.failed(guest)
+    clock.now += 70  # well past the window: a new one starts here
+    guard.failed(guest)
+    clock.now += 1
+    guard.failed(guest)
+    assert guard.retry_after(guest) == 59
+
+
+def test_reaching_the_limit_is_logged_once_per_window(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    guard = SignInGuard(3, 60, clock=clock)
+    guest = scope("203.0.113.9")
+    with caplog.at_level(logging.WARNING, logger="gateway.admin"):
+        for step in (0, 4, 6, 1, 1):
+            clock.now += step
+            guard.failed(guest)
+    assert [r.getMessage() for r in caplog.records] == [
+        "admin credentials from 203.0.113.9 refused for 50 s: 3 wrong ones within 10 s"
+    ]
+
+
+def test_a_table_of_one_address_keeps_the_last() -> None:
+    guard = SignInGuard(1, 60, max_addresses=1, clock=Clock())
+    first, second = scope("192.0.2.1"), scope("192.0.2.2")
+    guard.failed(first)
+    guard.failed(second)
+    assert len(guard) == 1
+    assert guard.retry_after(first) is None and guard.retry_after(second) == 60
 
 
 def test_the_table_forgets_the_least_recently_failing_address_first() -> None:
