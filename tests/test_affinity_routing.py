@@ -144,8 +144,8 @@ def test_a_busy_replica_hands_its_conversation_to_the_next(tmp_path: Path) -> No
         before = [served(sim) for sim in sims]
 
         async def stream(http: httpx.AsyncClient) -> int:
-            # 100 tokens 30 ms apart: every stream is still open when the last starts.
-            body = {"model": MODEL, "messages": turns(0)[0], "max_tokens": 100, "stream": True}
+            # 300 tokens 30 ms apart (9 s): every stream is still open when the last starts.
+            body = {"model": MODEL, "messages": turns(0)[0], "max_tokens": 300, "stream": True}
             async with http.stream(
                 "POST", f"{gateway.url}{CHAT}", json=body, headers=gateway.auth
             ) as response:
