@@ -51,6 +51,9 @@ def gateway(
     config = gateway_config(free_port(), models)
     config["admin"] = {"tokens": [ADMIN_TOKEN]}
     config["limits"] = {"max_batch": GLOBAL_BATCH, "tenants": {"small": {"max_batch": 2}}}
+    # Conversation affinity reads the opening of every request: every hostile body here
+    # goes through that reading too.
+    config["upstreams"] = {"affinity": {"by": "conversation", "header": "x-session-id"}}
     with run_gateway(module_tmp, config) as process:
         yield process
 
@@ -424,6 +427,12 @@ def test_random_field_values_never_beat_the_cap_or_the_charge(
     choices = max(_count(values.get("n")) or 1, _count(values.get("best_of")) or 1)
     sequences = (1 if chat else _prompts(prompt)) * choices
     assert generated <= CAP * sequences
+
+
+def test_the_random_requests_were_routed_by_their_opening(gateway: Process) -> None:
+    """Runs after the random requests (file order): those the gateway forwarded were
+    picked by their affinity key, so the openings above, of every type, were read."""
+    assert metric(gateway.url, "gateway_affinity_picks_total", pick="first") > 0
 
 
 def test_what_the_random_requests_were_charged_covers_what_the_engine_did(
