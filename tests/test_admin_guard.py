@@ -22,7 +22,7 @@ SCRAPE_TOKEN = "scrape-token-for-guard-tests-0123456789"
 
 class Clock:
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = 5.0
 
     def __call__(self) -> float:
         return self.now
@@ -131,9 +131,13 @@ def test_failures_count_against_an_ipv4_address_or_an_ipv6_slash_64(
 
 
 def test_a_guard_needs_a_positive_limit_and_window() -> None:
-    for limit, window, size in ((0, 60, 10), (1, 0, 10), (1, 60, 0)):
+    for limit, window, size in ((0, 60, 10), (1, 0, 10), (1, -5, 10), (1, 60, 0)):
         with pytest.raises(ValueError, match="positive"):
             SignInGuard(limit, window, max_addresses=size)
+    clock = Clock()
+    smallest = SignInGuard(1, 0.5, max_addresses=1, clock=clock)
+    smallest.failed(scope("192.0.2.9"))
+    assert smallest.retry_after(scope("192.0.2.9")) == 1
 
 
 @pytest.fixture
