@@ -3,10 +3,13 @@ caching over the simulator's tokens, and its two counters on /metrics."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import httpx
 
 from gateway.sim.prefix_cache import PrefixCache
-from tests.servers import Process, metric
+from tests.servers import Process, metric, run_simulator
 
 CHAT = "/v1/chat/completions"
 
@@ -70,3 +73,21 @@ def test_the_simulator_counts_prompt_tokens_looked_up_and_found(sim: Process) ->
     assert queries == sum(sizes)
     # The first prompt finds nothing; the next two find its two full blocks of 16.
     assert sizes[0] == 40 and hits == 2 * 32
+
+
+def test_prefill_time_is_paid_only_for_the_tokens_not_cached(tmp_path: Path) -> None:
+    """10 ms per uncached token: a 208-word prompt waits at least 2 s for its first token
+    the first time; sent again, all 13 of its blocks are cached and it waits none of it
+    (the bound is generous: a loaded machine adds milliseconds, not seconds)."""
+    prompt = " ".join(words(208, "prefill-"))
+    body = {"model": "sim-model", "prompt": prompt, "max_tokens": 1}
+    with run_simulator(tmp_path, "--prefill-ms-per-1k-tokens", "10000") as sim:
+        times = []
+        for _ in range(2):
+            started = time.monotonic()
+            answer = httpx.post(f"{sim.url}/v1/completions", json=body, timeout=60)
+            times.append(time.monotonic() - started)
+            assert answer.status_code == 200
+        assert times[0] >= 2.08
+        assert times[1] < times[0] - 1.0, times  # at least half the prefill skipped
+        assert counters(sim) == (416, 208)

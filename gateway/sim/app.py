@@ -92,7 +92,12 @@ class SimApp:
         self.config = config
         self.metrics = SimMetrics(config.model, config.reported_load)
         self._control = SimControl(self.metrics)
-        engine = Engine(config.max_num_seqs, self.metrics, config.max_num_queued_reqs)
+        engine = Engine(
+            config.max_num_seqs,
+            self.metrics,
+            config.max_num_queued_reqs,
+            prefill_s_per_token=config.prefill_ms_per_1k / 1_000_000,
+        )
         self._generator = Generator(config, engine)
         self._messages = MessagesGenerator(config, engine)
         self._responses = ResponsesGenerator(config, engine)

@@ -22,6 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1 paths")
     parser.add_argument("--ttft-ms", type=float, default=0.0, help="delay before the first token")
     parser.add_argument("--itl-ms", type=float, default=0.0, help="delay between tokens")
+    parser.add_argument(
+        "--prefill-ms-per-1k-tokens",
+        type=float,
+        default=0.0,
+        help="added to TTFT per 1,000 prompt tokens not found in the prefix cache",
+    )
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument(
         "--default-max-tokens",
@@ -103,6 +109,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         fail_status=args.fail_status,
         drop_after=args.drop_after,
         stall_ms=args.stall_ms,
+        prefill_ms_per_1k=args.prefill_ms_per_1k_tokens,
         reported_load=ReportedLoad(waiting=args.report_waiting, kv_cache=args.report_kv_cache),
     )
 

@@ -49,12 +49,14 @@ class SimConfig:
     fail_status: int | None = None
     drop_after: int | None = None
     stall_ms: float = 0.0
+    # Prefill time per 1,000 prompt tokens not found in the prefix cache, added to TTFT.
+    prefill_ms_per_1k: float = 0.0
     reported_load: ReportedLoad = field(default_factory=ReportedLoad)
 
     def __post_init__(self) -> None:
         if not self.model:
             raise ValueError("model must not be empty")
-        for name in ("ttft_ms", "itl_ms", "stall_ms"):
+        for name in ("ttft_ms", "itl_ms", "stall_ms", "prefill_ms_per_1k"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("max_model_len", "default_max_tokens", "max_num_seqs", "embedding_dim"):

@@ -164,6 +164,11 @@ class Sequence:
     def finish(self, reason: str) -> None:
         self._reason = reason
 
+    def delay_first_token(self, seconds: float) -> None:
+        """Prefill work on top of the TTFT knob (before the first token only)."""
+        if not self.generated:
+            self._ttft_s += seconds
+
 
 class SequenceGroup:
     """The sequences of one request with n > 1 or a batched prompt, admitted together.
@@ -201,17 +206,25 @@ class SequenceGroup:
 
 class Engine:
     def __init__(
-        self, max_num_seqs: int, metrics: SimMetrics, max_queued: int | None = None
+        self,
+        max_num_seqs: int,
+        metrics: SimMetrics,
+        max_queued: int | None = None,
+        *,
+        prefill_s_per_token: float = 0.0,
     ) -> None:
         self.metrics = metrics
         self.scheduler = Scheduler(max_num_seqs, metrics, max_queued)
         self.prefix_cache = PrefixCache()
+        self._prefill_s_per_token = prefill_s_per_token
 
-    def prefill(self, prompt_text: str, prompt_tokens: int) -> None:
-        """An admitted prompt looked up in the prefix cache, and counted as vLLM does."""
-        hits = self.prefix_cache.lookup(prompt_text.split())
+    def prefill(self, sequence: Sequence, prompt_text: str, prompt_tokens: int) -> None:
+        """An admitted prompt looked up in the prefix cache and counted as vLLM does; the
+        tokens not found delay SEQUENCE's first token by the prefill time per token."""
+        hits = min(self.prefix_cache.lookup(prompt_text.split()), prompt_tokens)
         self.metrics.prefix_cache_queries.inc(prompt_tokens)
-        self.metrics.prefix_cache_hits.inc(min(hits, prompt_tokens))
+        self.metrics.prefix_cache_hits.inc(hits)
+        sequence.delay_first_token((prompt_tokens - hits) * self._prefill_s_per_token)
 
     def sequence(
         self, prompt_tokens: int, ttft_ms: float, itl_ms: float, arrival: float

@@ -80,7 +80,7 @@ class Generator:
         self, call: Call, request: GenerationRequest, ident: Identity, build: BodyBuilder
     ) -> None:
         async with self._sequence(call, request.prompt_tokens) as sequence:
-            self._engine.prefill(request.prompt_text, request.prompt_tokens)
+            self._engine.prefill(sequence, request.prompt_text, request.prompt_tokens)
             for _ in range(request.completion_tokens):
                 await sequence.next_token()
             # A non-streamed answer is dropped where it would have been sent: nothing arrives.
@@ -103,7 +103,7 @@ class Generator:
         await exchange.start_stream()
         drop_after = call.knobs.drop_after
         async with pending as sequence:
-            self._engine.prefill(request.prompt_text, request.prompt_tokens)
+            self._engine.prefill(sequence, request.prompt_text, request.prompt_tokens)
             if chat:
                 await exchange.send_event(frames.role())
             for position in range(request.completion_tokens):

@@ -7,8 +7,9 @@ prompt that it already holds. The simulator does the same over its own tokens (a
 prompt's words): blocks of 16, chained hashes, the least recently used block
 evicted first past `max_blocks`. Each prompt adds its length to
 `vllm:prefix_cache_queries_total` and the words of its leading cached blocks to
-`vllm:prefix_cache_hits_total`, as vLLM's counters do in tokens. The time to first
-token does not change with hits (the simulator's is a fixed knob).
+`vllm:prefix_cache_hits_total`, as vLLM's counters do in tokens. The tokens not
+found cost prefill time before the first token when `--prefill-ms-per-1k-tokens`
+is set (`Engine.prefill`).
 """
 
 from __future__ import annotations
