@@ -88,6 +88,26 @@ def test_reaching_the_limit_is_logged_once_per_window(caplog: pytest.LogCaptureF
     ]
 
 
+@pytest.mark.parametrize("limit", [2, 10, 300])
+def test_the_warning_comes_at_the_limit_for_any_limit(
+    caplog: pytest.LogCaptureFixture, limit: int
+) -> None:
+    guard = SignInGuard(limit, 60, clock=Clock())
+    with caplog.at_level(logging.WARNING, logger="gateway.admin"):
+        for failures in range(1, limit + 3):
+            guard.failed(scope("203.0.113.10"))
+            assert len(caplog.records) == (failures >= limit), failures
+
+
+def test_by_default_the_table_holds_ten_thousand_addresses() -> None:
+    guard = SignInGuard(1, 60, clock=Clock())
+    for n in range(10_001):
+        guard.failed(scope(f"10.{n // 65536}.{n // 256 % 256}.{n % 256}"))
+    assert len(guard) == 10_000
+    assert guard.retry_after(scope("10.0.0.0")) is None  # the first, forgotten
+    assert guard.retry_after(scope("10.0.0.1")) == 60
+
+
 def test_a_table_of_one_address_keeps_the_last() -> None:
     guard = SignInGuard(1, 60, max_addresses=1, clock=Clock())
     first, second = scope("192.0.2.1"), scope("192.0.2.2")
