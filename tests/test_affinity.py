@@ -117,17 +117,31 @@ def test_odd_messages_still_make_a_key_without_failing() -> None:
     assert None not in keys and len(set(keys)) == len(keys)
 
 
-def test_the_key_is_made_of_the_first_prefix_chars_only() -> None:
+def test_a_long_shared_system_prompt_still_leaves_conversations_apart() -> None:
+    """The whole opening makes the key: a system prompt far past `prefix_chars`,
+    shared by every conversation, does not make them one."""
+    system = {"role": "system", "content": "Rule. " * 5000}
+    keys = {
+        key({"messages": [system, {"role": "user", "content": f"Question {n}"}]}, prefix_chars=64)
+        for n in range(50)
+    }
+    assert len(keys) == 50
+    later = [system, {"role": "user", "content": "Question 7"}, ANSWER, SECOND]
+    assert key({"messages": later}, prefix_chars=64) in keys
+
+
+def test_a_prompt_or_session_header_is_cut_at_prefix_chars() -> None:
+    """A completions prompt grows with each turn: its first `prefix_chars` make its key."""
     long = "x" * 100
-    first = key({"messages": [{"role": "user", "content": long + "A"}]}, prefix_chars=64)
-    second = key({"messages": [{"role": "user", "content": long + "B"}]}, prefix_chars=64)
-    assert first == second
-    wider = [
-        key({"messages": [{"role": "user", "content": long + end}]}, prefix_chars=4096)
-        for end in "AB"
-    ]
+    first = key({"prompt": long + "A"}, Route.COMPLETIONS, prefix_chars=64)
+    assert first == key({"prompt": long + "B"}, Route.COMPLETIONS, prefix_chars=64)
+    wider = [key({"prompt": long + end}, Route.COMPLETIONS, prefix_chars=4096) for end in "AB"]
     assert wider[0] != wider[1]
     assert len(_text([{"role": "user", "content": long}], 64)) == 64
+    session = [(b"x-session-id", b"s" * 100 + b"A")]
+    other = [(b"x-session-id", b"s" * 100 + b"B")]
+    cut = {"header": "x-session-id", "prefix_chars": 64}
+    assert key({}, headers=session, **cut) == key({}, headers=other, **cut)
 
 
 def test_reading_a_deep_or_wide_opening_stops_at_prefix_chars() -> None:
@@ -164,9 +178,14 @@ def test_keys_stay_the_same_from_release_to_release() -> None:
     changed would move every conversation to another replica. These values are the
     contract; change them only knowingly, and say so in the changelog."""
     assert _text({"a": [1, "b", None, True, {}]}, 100) == "{1:a[11'bNoneTrue{}]}"
-    assert key({"messages": [SYSTEM, FIRST]}) == 3939811093367356342
+    assert key({"messages": [SYSTEM, FIRST]}) == 14374722201308123637
     session = [(b"x-session-id", b"sess-42")]
     assert key({}, header="x-session-id", headers=session) == 15581351505817947431
+    assert key({"prompt": "Once upon a time"}, Route.COMPLETIONS) == 2750897671473034379
+    deep: Any = "x"
+    for _ in range(300):  # past orjson's depth: read by the bounded walk
+        deep = [deep]
+    assert key({"messages": [{"role": "user", "content": deep}]}) == 17821540269601281196
 
 
 def test_a_session_header_names_the_conversation() -> None:

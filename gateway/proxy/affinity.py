@@ -7,21 +7,24 @@ conversation, so each turn sent where the last one ran skips the prefill of
 everything before it. What every turn of a conversation starts with, and what
 sets one conversation apart from another, is its opening: the leading system or
 developer messages and the first user message. A request's key is a hash of its
-tenant and of the first `prefix_chars` characters of that opening:
+tenant and of that opening, whole (a system prompt shared by every conversation
+is often longer than any fixed cut, and would make them all one):
 
 - chat completions: `messages` up to and including the first with role `user`;
 - Anthropic messages: `system` and the first of `messages`;
 - Responses: `instructions` and `input` (a string, or its items up to and
-  including the first with role `user`);
-- completions: `prompt` (prompts that share their first `prefix_chars`
-  characters share a key).
+  including the first with role `user`).
 
-A request that carries the configured header (a session id) is keyed by the
-header's value instead. Other routes, and requests with no opening to read, get
-no key and go to the least busy replica. The opening is read as the contract left
-it: any JSON value, walked without recursion and never past `prefix_chars`, so a
-deep or wide one costs no more than a short one. The key is the tenant's own:
-two tenants with one opening are two conversations.
+A completions prompt has no structure and grows with each turn, so its key is
+its first `prefix_chars` characters. A request that carries the configured header
+(a session id) is keyed by the first `prefix_chars` characters of the header's
+value instead. Other routes, and requests with no opening to read, get no key and
+go to the least busy replica.
+
+The opening is serialised by orjson (C, no larger than the body already parsed)
+and hashed; one nested past orjson's depth limit is read instead by a walk with
+no recursion that stops at `prefix_chars` characters. The key is the tenant's
+own: two tenants with one opening are two conversations.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 from typing import Any
+
+import orjson
 
 from gateway.proxy.routes import Route
 
@@ -49,13 +54,18 @@ class Affinity:
         if self._header is not None:
             named = [value for name, value in headers if name.lower() == self._header]
             if len(named) == 1 and named[0].strip():
-                text = named[0].strip()[: self._chars].decode("latin-1")
-                return _hash(tenant, "header", text)
+                return _hash(tenant, b"header", named[0].strip()[: self._chars])
+        if route is Route.COMPLETIONS:
+            prompt = payload.get("prompt")
+            text = "" if prompt is None else _text(prompt, self._chars)
+            return _hash(tenant, b"prompt", _utf8(text)) if text else None
         opening = _opening(route, payload)
         if opening is None:
             return None
-        text = _text(opening, self._chars)
-        return _hash(tenant, "opening", text) if text else None
+        try:
+            return _hash(tenant, b"opening", orjson.dumps(opening))
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes
+            return _hash(tenant, b"deep", _utf8(_text(opening, self._chars)))
 
 
 def _opening(route: Route, payload: dict[str, Any]) -> list[Any] | None:
@@ -69,9 +79,6 @@ def _opening(route: Route, payload: dict[str, Any]) -> list[Any] | None:
         given = payload.get("input")
         items = [given] if isinstance(given, str) else _through_first_user(given)
         return None if not items else [payload.get("instructions"), *items]
-    if route is Route.COMPLETIONS:
-        prompt = payload.get("prompt")
-        return None if prompt is None else [prompt]
     return None
 
 
@@ -117,6 +124,10 @@ def _text(value: object, limit: int) -> str:
     return "".join(pieces)
 
 
-def _hash(tenant: str | None, kind: str, text: str) -> int:
-    message = f"{tenant or ''}\0{kind}\0{text}".encode("utf-8", "surrogatepass")
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _hash(tenant: str | None, kind: bytes, content: bytes) -> int:
+    message = b"\0".join((_utf8(tenant or ""), kind, content))
     return int.from_bytes(hashlib.blake2b(message, digest_size=8).digest(), "big")

@@ -168,7 +168,8 @@ class AffinitySettings(_Strict):
     # A request header that names the conversation (a session id): when a request
     # carries it, its value is the key instead of the conversation's opening.
     header: str | None = Field(default=None, min_length=1, max_length=128)
-    # Characters of the opening (or of the header's value) the key is made of.
+    # Characters of a completions prompt (or of the header's value) the key is made of;
+    # a chat's opening is taken whole.
     prefix_chars: int = Field(default=4096, ge=16, le=1_048_576)
     # A replica keeps its conversations while its requests in flight stay below this
     # many times the pool's mean; past that, the next replica in the ranking serves.
