@@ -274,6 +274,7 @@ class Gateway:
             scrape_token=None if scrape_token is None else scrape_token.get_secret_value(),
             sessions=ui_sessions(settings.admin.ui, settings.workers),
             guard=sign_in_guard(settings.admin.failed_sign_ins),
+            on_refusal=self.metrics.admin_refusal,
         )
 
 

@@ -120,7 +120,8 @@ class Metrics:
         )
         self.auth_failures = Counter(
             "gateway_auth_failures",
-            "Requests refused with 401, by reason.",
+            "Requests refused for their credentials, by reason: 401, or 429 for an address "
+            "held back after wrong admin credentials (admin_throttled).",
             ["reason"],
             registry=r,
         )
@@ -218,6 +219,11 @@ class Metrics:
         if series is None:
             series = self._lines[labels] = RequestSeries(self, labels)
         return series
+
+    def admin_refusal(self, reason: str) -> None:
+        """Count an admin request refused for its credential: `admin_credentials` (wrong)
+        or `admin_throttled` (its address held back)."""
+        self.child(self.auth_failures, reason).inc()
 
     def key_store_error(self, operation: str) -> None:
         """Count a failed key-store call; OPERATION is one of KEY_STORE_OPERATIONS."""

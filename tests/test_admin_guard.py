@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from gateway.admin.guard import SignInGuard, client_address
-from tests.servers import Process, free_port, gateway_config, run_gateway
+from tests.servers import Process, free_port, gateway_config, metric, run_gateway
 
 ADMIN_TOKEN = "admin-token-for-guard-tests-0123456789"
 PEPPER = "pepper-for-the-guard-tests-0123456789abcdef"
@@ -179,6 +179,13 @@ def keys(http: httpx.Client, gateway: Process, token: str | None) -> httpx.Respo
     return http.get(f"{gateway.url}/admin/v1/keys", headers=headers)
 
 
+def refusals(gateway: Process) -> dict[str, float]:
+    return {
+        reason: metric(gateway.url, "gateway_auth_failures_total", reason=reason)
+        for reason in ("admin_credentials", "admin_throttled")
+    }
+
+
 def test_a_guessing_address_is_refused_even_the_right_token(guarded: Process) -> None:
     gateway = guarded
     with client("127.0.0.1") as guesser, client("127.0.0.2") as admin:
@@ -216,6 +223,8 @@ def test_a_guessing_address_is_refused_even_the_right_token(guarded: Process) ->
         # The window ends: the right token works again from the guessing address.
         time.sleep(int(throttled.headers["retry-after"]) + 0.2)
         assert keys(guesser, gateway, ADMIN_TOKEN).status_code == 200
+    # Three wrong credentials; two requests held back (the API's and the UI's).
+    assert refusals(gateway) == {"admin_credentials": 3, "admin_throttled": 2}
     log = gateway.log()
     assert "admin credentials from 127.0.0.1 refused for" in log
     assert "wrong-1" not in log and ADMIN_TOKEN not in log
@@ -260,6 +269,8 @@ def test_the_guard_can_be_turned_off(tmp_path: Path, sim: Process) -> None:
         for n in range(15):
             assert keys(guesser, gateway, f"wrong-{n}").status_code == 401
         assert keys(guesser, gateway, ADMIN_TOKEN).status_code == 200
+        # Still counted, for the dashboards and alerts, with nobody held back.
+        assert refusals(gateway) == {"admin_credentials": 15, "admin_throttled": 0}
 
 
 def test_by_default_ten_wrong_credentials_hold_an_address_back(

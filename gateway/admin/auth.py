@@ -58,6 +58,7 @@ class AdminAuthorizer:
         jwt_check: JWTAdminCheck | None = None,
         scrape_token: str | None = None,
         guard: SignInGuard | None = None,
+        on_refusal: Callable[[str], None] | None = None,
     ) -> None:
         if any(not token for token in tokens) or scrape_token == "":
             raise ValueError("an admin or scrape token must not be empty")
@@ -66,6 +67,24 @@ class AdminAuthorizer:
         self._scrape = None if scrape_token is None else _digest(scrape_token.encode("utf-8"))
         # Wrong credentials per client address (guard.py); None: not counted.
         self.guard = guard
+        # Told each refusal's reason ("admin_credentials", "admin_throttled"): the metric.
+        self._on_refusal = on_refusal
+
+    def refused(self, scope: Scope) -> None:
+        """The client of SCOPE presented a wrong admin credential: counted, and told to
+        the guard."""
+        if self._on_refusal is not None:
+            self._on_refusal("admin_credentials")
+        if self.guard is not None:
+            self.guard.failed(scope)
+
+    def held_back(self, scope: Scope) -> int | None:
+        """Whole seconds the client of SCOPE must wait before presenting a credential
+        (the refusal counted), or None when it may now."""
+        wait = None if self.guard is None else self.guard.retry_after(scope)
+        if wait is not None and self._on_refusal is not None:
+            self._on_refusal("admin_throttled")
+        return wait
 
     def is_scraper(self, authorization: bytes | None) -> bool:
         """The header carries the read-only scrape credential (`metrics.token`)."""
@@ -131,18 +150,16 @@ class AdminAuthMiddleware:
             await self.app(scope, receive, send)
             return
         presented = _has(scope, b"authorization")
-        guard = self.authorizer.guard
-        if presented and guard is not None:
-            wait = guard.retry_after(scope)
-            if wait is not None:
-                await throttled(send, wait)
-                return
+        wait = self.authorizer.held_back(scope) if presented else None
+        if wait is not None:
+            await throttled(send, wait)
+            return
         authorization = _header(scope, b"authorization")
         identity = await self.authorizer.identify(authorization)
         if identity is None and self._scrapes(scope) and self.authorizer.is_scraper(authorization):
             identity = SCRAPER_IDENTITY
-        if identity is None and presented and guard is not None:
-            guard.failed(scope)
+        if identity is None and presented:
+            self.authorizer.refused(scope)
         if identity is None and self.sessions is not None and not presented:
             session = self.sessions.get(cookie_value(scope["headers"]))
             if (

@@ -49,13 +49,15 @@ def admin_app(
     scrape_token: str | None = None,
     sessions: SessionStore | None = None,
     guard: SignInGuard | None = None,
+    on_refusal: Callable[[str], None] | None = None,
 ) -> FastAPI:
     """The admin app; the caller owns (opens and closes) `store`, `audit` and `usage`,
     and `pools`, which the admin API only reads. `scrape_token` (`metrics.token`) may
     read Prometheus' service discovery too. `sessions`: the web UI's, when it is on.
-    `guard` counts wrong credentials per client address."""
+    `guard` counts wrong credentials per client address; `on_refusal` is told the
+    reason of each refusal for a credential (the metric)."""
     authorizer = AdminAuthorizer(
-        tokens, jwt_check=jwt_check, scrape_token=scrape_token, guard=guard
+        tokens, jwt_check=jwt_check, scrape_token=scrape_token, guard=guard, on_refusal=on_refusal
     )
     return create_admin_app(
         store,

@@ -93,8 +93,7 @@ class UIRoutes:
 
     async def sign_in(self, request: Request) -> Response:
         """Check an admin credential once; from then on the cookie stands for it."""
-        guard = self.authorizer.guard
-        wait = None if guard is None else guard.retry_after(request.scope)
+        wait = self.authorizer.held_back(request.scope)
         if wait is not None:
             headers = {"retry-after": str(wait)}
             return Response(throttled_body(wait), 429, headers, media_type="application/json")
@@ -103,8 +102,7 @@ class UIRoutes:
             return _error(400, 'send {"token": "<admin token or JWT>"} as JSON', "bad_sign_in")
         identity = await self.authorizer.identify(b"Bearer " + token.encode("utf-8"))
         if identity is None:
-            if guard is not None:
-                guard.failed(request.scope)
+            self.authorizer.refused(request.scope)
             return _error(401, "that is not an admin token", "invalid_admin_credentials")
         # A fresh id at every sign-in, the one before (if any) ended: no fixation.
         self.sessions.delete(cookie_value(request.scope["headers"]))
