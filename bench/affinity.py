@@ -27,7 +27,6 @@ import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -37,10 +36,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import GATEWAY_CORE, LOAD_CORE, MODEL, PEPPER, _store, free_port, start, stop, wait_ready
-
-from gateway.keys.records import new_key
-from gateway.principal import Limits
+from run import (
+    GATEWAY_CORE,
+    LOAD_CORE,
+    MODEL,
+    PEPPER,
+    bench_key,
+    free_port,
+    start,
+    stop,
+    wait_ready,
+)
 
 REPLICAS = 3
 SYSTEM_WORDS = 400  # shared by every conversation
@@ -80,12 +86,7 @@ def config_for(
     }
     path = work / f"gateway-{by}.yaml"
     path.write_text(yaml.safe_dump(config))
-    limits = Limits(requests_per_minute=10**9, tokens_per_minute=10**12, concurrent_requests=10**6)
-    key, record = new_key(
-        PEPPER.encode(), tenant="bench", name="bench", created_at=datetime.now(UTC), limits=limits
-    )
-    uvloop.run(_store(key_db, record))
-    return path, key.token
+    return path, bench_key(key_db)
 
 
 async def first_token_s(

@@ -167,12 +167,17 @@ def gateway_config(
         config["tracing"] = tracing
     path = log_dir / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
+    return path, bench_key(key_db)
+
+
+def bench_key(key_db: Path) -> str:
+    """A key with limits far above any load, stored in the SQLite file KEY_DB."""
     limits = Limits(requests_per_minute=10**9, tokens_per_minute=10**12, concurrent_requests=10**6)
     key, record = new_key(
         PEPPER.encode(), tenant="bench", name="bench", created_at=datetime.now(UTC), limits=limits
     )
     uvloop.run(_store(key_db, record))
-    return path, key.token
+    return key.token
 
 
 async def _store(path: Path, record: KeyRecord) -> None:
