@@ -255,8 +255,8 @@ def test_keys_spread_evenly_and_every_gateway_ranks_alike() -> None:
     for n in range(8000):
         k = key({"prompt": f"conversation {n}"}, Route.COMPLETIONS)
         assert k is not None
-        chosen = pool.pick(key=k)
-        assert twin.pick(key=k).url == chosen.url
+        chosen = pool.pick_for(k)[0]
+        assert twin.pick_for(k)[0].url == chosen.url
         picks[chosen.url] += 1
     assert len(picks) == 4
     assert all(1700 < count < 2300 for count in picks.values()), picks
@@ -265,15 +265,15 @@ def test_keys_spread_evenly_and_every_gateway_ranks_alike() -> None:
 def test_a_replica_leaving_or_joining_moves_only_its_own_keys() -> None:
     members = replicas(5)
     keys = [random.Random(n).getrandbits(64) for n in range(3000)]
-    before = {k: pool_of(members).pick(key=k) for k in keys}
+    before = {k: pool_of(members).pick_for(k)[0] for k in keys}
     gone = members[2]
-    after = {k: pool_of([r for r in members if r is not gone]).pick(key=k) for k in keys}
+    after = {k: pool_of([r for r in members if r is not gone]).pick_for(k)[0] for k in keys}
     moved = [k for k in keys if after[k] is not before[k]]
     assert moved and all(before[k] is gone for k in moved)
     assert len(moved) == sum(1 for k in keys if before[k] is gone)
 
     joined = Replica("http://10.0.0.9:8000", healthy=True)
-    grown = {k: pool_of([*members, joined]).pick(key=k) for k in keys}
+    grown = {k: pool_of([*members, joined]).pick_for(k)[0] for k in keys}
     changed = [k for k in keys if grown[k] is not before[k]]
     assert changed and all(grown[k] is joined for k in changed)
     assert 3000 / 6 * 0.75 < len(changed) < 3000 / 6 * 1.25
@@ -284,19 +284,19 @@ def test_a_busy_first_choice_hands_the_key_to_the_next_in_its_ranking() -> None:
     pool = pool_of(members, max_load=1.5)
     k = 12345
     first, second, third = pool.ranking(k)
-    assert pool.pick(key=k) is first
+    assert pool.pick_for(k)[0] is first
     # Nothing else in flight: the bound is ceil(1.5 * 1 / 3) = 1, and the first has 0.
     first.outstanding = 1  # bound ceil(1.5 * 2 / 3) = 1: full
-    assert pool.pick(key=k) is second
+    assert pool.pick_for(k)[0] is second
     second.outstanding = 1  # bound ceil(1.5 * 3 / 3) = 2: the first is below it again
-    assert pool.pick(key=k) is first
+    assert pool.pick_for(k)[0] is first
     first.outstanding, second.outstanding, third.outstanding = 6, 2, 1
     # bound ceil(1.5 * 10 / 3) = 5: the first is over, the second under.
-    assert pool.pick(key=k) is second
+    assert pool.pick_for(k)[0] is second
     first.outstanding, second.outstanding, third.outstanding = 3, 3, 3
-    assert pool.pick(key=k) is first  # bound ceil(1.5 * 10 / 3) = 5
+    assert pool.pick_for(k)[0] is first  # bound ceil(1.5 * 10 / 3) = 5
     first.outstanding, second.outstanding, third.outstanding = 3, 0, 0
-    assert pool.pick(key=k) is second  # bound ceil(1.5 * 4 / 3) = 2
+    assert pool.pick_for(k)[0] is second  # bound ceil(1.5 * 4 / 3) = 2
 
 
 def test_a_keyed_pick_skips_what_is_excluded_or_unusable() -> None:
@@ -304,10 +304,10 @@ def test_a_keyed_pick_skips_what_is_excluded_or_unusable() -> None:
     pool = pool_of(members)
     k = 99
     first, second, third = pool.ranking(k)
-    assert pool.pick(exclude=[first], key=k) is second
+    assert pool.pick_for(k, exclude=[first])[0] is second
     second.ejected = True
-    assert pool.pick(exclude=[first], key=k) is third
-    assert pool.pick(key=k) is first
+    assert pool.pick_for(k, exclude=[first])[0] is third
+    assert pool.pick_for(k)[0] is first
 
 
 def test_some_replica_is_always_under_the_bound() -> None:
@@ -323,7 +323,7 @@ def test_some_replica_is_always_under_the_bound() -> None:
         bound = math.ceil(max_load * (sum(r.outstanding for r in members) + 1) / len(members))
         under = [r for r in pool.ranking(k) if r.outstanding < bound]
         assert under, (bound, [r.outstanding for r in members])
-        assert pool.pick(key=k) is under[0]
+        assert pool.pick_for(k)[0] is under[0]
 
 
 def test_a_pick_tells_whether_it_is_the_conversations_first_choice() -> None:

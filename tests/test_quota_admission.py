@@ -201,12 +201,12 @@ def state(
     return CounterState(counter, window("day", EVE), used, reserved, used)
 
 
-def test_crossed_is_at_or_past_the_soft_threshold_with_reservations() -> None:
+def test_past_the_soft_mark_is_at_or_past_the_threshold_with_reservations() -> None:
     made, _ = build(soft_threshold=0.8)
-    assert made.crossed(state(100, 50, 30))
-    assert not made.crossed(state(100, 50, 29))
-    assert not made.crossed(state(100, 79, 0))
-    assert made.crossed(state(100, 0, 81))
+    assert made.past_soft_mark(state(100, 50, 30))
+    assert not made.past_soft_mark(state(100, 50, 29))
+    assert not made.past_soft_mark(state(100, 79, 0))
+    assert made.past_soft_mark(state(100, 0, 81))
 
 
 async def test_a_grant_carries_the_tightest_quota_of_each_kind_and_period() -> None:

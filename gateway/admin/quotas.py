@@ -61,7 +61,7 @@ class QuotaRoutes:
             QuotaOut.of(
                 state,
                 admissions.soft_threshold,
-                admissions.crossed(state),
+                admissions.past_soft_mark(state),
                 datetime.fromtimestamp(state.window.end, UTC).isoformat().replace("+00:00", "Z"),
             )
             for state in states

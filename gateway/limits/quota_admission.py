@@ -33,6 +33,7 @@ from gateway.limits.quotas import (
     amounts,
     counters_for,
     owner_name,
+    soft_mark,
 )
 from gateway.principal import Principal, Quotas
 
@@ -110,9 +111,10 @@ class QuotaAdmissions:
         self._counters[key] = (own, tenant, counters)
         return counters
 
-    def crossed(self, state: CounterState) -> bool:
-        """Whether used + reserved is at or past the soft threshold of the limit."""
-        return state.used + state.reserved >= self.soft_threshold * state.counter.limit
+    def past_soft_mark(self, state: CounterState) -> bool:
+        """Whether used + reserved is at or past the soft threshold of the limit (the
+        mark the backends count crossings of)."""
+        return state.used + state.reserved >= soft_mark(self.soft_threshold, state.counter.limit)
 
     async def admit(
         self, principal: Principal, model: str, prompt_tokens: int, completion_tokens: int

@@ -153,11 +153,9 @@ class Pool:
         # Rotates the starting point so ties between idle replicas spread out.
         self._turn = itertools.count()
 
-    def pick(self, exclude: Iterable[Replica] = (), key: int | None = None) -> Replica:
-        """The replica for a request; KEY, when given, is its affinity key."""
+    def pick(self, exclude: Iterable[Replica] = ()) -> Replica:
+        """The least busy usable replica, EXCLUDE left out (`pick_for`: by affinity key)."""
         candidates = self._candidates(set(exclude))
-        if key is not None:
-            return self._keyed(candidates, key)[0]
         start = next(self._turn) % len(candidates)
         rotated = candidates[start:] + candidates[:start]
         if not self.policy.load_aware:
